@@ -1,0 +1,43 @@
+#!/usr/bin/env node
+// The whole test suite: typecheck, lint, layer check, then every *.test.ts
+// under src/ and test/ on Node's built-in runner (TypeScript loaded by tsx).
+//   VIRTIO_TS_TEST_ONLY=substr   run only test files whose path contains substr
+//   VIRTIO_TS_SKIP_STATIC=1      skip typecheck and lint (local iteration only)
+import { spawnSync } from "node:child_process";
+import { readdirSync, statSync } from "node:fs";
+import { join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const run = (cmd, args) => {
+  const r = spawnSync(cmd, args, { cwd: root, stdio: "inherit" });
+  if (r.status !== 0) {
+    console.error(`\n${cmd} ${args.join(" ")} failed (${r.status ?? r.signal})`);
+    process.exit(r.status ?? 1);
+  }
+};
+
+function findTests(dir, out = []) {
+  for (const name of readdirSync(dir)) {
+    const p = join(dir, name);
+    if (statSync(p).isDirectory()) findTests(p, out);
+    else if (name.endsWith(".test.ts")) out.push(relative(root, p));
+  }
+  return out;
+}
+
+if (process.env.VIRTIO_TS_SKIP_STATIC !== "1") {
+  run("npx", ["tsc", "-p", "tsconfig.json", "--noEmit"]);
+  run("npx", ["eslint", "."]);
+  run("node", ["scripts/check-layers.mjs"]);
+}
+const only = process.env.VIRTIO_TS_TEST_ONLY;
+const files = ["src", "test"]
+  .flatMap((d) => findTests(join(root, d)))
+  .filter((f) => !only || f.includes(only))
+  .sort();
+if (files.length === 0) {
+  console.error("no test files found");
+  process.exit(1);
+}
+run("node", ["--import", "tsx", "--test", "--test-concurrency=2", ...files]);
