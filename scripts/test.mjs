@@ -27,8 +27,8 @@ function findTests(dir, out = []) {
 }
 
 if (process.env.VIRTIO_TS_SKIP_STATIC !== "1") {
-  run("npx", ["tsc", "-p", "tsconfig.json", "--noEmit"]);
-  run("npx", ["eslint", "."]);
+  run("node_modules/.bin/tsc", ["-p", "tsconfig.json", "--noEmit"]);
+  run("node_modules/.bin/eslint", ["."]);
   run("node", ["scripts/check-layers.mjs"]);
 }
 const only = process.env.VIRTIO_TS_TEST_ONLY;
