@@ -7,12 +7,18 @@ import { fileURLToPath } from "node:url";
 
 const src = fileURLToPath(new URL("../src", import.meta.url));
 const rank = {
-  "errors.ts": 0, spec: 0,
-  native: 1, memory: 1,
+  "errors.ts": 0,
+  spec: 0,
+  native: 1,
+  memory: 1,
   ring: 2,
-  device: 3, testing: 3,
-  devices: 4, transport: 4, "vhost-user": 4,
-  cli: 5, "index.ts": 6,
+  device: 3,
+  testing: 3,
+  devices: 4,
+  transport: 4,
+  "vhost-user": 4,
+  cli: 5,
+  "index.ts": 6,
 };
 const layerOf = (file) => relative(src, file).split(sep)[0];
 const files = [];
@@ -26,7 +32,11 @@ const files = [];
 let bad = 0;
 for (const f of files) {
   const from = layerOf(f);
-  if (!(from in rank)) { console.error(`unknown layer for ${relative(src, f)}`); bad++; continue; }
+  if (!(from in rank)) {
+    console.error(`unknown layer for ${relative(src, f)}`);
+    bad++;
+    continue;
+  }
   const text = readFileSync(f, "utf8");
   for (const m of text.matchAll(/(?:import|export)[^"']*?from\s+["'](\.[^"']+)["']/g)) {
     const to = layerOf(resolve(dirname(f), m[1]));

@@ -79,7 +79,10 @@ test("slices bound every access and give atomic 16-bit access", () => {
   assert.equal(m.readU16(0x1102), 0xffff);
   assert.throws(() => s.readU16(7), outOfRange);
   assert.throws(() => s.readU32(-1), outOfRange);
-  assert.throws(() => s.atomicLoadU16(1), (e) => isVirtioError(e, ErrorCode.MEM_MISALIGNED));
+  assert.throws(
+    () => s.atomicLoadU16(1),
+    (e) => isVirtioError(e, ErrorCode.MEM_MISALIGNED),
+  );
 });
 
 test("regions are validated when memory is built", () => {
@@ -99,19 +102,23 @@ test("regions are validated when memory is built", () => {
 
 test("property: writes land exactly where asked and nowhere else", () => {
   fc.assert(
-    fc.property(fc.integer({ min: 0x3000, max: 0x4ff0 }), fc.uint8Array({ minLength: 1, maxLength: 16 }), (addr, bytes) => {
-      fc.pre(addr + bytes.length <= 0x5000);
-      const m = twoRegions();
-      m.write(addr, bytes);
-      const all = new Uint8Array(0x2000);
-      m.read(0x3000, all);
-      for (let i = 0; i < all.length; i++) {
-        const a = 0x3000 + i;
-        const expected = a >= addr && a < addr + bytes.length ? bytes[a - addr] : 0;
-        if (all[i] !== expected) return false;
-      }
-      return true;
-    }),
+    fc.property(
+      fc.integer({ min: 0x3000, max: 0x4ff0 }),
+      fc.uint8Array({ minLength: 1, maxLength: 16 }),
+      (addr, bytes) => {
+        fc.pre(addr + bytes.length <= 0x5000);
+        const m = twoRegions();
+        m.write(addr, bytes);
+        const all = new Uint8Array(0x2000);
+        m.read(0x3000, all);
+        for (let i = 0; i < all.length; i++) {
+          const a = 0x3000 + i;
+          const expected = a >= addr && a < addr + bytes.length ? bytes[a - addr] : 0;
+          if (all[i] !== expected) return false;
+        }
+        return true;
+      },
+    ),
   );
 });
 

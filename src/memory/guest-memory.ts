@@ -50,14 +50,23 @@ export class MemoryRegion {
 
   constructor(d: RegionDescriptor) {
     const off = d.bufferOffset ?? 0;
-    for (const [name, v] of [["guestPhysAddr", d.guestPhysAddr], ["size", d.size], ["bufferOffset", off]] as const) {
-      if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`region ${name} must be a non-negative safe integer, got ${v}`);
+    for (const [name, v] of [
+      ["guestPhysAddr", d.guestPhysAddr],
+      ["size", d.size],
+      ["bufferOffset", off],
+    ] as const) {
+      if (!Number.isSafeInteger(v) || v < 0)
+        throw new RangeError(`region ${name} must be a non-negative safe integer, got ${v}`);
     }
     if (d.size === 0) throw new RangeError("region size must be > 0");
-    if (d.guestPhysAddr % 8 !== 0 || off % 8 !== 0) throw new RangeError("region guestPhysAddr and bufferOffset must be multiples of 8");
-    if (d.guestPhysAddr + d.size > MAX_GUEST_ADDRESS) throw new RangeError("region must end below 2^53");
+    if (d.guestPhysAddr % 8 !== 0 || off % 8 !== 0)
+      throw new RangeError("region guestPhysAddr and bufferOffset must be multiples of 8");
+    if (d.guestPhysAddr + d.size > MAX_GUEST_ADDRESS)
+      throw new RangeError("region must end below 2^53");
     if (off + d.size > d.buffer.byteLength) {
-      throw new RangeError(`region [${off}, ${off + d.size}) exceeds its buffer of ${d.buffer.byteLength} bytes`);
+      throw new RangeError(
+        `region [${off}, ${off + d.size}) exceeds its buffer of ${d.buffer.byteLength} bytes`,
+      );
     }
     this.gpa = d.guestPhysAddr;
     this.size = d.size;
@@ -70,10 +79,14 @@ export class MemoryRegion {
 }
 
 function outOfRange(addr: number, len: number): VirtioError {
-  return new VirtioError(ErrorCode.MEM_OUT_OF_RANGE, `guest range [0x${addr.toString(16)}, +${len}) is not inside guest memory`, {
-    addr,
-    len,
-  });
+  return new VirtioError(
+    ErrorCode.MEM_OUT_OF_RANGE,
+    `guest range [0x${addr.toString(16)}, +${len}) is not inside guest memory`,
+    {
+      addr,
+      len,
+    },
+  );
 }
 
 /**
@@ -97,7 +110,10 @@ export class GuestSlice {
     this.#dv = new DataView(region.buffer, byteOffset, length);
     this.#u8 = new Uint8Array(region.buffer, byteOffset, length);
     // A 16-bit view for Atomics exists only when the window is 2-aligned.
-    this.#u16 = byteOffset % 2 === 0 ? new Uint16Array(region.buffer, byteOffset, length >>> 1) : new Uint16Array(0);
+    this.#u16 =
+      byteOffset % 2 === 0
+        ? new Uint16Array(region.buffer, byteOffset, length >>> 1)
+        : new Uint16Array(0);
   }
 
   #check(off: number, n: number): void {
@@ -166,9 +182,13 @@ export class GuestSlice {
   #checkAtomic16(off: number): number {
     this.#check(off, 2);
     if (off % 2 !== 0 || this.#u16.length === 0) {
-      throw new VirtioError(ErrorCode.MEM_MISALIGNED, `atomic 16-bit access at unaligned guest address 0x${(this.addr + off).toString(16)}`, {
-        addr: this.addr + off,
-      });
+      throw new VirtioError(
+        ErrorCode.MEM_MISALIGNED,
+        `atomic 16-bit access at unaligned guest address 0x${(this.addr + off).toString(16)}`,
+        {
+          addr: this.addr + off,
+        },
+      );
     }
     return off >>> 1;
   }
@@ -211,7 +231,9 @@ export class GuestMemory {
       const prev = rs[i - 1]!;
       const cur = rs[i]!;
       if (cur.gpa < prev.end) {
-        throw new RangeError(`regions overlap: [0x${prev.gpa.toString(16)}, 0x${prev.end.toString(16)}) and 0x${cur.gpa.toString(16)}`);
+        throw new RangeError(
+          `regions overlap: [0x${prev.gpa.toString(16)}, 0x${prev.end.toString(16)}) and 0x${cur.gpa.toString(16)}`,
+        );
       }
     }
     this.#regions = rs;
@@ -220,7 +242,9 @@ export class GuestMemory {
 
   /** Allocates SharedArrayBuffer-backed regions (zero-filled). */
   static createShared(layout: readonly { guestPhysAddr: number; size: number }[]): GuestMemory {
-    return new GuestMemory(layout.map((l) => ({ ...l, buffer: new SharedArrayBuffer(l.size), bufferOffset: 0 })));
+    return new GuestMemory(
+      layout.map((l) => ({ ...l, buffer: new SharedArrayBuffer(l.size), bufferOffset: 0 })),
+    );
   }
 
   /** Rebuilds a GuestMemory from {@link toTransferable} output (e.g. in a worker). */
@@ -231,7 +255,12 @@ export class GuestMemory {
   /** A structured-cloneable description of the regions (share it with a worker). */
   toTransferable(): TransferableGuestMemory {
     return {
-      regions: this.#regions.map((r) => ({ guestPhysAddr: r.gpa, size: r.size, buffer: r.buffer, bufferOffset: r.bufferOffset })),
+      regions: this.#regions.map((r) => ({
+        guestPhysAddr: r.gpa,
+        size: r.size,
+        buffer: r.buffer,
+        bufferOffset: r.bufferOffset,
+      })),
     };
   }
 
@@ -272,7 +301,11 @@ export class GuestMemory {
    * crossed), calling `fn(region, offsetInRegion, n, done)` per piece. Throws
    * MEM_OUT_OF_RANGE before calling anything if any byte is outside.
    */
-  #walk(addr: number, len: number, fn: (r: MemoryRegion, off: number, n: number, done: number) => void): void {
+  #walk(
+    addr: number,
+    len: number,
+    fn: (r: MemoryRegion, off: number, n: number, done: number) => void,
+  ): void {
     const r = this.#find(addr, len);
     if (r !== undefined) {
       fn(r, addr - r.gpa, len, 0);
@@ -295,7 +328,8 @@ export class GuestMemory {
    * number of steps is bounded by the number of regions.
    */
   isValidRange(addr: number, len: number): boolean {
-    if (!(Number.isSafeInteger(addr) && Number.isSafeInteger(len) && addr >= 0 && len >= 0)) return false;
+    if (!(Number.isSafeInteger(addr) && Number.isSafeInteger(len) && addr >= 0 && len >= 0))
+      return false;
     if (addr + len > MAX_GUEST_ADDRESS) return false;
     let a = addr;
     const end = addr + len;
@@ -315,14 +349,17 @@ export class GuestMemory {
 
   /** A validated window in one region; throws MEM_OUT_OF_RANGE otherwise. */
   slice(addr: number, len: number): GuestSlice {
-    const r = Number.isSafeInteger(addr) && Number.isSafeInteger(len) ? this.#find(addr, len) : undefined;
+    const r =
+      Number.isSafeInteger(addr) && Number.isSafeInteger(len) ? this.#find(addr, len) : undefined;
     if (r === undefined) throw outOfRange(addr, len);
     return new GuestSlice(r, addr, len);
   }
 
   /** True if [addr, addr + len) lies inside a single region (what {@link slice} needs). */
   isInOneRegion(addr: number, len: number): boolean {
-    return Number.isSafeInteger(addr) && Number.isSafeInteger(len) && this.#find(addr, len) !== undefined;
+    return (
+      Number.isSafeInteger(addr) && Number.isSafeInteger(len) && this.#find(addr, len) !== undefined
+    );
   }
 
   /** Copies guest bytes at `addr` into `dst`. */
@@ -372,15 +409,21 @@ export class GuestMemory {
   }
   readU16(addr: number): number {
     const s = this.#scalar(addr, 2);
-    return s !== undefined ? s.r.dv.getUint16(s.off, true) : this.#slowRead(addr, 2).getUint16(0, true);
+    return s !== undefined
+      ? s.r.dv.getUint16(s.off, true)
+      : this.#slowRead(addr, 2).getUint16(0, true);
   }
   readU32(addr: number): number {
     const s = this.#scalar(addr, 4);
-    return s !== undefined ? s.r.dv.getUint32(s.off, true) : this.#slowRead(addr, 4).getUint32(0, true);
+    return s !== undefined
+      ? s.r.dv.getUint32(s.off, true)
+      : this.#slowRead(addr, 4).getUint32(0, true);
   }
   readU64(addr: number): bigint {
     const s = this.#scalar(addr, 8);
-    return s !== undefined ? s.r.dv.getBigUint64(s.off, true) : this.#slowRead(addr, 8).getBigUint64(0, true);
+    return s !== undefined
+      ? s.r.dv.getBigUint64(s.off, true)
+      : this.#slowRead(addr, 8).getBigUint64(0, true);
   }
 
   #slowWrite(addr: number, n: number, set: (dv: DataView) => void): void {

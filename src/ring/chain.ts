@@ -100,7 +100,10 @@ abstract class ChainCursor {
    * Walks the next `n` bytes (clamped to what is left), calling
    * `fn(addr, len, done)` per contiguous piece; returns the bytes walked.
    */
-  protected advance(n: number, fn: ((addr: number, len: number, done: number) => void) | null): number {
+  protected advance(
+    n: number,
+    fn: ((addr: number, len: number, done: number) => void) | null,
+  ): number {
     const want = Math.min(n, this.remaining);
     let done = 0;
     const { segAddr, segLen } = this.chain;
@@ -141,7 +144,9 @@ export class ChainReader extends ChainCursor {
   /** Copies up to `dst.length` bytes into `dst`; returns the count copied. */
   read(dst: Uint8Array): number {
     const mem = this.chain.memory;
-    return this.advance(dst.length, (addr, len, done) => mem.read(addr, dst.subarray(done, done + len)));
+    return this.advance(dst.length, (addr, len, done) =>
+      mem.read(addr, dst.subarray(done, done + len)),
+    );
   }
 }
 
@@ -150,7 +155,9 @@ export class ChainWriter extends ChainCursor {
   /** Copies up to `src.length` bytes from `src`; returns the count written. */
   write(src: Uint8Array): number {
     const mem = this.chain.memory;
-    return this.advance(src.length, (addr, len, done) => mem.write(addr, src.subarray(done, done + len)));
+    return this.advance(src.length, (addr, len, done) =>
+      mem.write(addr, src.subarray(done, done + len)),
+    );
   }
 
   /** Writes `n` bytes of `value`; returns the count written. */

@@ -31,7 +31,8 @@ export const VIRTIO_F_RING_RESET = 40;
 
 /** A feature bit number as a 64-bit mask. */
 export function featureBit(bit: number): bigint {
-  if (!Number.isInteger(bit) || bit < 0 || bit > 63) throw new RangeError(`feature bit ${bit} is not in 0..63`);
+  if (!Number.isInteger(bit) || bit < 0 || bit > 63)
+    throw new RangeError(`feature bit ${bit} is not in 0..63`);
   return 1n << BigInt(bit);
 }
 
