@@ -15,6 +15,7 @@ export {
   type MockChainOptions,
   type MockDescriptor,
   type MockDescriptorRead,
+  type MockRingAddresses,
   type MockSplitQueueOptions,
   type MockUsedElem,
 } from "./mock-driver.ts";

@@ -31,7 +31,7 @@
  * @module
  */
 import type { GuestMemory } from "../memory/guest-memory.ts";
-import { vringLayout, type VringAddresses, type VringLayout } from "../ring/layout.ts";
+import { vringLayout, type VringAddresses } from "../ring/layout.ts";
 import {
   VIRTQ_AVAIL_OFF_FLAGS,
   VIRTQ_AVAIL_OFF_IDX,
@@ -49,7 +49,10 @@ import {
   VIRTQ_USED_OFF_IDX,
   VIRTQ_USED_OFF_RING,
   availEventOffset,
+  availRingSize,
+  descTableSize,
   usedEventOffset,
+  usedRingSize,
 } from "../spec/virtqueue.ts";
 
 /** A raw descriptor, any values allowed (`addr` up to 2^64 − 1 as a bigint). */
@@ -103,6 +106,13 @@ export interface MockUsedElem {
   len: number;
 }
 
+/** Explicit guest addresses of the three ring parts. */
+export interface MockRingAddresses {
+  descAddr: number;
+  availAddr: number;
+  usedAddr: number;
+}
+
 /** Options for {@link MockSplitQueue}. */
 export interface MockSplitQueueOptions {
   /** Used-ring alignment passed to {@link vringLayout} (default 4). */
@@ -123,7 +133,6 @@ export interface MockSplitQueueOptions {
  */
 export class MockSplitQueue {
   readonly memory: GuestMemory;
-  readonly layout: VringLayout;
   readonly size: number;
   readonly descAddr: number;
   readonly availAddr: number;
@@ -132,25 +141,38 @@ export class MockSplitQueue {
   #lastUsed: number;
 
   /**
-   * Places a ring of `size` entries at `base` (16-aligned) with
-   * {@link vringLayout}.
+   * Places a ring of `size` entries: at `base` (16-aligned) with
+   * {@link vringLayout}, or at explicit part addresses (any values, for
+   * rings split across regions or deliberately misplaced).
    *
-   * @throws {RangeError} for a bad size/base, or MEM_OUT_OF_RANGE if the ring
-   *   does not fit in memory.
+   * @throws {RangeError} for a bad size/base, or MEM_OUT_OF_RANGE if a part
+   *   does not fit in memory (when cleared).
    */
   constructor(
     memory: GuestMemory,
     size: number,
-    base: number,
+    base: number | MockRingAddresses,
     options: MockSplitQueueOptions = {},
   ) {
     this.memory = memory;
-    this.layout = vringLayout(size, base, options.usedAlign);
     this.size = size;
-    this.descAddr = this.layout.descAddr;
-    this.availAddr = this.layout.availAddr;
-    this.usedAddr = this.layout.usedAddr;
-    if (options.clear ?? true) memory.fill(base, this.layout.totalBytes, 0);
+    if (typeof base === "number") {
+      const l = vringLayout(size, base, options.usedAlign);
+      this.descAddr = l.descAddr;
+      this.availAddr = l.availAddr;
+      this.usedAddr = l.usedAddr;
+    } else {
+      if (!Number.isInteger(size) || size < 1 || size > 0x10000)
+        throw new RangeError(`mock queue size ${size} must be an integer in 1..65536`);
+      this.descAddr = base.descAddr;
+      this.availAddr = base.availAddr;
+      this.usedAddr = base.usedAddr;
+    }
+    if (options.clear ?? true) {
+      memory.fill(this.descAddr, descTableSize(size), 0);
+      memory.fill(this.availAddr, availRingSize(size), 0);
+      memory.fill(this.usedAddr, usedRingSize(size), 0);
+    }
     const start = options.startIdx ?? 0;
     this.#lastUsed = start & 0xffff;
     if (start !== 0) {
@@ -250,12 +272,17 @@ export class MockSplitQueue {
 
   /** Writes `avail.ring[pos mod size] = head` (any head value), without touching `avail.idx`. */
   setAvailEntry(pos: number, head: number): void {
-    this.memory.writeU16(this.availAddr + VIRTQ_AVAIL_OFF_RING + 2 * (pos & (this.size - 1)), head);
+    this.memory.writeU16(
+      this.availAddr + VIRTQ_AVAIL_OFF_RING + 2 * ((pos & 0xffff) % this.size),
+      head,
+    );
   }
 
   /** Reads `avail.ring[pos mod size]`. */
   availEntry(pos: number): number {
-    return this.memory.readU16(this.availAddr + VIRTQ_AVAIL_OFF_RING + 2 * (pos & (this.size - 1)));
+    return this.memory.readU16(
+      this.availAddr + VIRTQ_AVAIL_OFF_RING + 2 * ((pos & 0xffff) % this.size),
+    );
   }
 
   /** Puts `heads` on the available ring after `avail.idx` and then advances `avail.idx` once. */
@@ -308,7 +335,7 @@ export class MockSplitQueue {
   /** Reads `used.ring[pos mod size]`. */
   usedElem(pos: number): MockUsedElem {
     const off =
-      this.usedAddr + VIRTQ_USED_OFF_RING + VIRTQ_USED_ELEM_SIZE * (pos & (this.size - 1));
+      this.usedAddr + VIRTQ_USED_OFF_RING + VIRTQ_USED_ELEM_SIZE * ((pos & 0xffff) % this.size);
     return { id: this.memory.readU32(off), len: this.memory.readU32(off + 4) };
   }
 
