@@ -75,8 +75,9 @@ export function isValidQueueSize(n: number): boolean {
 
 /**
  * §2.7.7.2 / Linux include/uapi/linux/virtio_ring.h: true if the event index
- * `event` lies in the half-open window (old, new] of indexes just published,
- * all arithmetic modulo 2^16: `(u16)(new - event - 1) < (u16)(new - old)`.
+ * `event` is one of the ring positions [old, new) just filled, i.e. the index
+ * moved from `event` to `event + 1` in this step, all arithmetic modulo 2^16:
+ * `(u16)(new - event - 1) < (u16)(new - old)`.
  */
 export function vringNeedEvent(event: number, newIdx: number, old: number): boolean {
   return ((newIdx - event - 1) & 0xffff) < ((newIdx - old) & 0xffff);
