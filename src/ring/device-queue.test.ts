@@ -368,8 +368,8 @@ test("no lost wakeup: whichever order, enable sees the new chain or the driver k
       q.disableNotification();
       q.addUsed(q.popAvail()!.head, 0);
       const old = drv.availIdx;
-      let slipped = false;
-      let kicked = false;
+      let slipped: boolean;
+      let kicked: boolean;
       if (order === "publish+check, enable") {
         drv.addChain([{ addr: DATA, len: 1 }]);
         kicked = driverKicks(drv, eventIdx, old, drv.availIdx);
