@@ -557,3 +557,20 @@ test("detachAll returns outstanding tokens and re-initialises the ring (also aft
   assert.equal(q.getUsed()!.token, 99);
   assert.deepEqual(q.detachAll(), []);
 });
+
+test("initialIndex starts both indexes there (and detachAll returns to 0)", () => {
+  const { q, dev } = setup(4, { eventIdx: true, initialIndex: 0xfffe });
+  assert.equal(dev.availIdx, 0xfffe);
+  assert.equal(dev.usedEvent, 0xfffe);
+  assert.equal(dev.mem.atomicLoadU16(dev.l.usedAddr + 2), 0xfffe);
+  dev.nextAvail = dev.nextUsed = 0xfffe;
+  for (let t = 0; t < 3; t++) q.add([seg(t)], [], t);
+  assert.equal(dev.availIdx, 1);
+  for (let t = 0; t < 3; t++) dev.pushUsed(dev.pop()!.head, 0);
+  assert.deepEqual([q.getUsed()!.token, q.getUsed()!.token, q.getUsed()!.token], [0, 1, 2]);
+  assert.equal(dev.usedEvent, 1);
+  q.detachAll();
+  assert.equal(dev.availIdx, 0);
+  assert.throws(() => setup(4, { initialIndex: 0x10000 }), RangeError);
+  assert.throws(() => setup(4, { initialIndex: -1 }), RangeError);
+});

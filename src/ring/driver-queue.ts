@@ -77,6 +77,14 @@ export interface DriverQueueConfig {
   readonly indirectArena?: IndirectArena;
   /** Called once when the device breaks the protocol and the queue becomes broken. */
   readonly onBroken?: (err: VirtioError) => void;
+  /**
+   * Free-running index (u16) the ring starts at: the constructor writes it to
+   * both avail.idx and used.idx (default 0, the spec's state after reset).
+   * For tests that need the 16-bit wrap early, and for resuming a ring; the
+   * device must start at the same index (DeviceQueue `nextAvail` plus
+   * `usedIdxFromMemory`). {@link DriverQueue.detachAll} returns to 0.
+   */
+  readonly initialIndex?: number;
 }
 
 /** A buffer in guest memory: `len` bytes at guest-physical `addr`. */
@@ -234,7 +242,10 @@ export class DriverQueue<T> {
     this.#headIndirect = new Uint8Array(n);
     this.#token = new Array<T | undefined>(n).fill(undefined);
     this.#numFree = n;
-    this.#resetState();
+    const start = config.initialIndex ?? 0;
+    if (!Number.isInteger(start) || start < 0 || start > 0xffff)
+      throw new RangeError(`initialIndex ${start} is not a u16`);
+    this.#resetState(start);
   }
 
   /** Free descriptors in the table. */
@@ -497,13 +508,13 @@ export class DriverQueue<T> {
     for (let h = 0; h < this.size; h++) {
       if (this.#headCount[h] !== 0) tokens.push(this.#token[h] as T);
     }
-    this.#resetState();
+    this.#resetState(0);
     return tokens;
   }
 
   // ---- internals ----
 
-  #resetState(): void {
+  #resetState(start: number): void {
     const n = this.size;
     for (let i = 0; i < n; i++) this.#next[i] = (i + 1) & 0xffff;
     this.#freeHead = 0;
@@ -513,10 +524,10 @@ export class DriverQueue<T> {
     this.#headWritable.fill(0);
     this.#token.fill(undefined);
     this.#outstanding = 0;
-    this.#availIdxShadow = 0;
-    this.#availIdxPublished = 0;
+    this.#availIdxShadow = start;
+    this.#availIdxPublished = start;
     this.#numAdded = 0;
-    this.#lastUsedIdx = 0;
+    this.#lastUsedIdx = start;
     this.#callbacksDisabled = false;
     this.#broken = null;
     this.#usedToken = undefined;
@@ -526,10 +537,14 @@ export class DriverQueue<T> {
     this.#desc.fill(0, this.#desc.length);
     this.#avail.fill(0, this.#avail.length);
     this.#used.fill(0, this.#used.length);
-    // Atomics.store (SeqCst): avail.idx = 0 published after the zeroing above.
-    this.#avail.atomicStoreU16(VIRTQ_AVAIL_OFF_IDX, 0);
-    // Atomics.store (SeqCst): used.idx = 0, ordered likewise.
-    this.#used.atomicStoreU16(VIRTQ_USED_OFF_IDX, 0);
+    // Atomics.store (SeqCst): avail.idx published after the zeroing above.
+    this.#avail.atomicStoreU16(VIRTQ_AVAIL_OFF_IDX, start);
+    // Atomics.store (SeqCst): used.idx, ordered likewise (the device reads it when it starts).
+    this.#used.atomicStoreU16(VIRTQ_USED_OFF_IDX, start);
+    if (this.#eventIdx) {
+      // Atomics.store (SeqCst): used_event = the first used entry, so the first completion is notified.
+      this.#avail.atomicStoreU16(this.#usedEventOff, start);
+    }
   }
 
   /** Validates both lists (before anything changes) and returns the segment count. */
