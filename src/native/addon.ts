@@ -1,0 +1,160 @@
+/**
+ * Loads the native addon (`build/Release/virtio_ts_native.node`, built from
+ * `native/` by node-gyp on `npm install`) and describes its raw interface.
+ *
+ * Loading never throws: if the addon is missing or broken, every native
+ * function throws a {@link VirtioError} with code `VIRTIO_ERR_NATIVE` and the
+ * reason, and {@link nativeAvailable} returns false. The rest of the library
+ * (the portable core) works without the addon.
+ *
+ * The addon is context-aware: each thread (main or worker) that imports this
+ * module loads its own instance with its own state.
+ *
+ * @module
+ */
+import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
+import { fileURLToPath } from "node:url";
+import { ErrorCode, VirtioError } from "../errors.ts";
+import { NativeError } from "./native-error.ts";
+
+/** What {@link NativeAddon.recvmsg} returns. */
+export interface ReceivedMessage {
+  /** The bytes received (empty at end of stream). */
+  readonly bytes: Buffer;
+  /** Received fds, close-on-exec; the caller owns (and must close) them. */
+  readonly fds: number[];
+  /** True when the peer closed its sending side (`bytes` is empty). */
+  readonly eof: boolean;
+}
+
+/** What {@link NativeAddon.blockDeviceInfo} returns. */
+export interface BlockDeviceInfo {
+  /** Size in bytes (BLKGETSIZE64). */
+  readonly size: number;
+  /** Logical block size in bytes (BLKSSZGET). */
+  readonly logicalBlockSize: number;
+  /** Physical block size in bytes (BLKPBSZGET). */
+  readonly physicalBlockSize: number;
+}
+
+/** What {@link NativeAddon.directIoAlignment} returns (statx STATX_DIOALIGN). */
+export interface DirectIoAlignment {
+  /** Required alignment of user buffers for O_DIRECT, in bytes. */
+  readonly memoryAlignment: number;
+  /** Required alignment of file offsets and lengths for O_DIRECT, in bytes. */
+  readonly offsetAlignment: number;
+}
+
+/** Builds the error the addon throws for a failed system call. */
+export type ErrorFactory = (
+  syscall: string,
+  errno: number,
+  path: string | undefined,
+  errnoCode: string | undefined,
+  message: string | undefined,
+) => Error;
+
+/** The raw addon. Argument checks live in C++; see the wrappers for docs. @internal */
+export interface NativeAddon {
+  readonly pageSize: number;
+  readonly constants: Readonly<Record<string, number>>;
+  setErrorFactory(factory: ErrorFactory): void;
+  // sockets.cc
+  listenUnix(path: string, backlog: number): number;
+  acceptUnix(fd: number): number | null;
+  connectUnix(path: string): number;
+  socketPair(): [number, number];
+  shutdown(fd: number, how: number): void;
+  close(fd: number): void;
+  recvmsg(fd: number, maxBytes: number, maxFds: number): ReceivedMessage | null;
+  sendmsg(fd: number, bytes: Uint8Array, fds?: readonly number[]): number | null;
+  // memory.cc
+  mmap(fd: number, length: number, offset: number, writable: boolean): ArrayBuffer;
+  munmap(buffer: ArrayBuffer): boolean;
+  mapAlignment(fd: number): number;
+  mappingCount(): number;
+  // files.cc
+  eventfd(initval: number, flags: number): number;
+  eventfdRead(fd: number): bigint | null;
+  eventfdWrite(fd: number, value: bigint | number): boolean;
+  memfdCreate(name: string, flags: number): number;
+  ftruncate(fd: number, size: number): void;
+  addSeals(fd: number, seals: number): void;
+  getSeals(fd: number): number;
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+  blockDeviceInfo(fd: number): BlockDeviceInfo;
+  directIoAlignment(fd: number): DirectIoAlignment | null;
+  // watch.cc
+  watchStart(
+    fd: number,
+    events: number,
+    callback: (error: NativeError | null, events: number) => void,
+  ): number;
+  watchSetEvents(id: number, events: number): void;
+  watchRef(id: number, ref: boolean): void;
+  watchStop(id: number): boolean;
+  watchCount(): number;
+}
+
+/** Where the addon is looked for, relative to this file (src/ or dist/src/). */
+const ADDON_FILE = "build/Release/virtio_ts_native.node";
+const DEFAULT_CANDIDATES = [
+  new URL(`../../${ADDON_FILE}`, import.meta.url),
+  new URL(`../../../${ADDON_FILE}`, import.meta.url),
+];
+
+/** Message when no candidate file exists. */
+export const NOT_BUILT_MESSAGE = "native addon not built: run npm install (needs g++ and python3)";
+
+/**
+ * Loads the addon from the first existing candidate path. Returns the addon or
+ * the reason it is unavailable. @internal (exported for tests)
+ */
+export function loadAddon(
+  candidates: readonly URL[],
+): { readonly addon: NativeAddon } | { readonly error: string } {
+  const require = createRequire(import.meta.url);
+  for (const url of candidates) {
+    const path = fileURLToPath(url);
+    if (!existsSync(path)) continue;
+    try {
+      return { addon: require(path) as NativeAddon };
+    } catch (e) {
+      return {
+        error: `native addon at ${path} failed to load (${e instanceof Error ? e.message : String(e)}); rebuild it: npm rebuild`,
+      };
+    }
+  }
+  return { error: NOT_BUILT_MESSAGE };
+}
+
+function unavailable(reason: string): NativeAddon {
+  const fail = (): never => {
+    throw new VirtioError(ErrorCode.NATIVE, reason);
+  };
+  return new Proxy({} as NativeAddon, { get: () => fail });
+}
+
+const loaded = loadAddon(DEFAULT_CANDIDATES);
+const loadError = "error" in loaded ? loaded.error : undefined;
+
+/** The addon, or a stand-in whose every function throws the load error. @internal */
+export const native: NativeAddon = "addon" in loaded ? loaded.addon : unavailable(loaded.error);
+
+if ("addon" in loaded) {
+  native.setErrorFactory(
+    (syscall, errno, path, errnoCode, message) =>
+      new NativeError(syscall, errno, { path, errnoCode, message }),
+  );
+}
+
+/** True if the native addon is loaded (Linux, built by `npm install`). */
+export function nativeAvailable(): boolean {
+  return loadError === undefined;
+}
+
+/** Why the native addon is unavailable, or undefined if it is loaded. */
+export function nativeLoadError(): string | undefined {
+  return loadError;
+}
