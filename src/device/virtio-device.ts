@@ -209,6 +209,11 @@ export class VirtioDevice {
     return this.#resetting !== null;
   }
 
+  /** True while the device serves its queues: DRIVER_OK done, not broken, not resetting. */
+  get live(): boolean {
+    return this.#activated && this.#broken === null && this.#resetting === null;
+  }
+
   /** The error that broke the device, or null. */
   get broken(): VirtioError | null {
     return this.#broken;
@@ -519,12 +524,7 @@ export class VirtioDevice {
    * harmless).
    */
   queueNotify(index: number): void {
-    if (
-      !this.#activated ||
-      this.#broken !== null ||
-      this.#resetting !== null ||
-      (this.#queues[index] ?? null) === null
-    ) {
+    if (!this.live || (this.#queues[index] ?? null) === null) {
       this.stats.kicksIgnored++;
       return;
     }
