@@ -1,0 +1,160 @@
+/**
+ * vhost-user-blk backends for the real-guest tests, behind one interface so
+ * the same guest scenarios run against qemu-storage-daemon (the reference)
+ * and against this project's CLI.
+ *
+ * Readiness is observed without connecting (a probe connection would be a
+ * frontend session of its own): either a line on the backend's stdout, or
+ * the socket appearing as a listening Unix socket in `/proc/net/unix`.
+ *
+ * @module
+ */
+import { readFileSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Child, type ExitStatus } from "./process.ts";
+import { REPO_ROOT } from "./install.ts";
+
+/** What a scenario asks of a backend. */
+export interface BackendOptions {
+  /** Unix socket path to listen on (QEMU connects to it). */
+  readonly socketPath: string;
+  /** Raw disk image. */
+  readonly imagePath: string;
+  /** Queues to offer (vhost-user-blk-pci gets the same `num-queues`). */
+  readonly numQueues: number;
+  /** Export read-only (VIRTIO_BLK_F_RO). */
+  readonly readOnly?: boolean;
+}
+
+/** A running backend. */
+export interface Backend {
+  readonly label: string;
+  readonly socketPath: string;
+  /** Output tails for failure messages. */
+  diagnostics(): string;
+  /** Exit status if the backend already exited. */
+  readonly status: ExitStatus | undefined;
+  /** Stop it (SIGTERM, then SIGKILL) and wait for the exit. */
+  stop(): Promise<ExitStatus>;
+  /** Kill it abruptly (reconnect tests). */
+  kill(): void;
+}
+
+/** Starts a backend and resolves once its socket accepts connections. */
+export type StartBackend = (opts: BackendOptions) => Promise<Backend>;
+
+const READY_TIMEOUT_MS = 20_000;
+/** `__SO_ACCEPTCON` in the Flags column of /proc/net/unix: a listening socket. */
+const SO_ACCEPTCON = 0x10000;
+
+/** Whether `path` is bound by a listening Unix stream socket on this host. */
+export function isUnixListening(path: string): boolean {
+  let table: string;
+  try {
+    table = readFileSync("/proc/net/unix", "utf8");
+  } catch {
+    return false;
+  }
+  for (const line of table.split("\n").slice(1)) {
+    // Num RefCount Protocol Flags Type St Inode Path
+    const cols = line.trim().split(/\s+/);
+    if (cols.length >= 8 && cols.slice(7).join(" ") === path) {
+      if ((Number.parseInt(cols[3] ?? "0", 16) & SO_ACCEPTCON) !== 0) return true;
+    }
+  }
+  return false;
+}
+
+/** How to tell that a spawned backend is ready. */
+export type Readiness = { readonly stdoutLine: RegExp } | { readonly listening: string };
+
+/**
+ * Spawn a backend command and wait (bounded) until it is ready. Rejects with
+ * its output if it exits first or does not get ready in time.
+ */
+export async function spawnBackend(
+  label: string,
+  cmd: string,
+  args: readonly string[],
+  socketPath: string,
+  ready: Readiness,
+  env?: NodeJS.ProcessEnv,
+): Promise<Backend> {
+  const child = new Child(label, cmd, args, { cwd: REPO_ROOT, env: env ?? process.env });
+  const isReady = (): boolean =>
+    "listening" in ready
+      ? isUnixListening(ready.listening)
+      : ready.stdoutLine.test(child.stdout.text());
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (!isReady()) {
+    if (child.status) {
+      throw new Error(`${label} exited before it was ready\n${child.diagnostics()}`);
+    }
+    if (Date.now() > deadline) {
+      await child.stop(1000);
+      throw new Error(`${label} not ready after ${READY_TIMEOUT_MS} ms\n${child.diagnostics()}`);
+    }
+    await sleep(50);
+  }
+  return {
+    label,
+    socketPath,
+    diagnostics: () => child.diagnostics(),
+    get status() {
+      return child.status;
+    },
+    stop: () => child.stop(),
+    kill: () => child.kill("SIGKILL"),
+  };
+}
+
+/** qemu-storage-daemon exporting a raw file as vhost-user-blk (the reference backend). */
+export const startQsd: StartBackend = (o) =>
+  spawnBackend(
+    "qemu-storage-daemon",
+    "qemu-storage-daemon",
+    [
+      "--blockdev",
+      `driver=file,node-name=file0,filename=${o.imagePath},cache.direct=off`,
+      "--export",
+      [
+        "type=vhost-user-blk",
+        "id=exp0",
+        "node-name=file0",
+        "addr.type=unix",
+        `addr.path=${o.socketPath}`,
+        `writable=${o.readOnly ? "off" : "on"}`,
+        `num-queues=${o.numQueues}`,
+      ].join(","),
+    ],
+    o.socketPath,
+    { listening: o.socketPath },
+  );
+
+/**
+ * This project's CLI, `npx virtio-ts vhost-user-blk ...`, ready when it
+ * prints `listening on PATH`.
+ */
+export const startVirtioTsCli: StartBackend = (o) =>
+  spawnBackend(
+    "virtio-ts vhost-user-blk",
+    "npx",
+    [
+      "--no-install",
+      "virtio-ts",
+      "vhost-user-blk",
+      "--socket",
+      o.socketPath,
+      "--image",
+      o.imagePath,
+      "--num-queues",
+      String(o.numQueues),
+      ...(o.readOnly ? ["--read-only"] : []),
+    ],
+    o.socketPath,
+    { stdoutLine: new RegExp(`listening on ${escapeRegExp(o.socketPath)}`) },
+  );
+
+function escapeRegExp(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+}
