@@ -69,7 +69,7 @@ test("a shared mapping of a memfd and the file see each other's writes, with no 
     assert.equal(second[10], 1);
     second[20] = 42;
     assert.equal(view[PAGE + 20], 42);
-    assert.equal(munmap(second.buffer as ArrayBuffer), true);
+    assert.equal(munmap(second.buffer), true);
     assert.equal(munmap(buffer), true);
     close(fd);
   });
