@@ -33,7 +33,9 @@ interface FakeFile {
  */
 export class FakeFds implements EventFds {
   readonly #files = new Map<number, FakeFile>();
-  readonly #nextFd = { value: 100 };
+  /** Memory of memfd-like fds, kept after close (fd numbers are never reused). */
+  readonly #memories = new Map<number, SharedArrayBuffer>();
+  #nextFd = 100;
   /** Human-readable descriptions of every misuse seen. */
   readonly misuse: string[] = [];
   /** Every fd ever closed, in order. */
@@ -44,9 +46,12 @@ export class FakeFds implements EventFds {
     return this.#open(label, undefined);
   }
 
-  /** Opens a memfd-like fd of `size` bytes (zero-filled shared memory). */
-  memfd(size: number, label = "memfd"): number {
-    return this.#open(label, new SharedArrayBuffer(size));
+  /**
+   * Opens a memfd-like fd: `size` bytes of zero-filled shared memory, or an
+   * existing buffer (another fd to the same memory, as after a reconnect).
+   */
+  memfd(memory: number | SharedArrayBuffer, label = "memfd"): number {
+    return this.#open(label, typeof memory === "number" ? new SharedArrayBuffer(memory) : memory);
   }
 
   /** Opens a plain fd (e.g. a socket end). */
@@ -55,8 +60,9 @@ export class FakeFds implements EventFds {
   }
 
   #open(label: string, memory: SharedArrayBuffer | undefined): number {
-    const fd = this.#nextFd.value++;
+    const fd = this.#nextFd++;
     this.#files.set(fd, { label, counter: 0, signals: 0, memory, watcher: undefined });
+    if (memory !== undefined) this.#memories.set(fd, memory);
     return fd;
   }
 
@@ -72,7 +78,7 @@ export class FakeFds implements EventFds {
 
   /** The memory behind a memfd-like fd (also usable after close, for checks). */
   memoryOf(fd: number): SharedArrayBuffer | undefined {
-    return this.#files.get(fd)?.memory;
+    return this.#memories.get(fd);
   }
 
   /** How many times `fd` was signalled. */
