@@ -123,6 +123,9 @@ export class FileBacking implements BlkBacking {
   #syncQueued: Promise<void> | null = null;
   #syncFailed: Error | undefined = undefined;
   #closed = false;
+  /** fallocate modes the file system refused with EOPNOTSUPP: not tried again. */
+  readonly #unsupportedModes = new Set<number>();
+  #bounceCount = 0;
 
   private constructor(
     path: string,
@@ -193,6 +196,11 @@ export class FileBacking implements BlkBacking {
 
   get size(): number {
     return this.#size;
+  }
+
+  /** O_DIRECT requests that went through the bounce buffer (guest buffers the kernel refused). */
+  get bouncedRequests(): number {
+    return this.#bounceCount;
   }
 
   #check(offset: number, length: number, write: boolean): void {
@@ -269,6 +277,7 @@ export class FileBacking implements BlkBacking {
   /** The O_DIRECT fallback: the whole request again through an aligned bounce slot. */
   async #bounced(offset: number, iov: readonly Uint8Array[], write: boolean): Promise<void> {
     const pool = this.#bounce!;
+    this.#bounceCount++;
     const slot = await pool.acquire();
     try {
       const total = iovLength(iov);
@@ -339,11 +348,13 @@ export class FileBacking implements BlkBacking {
     return this.#fallocate;
   }
 
-  /** fallocate, or false if unsupported (then it is not tried again). */
+  /** fallocate, or false if unsupported (then that mode is not tried again). */
   async #tryFallocate(mode: number, offset: number, length: number): Promise<boolean> {
+    if (this.#unsupportedModes.has(mode)) return false;
     const fn = await this.#fallocateFn();
     if (fn === null) return false;
     if (fn(this.#fh.fd, mode, offset, length)) return true;
+    this.#unsupportedModes.add(mode);
     this.#log.warn(
       `disk image ${this.path}: fallocate mode ${mode} not supported by the file system`,
     );

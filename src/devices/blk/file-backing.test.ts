@@ -1,0 +1,343 @@
+import { after, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import {
+  chmodSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  truncateSync,
+  writeFileSync,
+} from "node:fs";
+import { open } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ErrorCode, isVirtioError } from "../../errors.ts";
+import { FileBacking, IOV_MAX } from "./file-backing.ts";
+import {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  type FallocateFn,
+} from "./fallocate.ts";
+import { silentBlkLogger } from "./log.ts";
+
+const tmp = mkdtempSync(join(tmpdir(), "virtio-ts-file-"));
+const opened: FileBacking[] = [];
+after(async () => {
+  for (const b of opened) await b.close();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+let n = 0;
+function image(content: Uint8Array | number): string {
+  const p = join(tmp, `img-${n++}.raw`);
+  writeFileSync(p, typeof content === "number" ? new Uint8Array(content) : content);
+  return p;
+}
+
+function bytes(len: number, seed: number): Uint8Array {
+  const b = new Uint8Array(len);
+  for (let i = 0; i < len; i++) b[i] = (i * 31 + seed * 7 + (i >>> 9)) & 0xff;
+  return b;
+}
+
+async function openImg(path: string, o: Parameters<typeof FileBacking.open>[1] = {}) {
+  const b = await FileBacking.open(path, { logger: silentBlkLogger, fallocate: null, ...o });
+  opened.push(b);
+  return b;
+}
+
+const imageErr = (re: RegExp) => (e: unknown) =>
+  isVirtioError(e, ErrorCode.BLK_IMAGE) && re.test(e.message) && !e.message.includes("\n");
+
+describe("open: clear up-front errors", () => {
+  test("missing image", async () => {
+    await assert.rejects(FileBacking.open(join(tmp, "nope.img")), imageErr(/does not exist/));
+  });
+
+  test("size not a multiple of the logical block size", async () => {
+    await assert.rejects(FileBacking.open(image(1000)), imageErr(/size 1000 is not a multiple/));
+    await assert.rejects(
+      FileBacking.open(image(4096 + 512), { logicalBlockSize: 4096 }),
+      imageErr(/not a multiple of the 4096-byte/),
+    );
+  });
+
+  test("a directory is not an image", async () => {
+    const d = join(tmp, "dir");
+    mkdirSync(d);
+    await assert.rejects(FileBacking.open(d), imageErr(/not a regular file/));
+  });
+
+  test("a read-only file opened for writing; read-only open works", async () => {
+    const p = image(4096);
+    // Root ignores permission bits, so as root the file is made immutable instead.
+    const root = process.getuid?.() === 0;
+    if (root) assert.equal(spawnSync("chattr", ["+i", p]).status, 0, "chattr +i");
+    else chmodSync(p, 0o444);
+    try {
+      await assert.rejects(
+        FileBacking.open(p),
+        imageErr(/is not writable \(E(ACCES|PERM|ROFS)\); open it read-only/),
+      );
+      const ro = await openImg(p, { readOnly: true });
+      assert.equal(ro.readOnly, true);
+      assert.equal(ro.size, 4096);
+    } finally {
+      if (root) spawnSync("chattr", ["-i", p]);
+    }
+  });
+
+  test("bad options are RangeErrors", async () => {
+    await assert.rejects(FileBacking.open(image(512), { logicalBlockSize: 1000 }), RangeError);
+    await assert.rejects(FileBacking.open(image(512), { maxIoBytes: 100 }), RangeError);
+  });
+});
+
+describe("vectored I/O", () => {
+  test("many small views, more than IOV_MAX, and transfers split by maxIoBytes", async () => {
+    const size = 2 * IOV_MAX * 512 + 4096;
+    const p = image(size);
+    const f = await openImg(p, { maxIoBytes: 64 * 1024 });
+    const data = bytes(size, 1);
+    const views: Uint8Array[] = [];
+    // Uneven views: 100, 412, 512, ... (more than IOV_MAX of them).
+    for (let o = 0; o < size;) {
+      const len = Math.min(size - o, o % 1024 === 0 ? 100 : 412 + (o % 100));
+      views.push(data.slice(o, o + len));
+      o += len;
+    }
+    assert.ok(views.length > IOV_MAX);
+    await f.writev(0, views);
+    assert.deepEqual(new Uint8Array(readFileSync(p)), data);
+    const back = views.map((v) => new Uint8Array(v.length));
+    await f.readv(0, back);
+    assert.deepEqual(back, views);
+  });
+
+  test("views aliasing a SharedArrayBuffer (guest memory) work both ways", async () => {
+    const p = image(8192);
+    const f = await openImg(p);
+    const sab = new SharedArrayBuffer(16384);
+    const a = new Uint8Array(sab, 3, 1000);
+    const b = new Uint8Array(sab, 5000, 24);
+    a.set(bytes(1000, 2));
+    b.set(bytes(24, 3));
+    await f.writev(512, [a, b]);
+    const out = [new Uint8Array(sab, 9000, 512), new Uint8Array(sab, 10001, 512)];
+    await f.readv(512, out);
+    assert.deepEqual(out[0], a.subarray(0, 512));
+    assert.deepEqual(out[1]!.subarray(0, 488), a.subarray(512));
+    assert.deepEqual(out[1]!.subarray(488), b);
+  });
+
+  test("a read that meets end-of-file (image shrunk behind our back) returns zeroes for the rest", async () => {
+    const p = image(bytes(8192, 4));
+    const f = await openImg(p);
+    truncateSync(p, 5000);
+    const out = new Uint8Array(4096).fill(0xaa);
+    await f.readv(4096, [out]);
+    assert.deepEqual(out.subarray(0, 904), bytes(8192, 4).subarray(4096, 5000));
+    assert.ok(out.subarray(904).every((x) => x === 0));
+  });
+
+  test("ranges outside the image are refused", async () => {
+    const f = await openImg(image(4096));
+    await assert.rejects(f.readv(4096, [new Uint8Array(512)]), RangeError);
+    await assert.rejects(f.writev(-512, [new Uint8Array(512)]), RangeError);
+    await assert.rejects(f.writeZeroes(3584, 1024, false), RangeError);
+  });
+
+  test("read-only: writes reject, the file is never written, flush is a no-op", async () => {
+    const content = bytes(4096, 5);
+    const p = image(content);
+    const f = await openImg(p, { readOnly: true });
+    await assert.rejects(f.writev(0, [new Uint8Array(512)]), /read-only/);
+    await assert.rejects(f.writeZeroes(0, 512, false), /read-only/);
+    await assert.rejects(f.discard(0, 512), /read-only/);
+    await assert.rejects(f.resize(8192), /read-only/);
+    await f.flush();
+    assert.deepEqual(new Uint8Array(readFileSync(p)), content);
+  });
+
+  test("resize grows the file with zeroes and shrinks it", async () => {
+    const p = image(bytes(4096, 6));
+    const f = await openImg(p);
+    await f.resize(8192);
+    assert.equal(f.size, 8192);
+    const out = new Uint8Array(4096);
+    await f.readv(4096, [out]);
+    assert.ok(out.every((x) => x === 0));
+    await f.resize(2048);
+    assert.equal(readFileSync(p).length, 2048);
+  });
+});
+
+describe("WRITE_ZEROES and DISCARD", () => {
+  test("without fallocate: zeroes are written; DISCARD leaves data (allowed)", async () => {
+    const content = bytes(1 << 21, 7);
+    const p = image(content);
+    const f = await openImg(p);
+    await f.writeZeroes(512, (1 << 20) + 512, true);
+    await f.discard(1 << 20, 4096);
+    const disk = new Uint8Array(readFileSync(p));
+    assert.deepEqual(disk.subarray(0, 512), content.subarray(0, 512));
+    assert.ok(disk.subarray(512, (1 << 20) + 1024).every((x) => x === 0));
+    assert.deepEqual(disk.subarray((1 << 20) + 1024), content.subarray((1 << 20) + 1024));
+  });
+
+  test("fallocate modes: PUNCH_HOLE|KEEP_SIZE for DISCARD and unmap, ZERO_RANGE otherwise", async () => {
+    const calls: [number, number, number][] = [];
+    const fallocate: FallocateFn = (_fd, mode, off, len) => {
+      calls.push([mode, off, len]);
+      return true;
+    };
+    const content = bytes(8192, 8);
+    const p = image(content);
+    const f = await openImg(p, { fallocate });
+    await f.discard(0, 1024);
+    await f.writeZeroes(1024, 512, true);
+    await f.writeZeroes(2048, 512, false);
+    assert.deepEqual(calls, [
+      [FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 1024],
+      [FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 1024, 512],
+      [FALLOC_FL_ZERO_RANGE, 2048, 512],
+    ]);
+    assert.deepEqual(
+      new Uint8Array(readFileSync(p)),
+      content,
+      "the fake did nothing, nothing else wrote",
+    );
+  });
+
+  test("fallocate unsupported (EOPNOTSUPP): falls back to writing zeroes, and stops asking", async () => {
+    let asked = 0;
+    const fallocate: FallocateFn = () => {
+      asked++;
+      return false;
+    };
+    const content = bytes(8192, 9);
+    const p = image(content);
+    const f = await openImg(p, { fallocate });
+    await f.writeZeroes(0, 1024, false);
+    await f.writeZeroes(4096, 1024, true);
+    const disk = new Uint8Array(readFileSync(p));
+    assert.ok(disk.subarray(0, 1024).every((x) => x === 0));
+    assert.ok(disk.subarray(4096, 5120).every((x) => x === 0));
+    assert.deepEqual(disk.subarray(1024, 4096), content.subarray(1024, 4096));
+    assert.equal(asked, 2, "ZERO_RANGE once, PUNCH_HOLE once; then each is known unsupported");
+    await f.writeZeroes(2048, 512, true);
+    assert.equal(asked, 2);
+    assert.ok(new Uint8Array(readFileSync(p)).subarray(2048, 2560).every((x) => x === 0));
+  });
+});
+
+describe("flush", () => {
+  /** Replaces FileHandle.prototype.datasync for the test's duration. */
+  async function withDatasync(
+    impl: (orig: () => Promise<void>) => Promise<void>,
+    fn: () => Promise<void>,
+  ): Promise<void> {
+    const probe = await open(image(512), "r");
+    const proto = Object.getPrototypeOf(probe) as { datasync: () => Promise<void> };
+    await probe.close();
+    const orig = proto.datasync;
+    proto.datasync = function (this: unknown) {
+      return impl(() => orig.call(this));
+    };
+    try {
+      await fn();
+    } finally {
+      proto.datasync = orig;
+    }
+  }
+
+  test("concurrent flushes share fdatasyncs; each waits for one that started after it", async () => {
+    const f = await openImg(image(4096));
+    const started: number[] = [];
+    const release: (() => void)[] = [];
+    await withDatasync(
+      (orig) => {
+        started.push(started.length);
+        return new Promise<void>((res) => release.push(res)).then(orig);
+      },
+      async () => {
+        let a = false;
+        let b = false;
+        let c = false;
+        const pa = f.flush().then(() => (a = true));
+        // B and C arrive while A's sync runs: they need a sync that starts later; they share it.
+        const pb = f.flush().then(() => (b = true));
+        const pc = f.flush().then(() => (c = true));
+        await new Promise((r) => setImmediate(r));
+        assert.equal(started.length, 1);
+        release.shift()!();
+        await pa;
+        assert.equal(
+          b || c,
+          false,
+          "B and C not acknowledged by the sync that started before them",
+        );
+        for (let i = 0; i < 100 && started.length < 2; i++)
+          await new Promise((r) => setImmediate(r));
+        assert.equal(started.length, 2);
+        release.shift()!();
+        await Promise.all([pb, pc]);
+        assert.equal(a && b && c, true);
+        assert.equal(started.length, 2, "one sync for B and C");
+      },
+    );
+  });
+
+  test("after a failed fdatasync every later flush fails", async () => {
+    const f = await openImg(image(4096));
+    await withDatasync(
+      () => Promise.reject(Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" })),
+      async () => {
+        await assert.rejects(f.flush(), /EIO/);
+      },
+    );
+    await assert.rejects(f.flush(), /EIO/, "sticky: the lost writes are never acknowledged");
+  });
+});
+
+describe("O_DIRECT", () => {
+  test("guest buffers at any alignment: direct when the kernel accepts them, else through the bounce buffer", async () => {
+    const size = 1 << 20;
+    const content = bytes(size, 10);
+    const p = image(content);
+    const f = await openImg(p, { direct: true });
+    assert.equal(f.direct, true);
+    const sab = new SharedArrayBuffer(1 << 20);
+    for (const [off, at, len] of [
+      [0, 0, 4096],
+      [3, 4096, 8192],
+      [4096 + 17, 512, 512],
+      [100000, 65536, 300 * 1024],
+    ] as const) {
+      const view = new Uint8Array(sab, off, len);
+      await f.readv(at, [view]);
+      assert.deepEqual(view, content.subarray(at, at + len), `read ${len} at ${at} into +${off}`);
+    }
+    const data = bytes(12288, 11);
+    const src = new Uint8Array(sab, 777, 12288);
+    src.set(data);
+    await f.writev(8192, [src.subarray(0, 5000), src.subarray(5000)]);
+    await f.writeZeroes(65536, 4096, false);
+    await f.flush();
+    assert.ok(f.bouncedRequests > 0, "misaligned guest buffers went through the bounce buffer");
+    const disk = new Uint8Array(readFileSync(p));
+    assert.deepEqual(disk.subarray(8192, 8192 + 12288), data);
+    assert.ok(disk.subarray(65536, 65536 + 4096).every((x) => x === 0));
+    assert.deepEqual(disk.subarray(0, 8192), content.subarray(0, 8192));
+  });
+
+  test("an image too small to probe is refused up front", async () => {
+    await assert.rejects(
+      FileBacking.open(image(4096), { direct: true }),
+      imageErr(/O_DIRECT needs an image/),
+    );
+  });
+});
