@@ -276,7 +276,7 @@ describe("replay of QEMU 7.2 sequences", { timeout: 20_000 }, () => {
     first.h.assertReleased([first.memfd]); // never sent: QEMU still holds it
 
     // The guest's rings live on in the same memory; the used indexes are where the old back-end left them.
-    const ram = first.h.fds.memoryOf(first.memfd)! as SharedArrayBuffer;
+    const ram = first.h.fds.memoryOf(first.memfd)!;
     const q = new Qemu(ram);
     const lin0 = q.driver(LINUX0, 38);
     const lin1 = q.driver(LINUX1, 67);
