@@ -134,7 +134,7 @@ export class BlkRig {
   readonly mem: GuestMemory;
   readonly drv: MockSplitQueue;
   readonly q: DeviceQueue;
-  readonly alloc: MockAllocator;
+  alloc: MockAllocator;
   readonly cfg: BlkDeviceConfig;
   readonly engine: BlkQueueEngine;
   readonly backing: BlkBacking;
@@ -170,6 +170,11 @@ export class BlkRig {
       logger: this.log,
       ...o.engine,
     });
+  }
+
+  /** Forgets every buffer handed out (call only when no request is outstanding). */
+  resetHeap(): void {
+    this.alloc = new MockAllocator(HEAP, MEM_SIZE);
   }
 
   /** Lays out a request in guest memory and builds its chain (not published). */

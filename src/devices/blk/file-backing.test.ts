@@ -117,6 +117,56 @@ describe("vectored I/O", () => {
     assert.deepEqual(back, views);
   });
 
+  test("short reads and writes continue where they stopped", async () => {
+    const probe = await open(image(512), "r");
+    type Vec = (
+      b: Uint8Array[],
+      pos: number,
+    ) => Promise<{ bytesRead?: number; bytesWritten?: number }>;
+    const proto = Object.getPrototypeOf(probe) as { readv: Vec; writev: Vec };
+    await probe.close();
+    const { readv, writev } = proto;
+    // At most 700 bytes per call, cut anywhere (also inside a view).
+    const cut = (bufs: Uint8Array[]): Uint8Array[] => {
+      const out: Uint8Array[] = [];
+      let left = 700;
+      for (const b of bufs) {
+        if (left === 0) break;
+        out.push(b.subarray(0, Math.min(b.length, left)));
+        left -= out[out.length - 1]!.length;
+      }
+      return out;
+    };
+    let calls = 0;
+    proto.readv = function (this: unknown, b, pos) {
+      calls++;
+      return readv.call(this, cut(b), pos);
+    };
+    proto.writev = function (this: unknown, b, pos) {
+      calls++;
+      return writev.call(this, cut(b), pos);
+    };
+    try {
+      const p = image(16384);
+      const f = await openImg(p);
+      const data = bytes(8192, 12);
+      await f.writev(1024, [
+        data.subarray(0, 3000),
+        data.subarray(3000, 3001),
+        data.subarray(3001),
+      ]);
+      assert.deepEqual(new Uint8Array(readFileSync(p)).subarray(1024, 1024 + 8192), data);
+      const back = [new Uint8Array(5000), new Uint8Array(0), new Uint8Array(3192)];
+      await f.readv(1024, back);
+      assert.deepEqual(back[0], data.subarray(0, 5000));
+      assert.deepEqual(back[2], data.subarray(5000));
+      assert.ok(calls >= 24, `${calls} calls`);
+    } finally {
+      proto.readv = readv;
+      proto.writev = writev;
+    }
+  });
+
   test("views aliasing a SharedArrayBuffer (guest memory) work both ways", async () => {
     const p = image(8192);
     const f = await openImg(p);
