@@ -5,7 +5,8 @@
  * @module
  */
 import { Worker, isMainThread, parentPort } from "node:worker_threads";
-import type { MessageEndpoint, ThreadHost, WorkerThread } from "./threads.ts";
+import type { TransferListItem } from "node:worker_threads";
+import type { MessageEndpoint, ThreadHost, Transferable, WorkerThread } from "./threads.ts";
 
 /** Options of {@link nodeThreadHost}. */
 export interface NodeThreadHostOptions {
@@ -22,7 +23,7 @@ export interface NodeThreadHostOptions {
 /** A ThreadHost that starts worker_threads. */
 export function nodeThreadHost(options: NodeThreadHostOptions = {}): ThreadHost {
   return {
-    spawn(module: URL, init: unknown): WorkerThread {
+    spawn(module: URL, init: unknown, transfer: readonly Transferable[] = []): WorkerThread {
       const w =
         options.loaderRegister === undefined
           ? new Worker(module)
@@ -31,7 +32,7 @@ export function nodeThreadHost(options: NodeThreadHostOptions = {}): ThreadHost 
                 `.then((m) => { m.register(); return import(${JSON.stringify(module.href)}); })`,
               { eval: true },
             );
-      w.postMessage(init);
+      w.postMessage(init, transfer as readonly TransferListItem[]);
       return {
         postMessage: (m) => w.postMessage(m),
         onMessage(handler) {

@@ -8,6 +8,9 @@
  * @module
  */
 
+/** Something postMessage can transfer (MessagePort, ArrayBuffer, ...): opaque here. */
+export type Transferable = object;
+
 /** One side of a message channel: a worker seen from its parent, or the parent seen from the worker. */
 export interface MessageEndpoint {
   /** Posts a structured-cloneable message (SharedArrayBuffers are shared, not copied). */
@@ -26,8 +29,11 @@ export interface WorkerThread extends MessageEndpoint {
 
 /** Starts threads running an ES module. */
 export interface ThreadHost {
-  /** Starts `module` in a new thread; `init` is posted to it as the first message. */
-  spawn(module: URL, init: unknown): WorkerThread;
+  /**
+   * Starts `module` in a new thread; `init` is posted to it as the first
+   * message, with `transfer` (e.g. MessagePorts) in its transfer list.
+   */
+  spawn(module: URL, init: unknown, transfer?: readonly Transferable[]): WorkerThread;
 }
 
 /**

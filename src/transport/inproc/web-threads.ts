@@ -6,7 +6,7 @@
  *
  * @module
  */
-import type { MessageEndpoint, ThreadHost, WorkerThread } from "./threads.ts";
+import type { MessageEndpoint, ThreadHost, Transferable, WorkerThread } from "./threads.ts";
 
 interface WebMessageEvent {
   readonly data: unknown;
@@ -17,6 +17,7 @@ interface WebEventTarget {
   postMessage(message: unknown): void;
 }
 interface WebWorker extends WebEventTarget {
+  postMessage(message: unknown, transfer?: readonly Transferable[]): void;
   terminate(): void;
 }
 type WebWorkerConstructor = new (url: URL | string, options?: { type?: "module" }) => WebWorker;
@@ -41,9 +42,9 @@ export function webThreadHost(): ThreadHost {
   const Ctor = (globalThis as { Worker?: WebWorkerConstructor }).Worker;
   if (Ctor === undefined) throw new TypeError("this runtime has no Web Worker");
   return {
-    spawn(module: URL, init: unknown): WorkerThread {
+    spawn(module: URL, init: unknown, transfer: readonly Transferable[] = []): WorkerThread {
       const w = new Ctor(module, { type: "module" });
-      w.postMessage(init);
+      w.postMessage(init, transfer);
       return {
         ...endpointOf(w),
         onError(handler) {
