@@ -18,7 +18,12 @@
  * @module
  */
 import { ErrorCode, VirtioError, isVirtioError } from "../errors.ts";
-import { vhostUserRequestName } from "../spec/vhost-user.ts";
+import {
+  VHOST_USER_REPLY_MASK,
+  VHOST_USER_VERSION,
+  VHOST_USER_VERSION_MASK,
+  vhostUserRequestName,
+} from "../spec/vhost-user.ts";
 import type { VhostUserBackend } from "./backend.ts";
 import { encodeReply, encodeU64 } from "./codec.ts";
 import type { VringDataplane } from "./dataplane.ts";
@@ -139,6 +144,7 @@ export class VhostUserConnection {
     try {
       messages = this.#reader.push(bytes, fds);
     } catch (e) {
+      this.#nackMalformed(e);
       this.#fail(e);
       return;
     }
@@ -177,6 +183,20 @@ export class VhostUserConnection {
     } finally {
       for (const fd of msg.fds.splice(0)) this.#session.closeFd(fd);
     }
+  }
+
+  /**
+   * A malformed message whose header was sane (version 1, not a reply, a
+   * request without a reply body) gets the failure status it asked for.
+   */
+  #nackMalformed(e: unknown): void {
+    if (!isVirtioError(e)) return;
+    const { request, flags } = e.details;
+    if (typeof request !== "number" || typeof flags !== "number") return;
+    const rule = VHOST_USER_REQUEST_RULES.get(request);
+    const sane = (flags & (VHOST_USER_VERSION_MASK | VHOST_USER_REPLY_MASK)) === VHOST_USER_VERSION;
+    if (rule !== undefined && !rule.reply && sane)
+      this.#ack({ request, flags, payload: new Uint8Array(0), fds: [] }, REPLY_ACK_FAILED);
   }
 
   /** The REPLY_ACK status, if negotiated and asked for. */

@@ -58,7 +58,11 @@ export interface RingEvents {
 export interface VringDataplane {
   /** Maps a region from `fd` (the caller closes `fd` once this resolves). */
   addRegion(region: RegionInfo, fd: number): void | Promise<void>;
-  /** Unmaps a region. No ring is running when this is called. */
+  /**
+   * Unmaps a region (the first one mapped with this gpa, uva and size). No
+   * ring is running when this is called. Rings started later see exactly the
+   * regions mapped at their start.
+   */
   removeRegion(region: RegionInfo): void | Promise<void>;
   /**
    * Starts ring `index`. A kick follows at once (work queued before the start

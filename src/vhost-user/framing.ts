@@ -262,11 +262,16 @@ export class MessageReader {
     const name = vhostUserRequestName(m.request);
     const bad = checkPayloadFields(rule.payload, m.payload);
     if (bad !== undefined)
-      throw protocolError(`${name}: ${bad}`, { request: m.request, size: m.payload.byteLength });
+      throw protocolError(`${name}: ${bad}`, {
+        request: m.request,
+        flags: m.flags,
+        size: m.payload.byteLength,
+      });
     const allowed = expectedFds(rule, m.payload);
     if (!allowed.includes(m.fds.length)) {
       throw protocolError(`${name}: ${m.fds.length} fds, expected ${allowed.join(" or ")}`, {
         request: m.request,
+        flags: m.flags,
         fds: m.fds.length,
       });
     }

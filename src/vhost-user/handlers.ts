@@ -110,26 +110,28 @@ const getMaxMemSlots: Handler = (s) => encodeU64(BigInt(s.maxMemSlots));
 
 // ------------------------------------------------------------ memory table
 
-/** SET_MEM_TABLE replaces the whole table; fds match the regions in number and order. */
+/**
+ * SET_MEM_TABLE replaces the whole table; fds match the regions in number and
+ * order. The new regions are mapped first (a bad one fails before any ring is
+ * disturbed), then the running rings stop, the old regions go and the rings
+ * restart over the new memory.
+ */
 const setMemTable: Handler = async (s, msg) => {
   const regions = decodeMemoryTable(msg.payload).map(validateRegion);
   s.memory.checkReplace(regions);
+  for (let i = 0; i < regions.length; i++) await s.dataplane.addRegion(regions[i]!, msg.fds[i]!);
   await s.stopAll();
   for (const r of s.memory.regions) await s.dataplane.removeRegion(r);
-  s.memory.clear();
-  for (let i = 0; i < regions.length; i++) {
-    await s.dataplane.addRegion(regions[i]!, msg.fds[i]!);
-    s.memory.add(regions[i]!);
-  }
+  s.memory.replace(regions);
   await s.reconcileAll();
 };
 
-/** ADD_MEM_REG appends one region (running rings restart to see it). */
+/** ADD_MEM_REG appends one region; running rings restart to see it. */
 const addMemReg: Handler = async (s, msg) => {
   const region = validateRegion(decodeSingleMemRegion(msg.payload));
   s.memory.checkAdd(region);
-  await s.stopAll();
   await s.dataplane.addRegion(region, msg.fds[0]!);
+  await s.stopAll();
   s.memory.add(region);
   await s.reconcileAll();
 };
