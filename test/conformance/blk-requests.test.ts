@@ -65,6 +65,15 @@ const KINDS: Kind[] = [
     },
     bytes: (b) => new Uint8Array(readFileSync((b as FileBacking).path)),
   },
+  {
+    name: "FileBacking with native fallocate",
+    make: (content, readOnly) => {
+      const path = join(tmp, `disk-${fileNo++}.img`);
+      writeFileSync(path, content);
+      return FileBacking.open(path, { readOnly });
+    },
+    bytes: (b) => new Uint8Array(readFileSync((b as FileBacking).path)),
+  },
 ];
 
 const initial = pattern(DISK_BYTES, 7);

@@ -23,24 +23,21 @@ export const FALLOC_FL_ZERO_RANGE = 0x10;
  */
 export type FallocateFn = (fd: number, mode: number, offset: number, length: number) => boolean;
 
-/** The shape of the native addon module this file needs. */
-interface NativeFallocate {
-  fallocate(fd: number, mode: number, offset: number, length: number): void;
-}
+/** The addon's fallocate: throws a NativeError (`errnoCode` e.g. "EOPNOTSUPP") on failure. */
+type NativeFallocate = (fd: number, mode: number, offset: number, length: number) => void;
 
-function isNativeFallocate(m: unknown): m is NativeFallocate {
-  return typeof (m as { fallocate?: unknown } | null)?.fallocate === "function";
-}
+/** errno names meaning "this file system cannot do that mode". */
+const UNSUPPORTED = new Set(["EOPNOTSUPP", "ENOTSUP", "ENOSYS"]);
 
 /** Wraps the addon's throwing fallocate into a {@link FallocateFn}. */
-export function fallocateFromNative(native: NativeFallocate): FallocateFn {
+export function fallocateFromNative(fallocate: NativeFallocate): FallocateFn {
   return (fd, mode, offset, length) => {
     try {
-      native.fallocate(fd, mode, offset, length);
+      fallocate(fd, mode, offset, length);
       return true;
     } catch (e) {
-      const code = (e as { code?: unknown }).code;
-      if (code === "EOPNOTSUPP" || code === "ENOTSUP" || code === "ENOSYS") return false;
+      const errno = (e as { errnoCode?: unknown } | null)?.errnoCode;
+      if (typeof errno === "string" && UNSUPPORTED.has(errno)) return false;
       throw e;
     }
   };
@@ -49,20 +46,13 @@ export function fallocateFromNative(native: NativeFallocate): FallocateFn {
 let loaded: Promise<FallocateFn | null> | undefined;
 
 /**
- * The native fallocate, or null when the addon cannot be loaded. Loaded once,
- * on first use.
+ * The native fallocate, or null when the addon is not built. Imported on
+ * first use only, so opening an image never needs the addon.
  */
 export function loadNativeFallocate(): Promise<FallocateFn | null> {
-  loaded ??= (async () => {
-    try {
-      // A computed specifier: the addon's wrapper may be absent (a build without native code).
-      const spec = "../../native/index.ts";
-      const m: unknown = await import(spec);
-      const native = (m as { native?: unknown; default?: unknown }).native ?? m;
-      return isNativeFallocate(native) ? fallocateFromNative(native) : null;
-    } catch {
-      return null;
-    }
-  })();
+  loaded ??= import("../../native/index.ts").then(
+    (m) => (m.nativeAvailable() ? fallocateFromNative(m.fallocate) : null),
+    () => null,
+  );
   return loaded;
 }

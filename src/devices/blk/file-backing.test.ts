@@ -7,6 +7,7 @@ import {
   mkdtempSync,
   readFileSync,
   rmSync,
+  statSync,
   truncateSync,
   writeFileSync,
 } from "node:fs";
@@ -260,6 +261,29 @@ describe("WRITE_ZEROES and DISCARD", () => {
       content,
       "the fake did nothing, nothing else wrote",
     );
+  });
+
+  test("native fallocate: holes for DISCARD and UNMAP (fewer blocks), ZERO_RANGE otherwise; reads return zeroes", async () => {
+    const MiB = 1 << 20;
+    const content = bytes(4 * MiB, 13);
+    const p = image(content);
+    const f = await FileBacking.open(p, { logger: silentBlkLogger }); // loads the addon on first use
+    opened.push(f);
+    const blocks0 = statSync(p).blocks;
+    await f.discard(0, MiB);
+    await f.writeZeroes(MiB, MiB, true);
+    await f.writeZeroes(2 * MiB, MiB, false);
+    await f.flush();
+    const st = statSync(p);
+    assert.equal(st.size, 4 * MiB, "size kept");
+    assert.ok(
+      st.blocks <= blocks0 - (2 * MiB) / 512,
+      `holes punched: ${blocks0} → ${st.blocks} blocks`,
+    );
+    const out = new Uint8Array(4 * MiB);
+    await f.readv(0, [out]);
+    assert.ok(out.subarray(0, 3 * MiB).every((x) => x === 0));
+    assert.deepEqual(out.subarray(3 * MiB), content.subarray(3 * MiB));
   });
 
   test("fallocate unsupported (EOPNOTSUPP): falls back to writing zeroes, and stops asking", async () => {
