@@ -160,7 +160,8 @@ export function pumpChecksum(
       const n = started;
       expected[slot] = pool.fill(slot, n);
       // Token = request number · 2^16 + slot: a number, no allocation.
-      if (!dq.add(pool.readable(slot, (n & 1) === 1), pool.writable(slot), n * 65536 + slot)) {
+      // stage(): published together by kick() (kickNeeded publishes avail.idx first).
+      if (!dq.stage(pool.readable(slot, (n & 1) === 1), pool.writable(slot), n * 65536 + slot)) {
         free.push(slot); // not enough free descriptors: wait for completions
         ringFull = true;
         break;

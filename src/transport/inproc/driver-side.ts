@@ -463,10 +463,16 @@ export class InprocDriverTransport {
    * Waits (blocking: a worker) until queue `index` has used buffers, a
    * configuration change arrives, or `timeoutMs` passes.
    *
+   * With `delayed` (and EVENT_IDX) the device is asked to notify only once
+   * about 3/4 of the outstanding requests completed (`enableCallbacksDelayed`,
+   * Linux's virtqueue_enable_cb_delayed): fewer wake-ups when the driver
+   * waits for room in a full ring. Without EVENT_IDX it is the same as not
+   * delayed.
+   *
    * @throws {VirtioError} the queue's error if it is broken.
    * @throws {RangeError} if the queue was not set up.
    */
-  waitUsed(index: number, timeoutMs: number): WaitResult {
+  waitUsed(index: number, timeoutMs: number, delayed = false): WaitResult {
     const dq = this.#queue(index);
     if (dq.hasUsed()) return "used";
     if (this.#spinOn(dq)) return "used";
@@ -474,7 +480,7 @@ export class InprocDriverTransport {
     const bell = this.#drvBell;
     for (;;) {
       const seen = bell.read();
-      const r = this.#beforeSleep(dq);
+      const r = this.#beforeSleep(dq, delayed);
       if (r !== null) return r;
       const left = deadline - Date.now();
       if (left <= 0) return "timeout";
@@ -484,7 +490,7 @@ export class InprocDriverTransport {
   }
 
   /** {@link waitUsed} without blocking the thread. */
-  async waitUsedAsync(index: number, timeoutMs: number): Promise<WaitResult> {
+  async waitUsedAsync(index: number, timeoutMs: number, delayed = false): Promise<WaitResult> {
     const dq = this.#queue(index);
     if (dq.hasUsed()) return "used";
     if (this.#spinOn(dq)) return "used";
@@ -492,7 +498,7 @@ export class InprocDriverTransport {
     const bell = this.#drvBell;
     for (;;) {
       const seen = bell.read();
-      const r = this.#beforeSleep(dq);
+      const r = this.#beforeSleep(dq, delayed);
       if (r !== null) return r;
       const left = deadline - Date.now();
       if (left <= 0) return "timeout";
@@ -527,9 +533,9 @@ export class InprocDriverTransport {
   }
 
   /** Arms used-buffer notifications and re-checks; non-null means "don't sleep". */
-  #beforeSleep(dq: DriverQueue<unknown>): WaitResult | null {
-    // enableCallbacks re-arms used_event / clears NO_INTERRUPT, then re-reads used.idx (the race check).
-    if (!dq.enableCallbacks()) return "used";
+  #beforeSleep(dq: DriverQueue<unknown>, delayed: boolean): WaitResult | null {
+    // enableCallbacks(Delayed) re-arms used_event / clears NO_INTERRUPT, then re-reads used.idx (the race check).
+    if (!(delayed ? dq.enableCallbacksDelayed() : dq.enableCallbacks())) return "used";
     if (dq.broken !== null) throw dq.broken;
     if (this.configChanged()) return "config";
     return null;

@@ -94,6 +94,17 @@ function rig(backend = new PlusOneBackend(), controlTimeoutMs = 5000): Rig {
   return { memory, registers, backend, device, transport, driver, loop, logs };
 }
 
+/** A kick written straight into the register block, bypassing the ring's kickNeeded (a rogue driver). */
+function rawKick(registers: SharedArrayBuffer, n: number): void {
+  const { i32, layout } = openRegisters(registers);
+  // Atomics.add (SeqCst RMW): bump queue 0's kick counter.
+  Atomics.add(i32, layout.kickBase, n);
+  // Atomics.add (SeqCst RMW): then the device doorbell, ordered after the kick count.
+  Atomics.add(i32, layout.devWake, 1);
+  // Atomics.notify: wake the device loop if it sleeps.
+  Atomics.notify(i32, layout.devWake);
+}
+
 async function stop(r: Rig): Promise<void> {
   stopInprocDevice(r.registers);
   await r.loop;
@@ -207,11 +218,8 @@ test("garbage in the register block never crashes the device loop", async () => 
   }
   const unknown = await r.driver.requestAsync({ op: 1234, args: [] });
   assert.equal(unknown.result, Result.UNKNOWN_OP);
-  const { i32, layout } = openRegisters(r.registers);
   // Kick counters for queues that are not set up, before DRIVER_OK.
-  Atomics.add(i32, layout.kickBase, 5);
-  Atomics.add(i32, layout.devWake, 1);
-  Atomics.notify(i32, layout.devWake);
+  rawKick(r.registers, 5);
   // The device still answers.
   const dq = await bringUp(r);
   r.memory.write(BUF, Uint8Array.of(1));
@@ -229,10 +237,7 @@ test("a ring violation reaches the driver as a configuration change with DEVICE_
   // Head 40 in a queue of 16: the device breaks.
   r.memory.writeU16(l.availAddr + 4, 40);
   r.memory.atomicStoreU16(l.availAddr + 2, 1);
-  const { i32, layout } = openRegisters(r.registers);
-  Atomics.add(i32, layout.kickBase, 1);
-  Atomics.add(i32, layout.devWake, 1);
-  Atomics.notify(i32, layout.devWake);
+  rawKick(r.registers, 1);
   assert.equal(await r.driver.waitUsedAsync(0, 5000), "config");
   const status = await r.driver.runAsync(r.driver.readStatus());
   assert.equal(status & VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET, VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET);
@@ -266,4 +271,18 @@ test("waitUsed on a quiet queue returns 'timeout' after its bound", async () => 
   assert.equal(await r.driver.waitUsedAsync(0, 20), "timeout");
   assert.throws(() => r.driver.kick(3), RangeError);
   await stop(r);
+});
+
+test("waitUsed(delayed) arms used_event 3/4 into the outstanding requests; plain waitUsed at the next one", async () => {
+  const r = rig();
+  const dq = await bringUp(r);
+  await stop(r); // nobody serves the ring from now on: the requests stay outstanding
+  const l = vringLayout(16, RING);
+  const usedEvent = (): number => r.memory.readU16(l.availAddr + 4 + 2 * 16);
+  for (let i = 0; i < 8; i++) dq.add([{ addr: BUF + 16 * i, len: 8 }], [], i);
+  r.driver.kick(0);
+  assert.equal(await r.driver.waitUsedAsync(0, 10, true), "timeout");
+  assert.equal(usedEvent(), 6);
+  assert.equal(await r.driver.waitUsedAsync(0, 10), "timeout");
+  assert.equal(usedEvent(), 0);
 });
