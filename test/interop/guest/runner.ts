@@ -70,6 +70,8 @@ export interface GuestRunOptions {
   readonly extraQemuArgs?: readonly string[];
   /** Appended to the kernel command line. */
   readonly extraKernelArgs?: string;
+  /** Keep the work directory (serial log) when the run fails; default true. */
+  readonly keepOnFailure?: boolean;
 }
 
 /** One step's outcome. */
@@ -88,7 +90,13 @@ export interface GuestStepResult {
 /** Per boot: guest uptime (s) when /init started and when it was done. */
 export interface GuestBoot {
   readonly boot: number;
+  /** Guest uptime at /init (under a loaded TCG host the guest clock can drift). */
   readonly initAt: number;
+  /**
+   * Host milliseconds from QEMU's start until the runner saw this boot's
+   * `VTS-INIT` on the console (polled every 100 ms); the boot time to trust.
+   */
+  readonly hostInitMs?: number;
   readonly doneAt: number | null;
   readonly failed: boolean | null;
 }
@@ -244,28 +252,37 @@ function readFrom(path: string, from: number): string {
   }
 }
 
+/** What {@link watch} saw. */
+interface Watched {
+  readonly log: string;
+  /** Why the run was cut short, if it was. */
+  readonly why?: string;
+  /** Host time (ms since start) when each `VTS-INIT` line first showed up. */
+  readonly inits: readonly number[];
+}
+
 /** Wait for QEMU to exit, watching the serial log for panics, bounded by the deadline. */
 async function watch(
   qemu: Child,
   serialPath: string,
+  started: number,
   deadline: number,
-): Promise<{ log: string; why?: string }> {
+): Promise<Watched> {
   let log = "";
+  const inits: number[] = [];
+  const more = (): string => readFrom(serialPath, Buffer.byteLength(log, "latin1"));
   for (;;) {
-    log += readFrom(serialPath, Buffer.byteLength(log, "latin1"));
-    if (qemu.status) return { log: log + readFrom(serialPath, Buffer.byteLength(log, "latin1")) };
-    if (PANIC.test(log)) {
+    log += more();
+    const seen = log.match(/^VTS-INIT /gm)?.length ?? 0;
+    while (inits.length < seen) inits.push(Date.now() - started);
+    if (qemu.status) return { log: log + more(), inits };
+    let why: string | undefined;
+    if (PANIC.test(log)) why = "the guest panicked or could not power off";
+    else if (Date.now() > deadline) why = "timed out";
+    if (why) {
       qemu.kill("SIGKILL");
       await qemu.exited;
-      return { log, why: "the guest panicked or could not power off" };
-    }
-    if (Date.now() > deadline) {
-      qemu.kill("SIGKILL");
-      await qemu.exited;
-      return {
-        log: log + readFrom(serialPath, Buffer.byteLength(log, "latin1")),
-        why: "timed out",
-      };
+      return { log: log + more(), why, inits };
     }
     await sleep(POLL_MS);
   }
@@ -317,16 +334,25 @@ export async function runGuest(o: GuestRunOptions): Promise<GuestRunResult> {
   writeFileSync(serial, "");
   const started = Date.now();
   const qemu = new Child("qemu", QEMU, qemuArgs(o, kernel.bootImage, initrd, serial, state));
-  const { log, why } = await watch(qemu, serial, started + o.timeoutMs);
+  const { log, why, inits } = await watch(qemu, serial, started, started + o.timeoutMs);
   const qemuExit = await qemu.exited;
   rmSync(initrd, { force: true });
   const parsed = parseSerialLog(log);
+  // Boot i is the i-th VTS-INIT (a boot that died before VTS-BOOT has no entry).
+  const initLines = [...log.matchAll(/^VTS-INIT uptime=([\d.]+)/gm)].map((m) => Number(m[1]));
+  parsed.boots.forEach((b, i) => {
+    const at = initLines.indexOf(b.initAt, i);
+    if (at >= 0 && inits[at] !== undefined) parsed.boots[i] = { ...b, hostInitMs: inits[at] };
+  });
   const partial = { ...parsed, exitCode: qemuExit.code, qemuExit, wallMs: Date.now() - started };
   const failure = why ?? failureOf(o, partial);
   if (failure) {
     const extra = o.diagnostics?.() ?? "";
+    const keep = o.keepOnFailure ?? true;
+    if (!keep) rmSync(work, { recursive: true, force: true });
+    else if (state) rmSync(state, { force: true });
     throw new GuestRunError(
-      `guest run failed: ${failure} (after ${partial.wallMs} ms; work dir ${work})\n` +
+      `guest run failed: ${failure} (after ${partial.wallMs} ms${keep ? `; serial log in ${serial}` : ""})\n` +
         `--- serial log tail ---\n${tail(log, 60)}\n${qemu.diagnostics(30)}\n${extra}`,
       log,
     );
