@@ -8,6 +8,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { ErrorCode } from "../../src/errors.ts";
 import { MemoryBacking, type BlkBacking } from "../../src/devices/blk/backing.ts";
+import { BlkQueueEngine } from "../../src/devices/blk/queue-engine.ts";
 import * as blk from "../../src/spec/blk.ts";
 import { BlkConfig } from "../../src/spec/blk.ts";
 import { VIRTQ_USED_F_NO_NOTIFY, VIRTQ_AVAIL_F_NO_INTERRUPT } from "../../src/spec/virtqueue.ts";
@@ -397,6 +398,41 @@ describe("write cache", () => {
     backing.complete();
     await r.waitUsed(1);
   });
+});
+
+test("exactly one of notify and signalUsed; misuse is a TypeError / RangeError", () => {
+  const backing = new MemoryBacking(DISK);
+  const r = new BlkRig({ backing });
+  const base = { queue: r.q, queueIndex: 0, backing, policy: r.cfg, onBroken: () => {} };
+  assert.throws(() => new BlkQueueEngine(base), TypeError);
+  assert.throws(
+    () => new BlkQueueEngine({ ...base, notify: () => {}, signalUsed: () => {} }),
+    TypeError,
+  );
+  assert.throws(
+    () => new BlkQueueEngine({ ...base, notify: () => {}, maxInFlight: 0 }),
+    RangeError,
+  );
+  assert.throws(() => new BlkQueueEngine({ ...base, notify: () => {}, budget: 0 }), RangeError);
+});
+
+test("signalUsed mode: the embedder publishes and notifies once per batch", async () => {
+  let signals = 0;
+  const r: BlkRig = new BlkRig({
+    backing: new MemoryBacking(DISK),
+    engine: {
+      notify: undefined,
+      signalUsed: () => {
+        signals++;
+        r.q.publishUsed();
+      },
+    },
+  });
+  for (let i = 0; i < 5; i++) r.add({ type: IN, sector: i, inLen: 512 });
+  r.engine.kick();
+  await r.waitUsed(5);
+  assert.equal(signals, 1);
+  assert.equal(r.notifications, 0);
 });
 
 test("verbose trace lines name the queue and the request, QEMU style", async () => {

@@ -73,8 +73,18 @@ export interface BlkQueueEngineOptions {
   readonly maxInFlight?: number;
   /** Chains popped per run before yielding to the event loop (default 256). */
   readonly budget?: number;
-  /** Sends a used-buffer notification ("call") to the driver. */
-  readonly notify: () => void;
+  /**
+   * Sends a used-buffer notification ("call") to the driver. The engine
+   * publishes and asks `needsNotification` itself, then calls this.
+   * Give either `notify` or `signalUsed`.
+   */
+  readonly notify?: () => void;
+  /**
+   * Publishes the used entries and notifies if the driver wants it, in one
+   * call (the device framework's `ActivationContext.signalUsed`). Replaces
+   * the engine's own publish → needsNotification → notify.
+   */
+  readonly signalUsed?: () => void;
   /**
    * The device became broken (a ring violation, or a request with no room
    * for a header or status). The embedder sets DEVICE_NEEDS_RESET, tells the
@@ -104,7 +114,8 @@ export class BlkQueueEngine {
   readonly #policy: BlkEnginePolicy;
   readonly #max: number;
   readonly #budget: number;
-  readonly #notify: () => void;
+  readonly #notify: (() => void) | null;
+  readonly #signalUsed: (() => void) | null;
   readonly #onBroken: (err: VirtioError) => void;
   readonly #log: BlkLogger;
   readonly #schedule: (fn: () => void) => void;
@@ -137,7 +148,10 @@ export class BlkQueueEngine {
     this.#policy = o.policy;
     this.#max = max;
     this.#budget = budget;
-    this.#notify = o.notify;
+    if ((o.notify === undefined) === (o.signalUsed === undefined))
+      throw new TypeError("give exactly one of notify and signalUsed");
+    this.#notify = o.notify ?? null;
+    this.#signalUsed = o.signalUsed ?? null;
     this.#onBroken = o.onBroken;
     this.#log = o.logger ?? consoleBlkLogger;
     this.#schedule = o.schedule ?? ((fn) => void setTimeout(fn, 0));
@@ -345,6 +359,11 @@ export class BlkQueueEngine {
   #flush(): void {
     if (this.#unpublished === 0 || this.#halted) return;
     this.#unpublished = 0;
+    if (this.#signalUsed !== null) {
+      this.#log.trace?.(`virtio_blk_signal_used vq ${this.#qi}`);
+      this.#callback("signalUsed", this.#signalUsed);
+      return;
+    }
     try {
       this.#q.publishUsed();
       if (!this.#q.needsNotification()) return;
@@ -353,10 +372,15 @@ export class BlkQueueEngine {
       return;
     }
     this.#log.trace?.(`virtio_notify vq ${this.#qi}`);
+    this.#callback("notify", this.#notify!);
+  }
+
+  /** Runs an embedder callback; a throw is logged, never propagated into the engine. */
+  #callback(name: string, fn: () => void): void {
     try {
-      this.#notify();
+      fn();
     } catch (e) {
-      this.#log.error(`virtio-blk vq ${this.#qi}: notify callback threw: ${errorText(e)}`);
+      this.#log.error(`virtio-blk vq ${this.#qi}: ${name} callback threw: ${errorText(e)}`);
     }
   }
 
