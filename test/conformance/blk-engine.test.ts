@@ -446,7 +446,7 @@ test("verbose trace lines name the queue and the request, QEMU style", async () 
   assert.ok(t.includes("virtio_notify vq 0"));
   assert.ok(
     t.some((l) =>
-      /^virtio_blk_req_invalid vq 0 req \d+ type type 99 status 2 reason unsupported type$/.test(l),
+      /^virtio_blk_req_invalid vq 0 req \d+ type 99 status 2 reason unsupported type$/.test(l),
     ),
   );
 });

@@ -51,6 +51,8 @@ const execOut: Exec = async (req, backing, p) => {
     req.reader!.views(req.length, req.iov);
     await backing.writev(req.offset, req.iov);
   }
+  // §5.2.6.2: "If the device is backed by persistent storage, the device MUST ensure that stable
+  // writes are committed to it, before reporting completion of the write".
   if (p.writeThrough) await backing.flush();
 };
 

@@ -46,7 +46,7 @@ const TYPE_NAMES: Readonly<Record<number, string>> = {
 
 /** The spec name of a request type without its prefix, or the number. */
 export function blkTypeName(type: number): string {
-  return TYPE_NAMES[type] ?? `type ${type}`;
+  return TYPE_NAMES[type] ?? String(type);
 }
 
 /** A one-line description of an error for logs. */
