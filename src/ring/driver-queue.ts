@@ -173,6 +173,9 @@ export class DriverQueue<T> {
   #callbacksDisabled = false;
   #broken: VirtioError | null = null;
 
+  /** Writable bytes of the request #validateSegments last accepted. */
+  #validatedWritable = 0;
+
   // Zero-allocation results of nextUsed().
   #usedToken: T | undefined = undefined;
   #usedLen = 0;
@@ -306,11 +309,9 @@ export class DriverQueue<T> {
     const needed = useIndirect ? 1 : total;
     if (needed > this.#numFree) return false;
     const head = this.#freeHead;
-    let writableBytes = 0;
-    for (const s of writable) writableBytes += s.len;
     if (useIndirect) this.#writeIndirect(head, readable, writable);
     else this.#writeDirect(head, readable, writable);
-    this.#headWritable[head] = writableBytes;
+    this.#headWritable[head] = this.#validatedWritable;
     this.#token[head] = token;
     this.#outstanding++;
     // Plain write: ordered before the device can read it by the avail.idx store in publish().
@@ -547,27 +548,32 @@ export class DriverQueue<T> {
     }
   }
 
-  /** Validates both lists (before anything changes) and returns the segment count. */
+  /**
+   * Validates both lists (before anything changes) and returns the segment
+   * count; leaves the writable byte count in #validatedWritable. No allocation.
+   */
   #validateSegments(readable: readonly Segment[], writable: readonly Segment[]): number {
     if (!isArray(readable) || !isArray(writable))
       throw new TypeError("readable and writable must be arrays of segments");
-    const total = readable.length + writable.length;
+    const nr = readable.length;
+    const total = nr + writable.length;
     if (total === 0) throw new RangeError("a request needs at least one segment");
     // §2.7.5.3.1 "A driver MUST NOT create a descriptor chain longer than the Queue Size of the device."
     if (total > this.size)
       throw new RangeError(`${total} segments exceed the queue size ${this.size}`);
     let bytes = 0;
-    for (const list of [readable, writable]) {
-      for (const s of list) {
-        const { addr, len } = s;
-        if (!Number.isSafeInteger(len) || len <= 0 || len > MAX_CHAIN_BYTES)
-          throw new RangeError(`segment length ${len} must be an integer in 1..2^32-1`);
-        if (!this.#memory.isValidRange(addr, len))
-          throw new RangeError(`segment [${addr}, +${len}) is not inside guest memory`);
-        bytes += len;
-      }
+    for (let k = 0; k < total; k++) {
+      const { addr, len } = k < nr ? readable[k]! : writable[k - nr]!;
+      if (!Number.isSafeInteger(len) || len <= 0 || len > MAX_CHAIN_BYTES)
+        throw new RangeError(`segment length ${len} must be an integer in 1..2^32-1`);
+      if (!this.#memory.isValidRange(addr, len))
+        throw new RangeError(`segment [${addr}, +${len}) is not inside guest memory`);
+      if (k === nr) this.#validatedWritable = bytes;
+      bytes += len;
     }
+    // §2.7.5.2 "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total".
     if (bytes > MAX_CHAIN_BYTES) throw new RangeError(`request of ${bytes} bytes exceeds 2^32-1`);
+    this.#validatedWritable = nr === total ? 0 : bytes - this.#validatedWritable;
     return total;
   }
 
@@ -583,57 +589,47 @@ export class DriverQueue<T> {
   }
 
   #writeDirect(head: number, readable: readonly Segment[], writable: readonly Segment[]): void {
-    const total = readable.length + writable.length;
+    const nr = readable.length;
+    const total = nr + writable.length;
     this.#take(head, total);
     this.#headIndirect[head] = 0;
     let i = head;
-    let k = 0;
-    for (const list of [readable, writable]) {
-      const flags = list === writable ? VIRTQ_DESC_F_WRITE : 0;
-      for (const s of list) {
-        const last = ++k === total;
-        // §2.7.4.2 "The driver MUST place any device-writable descriptor elements after any device-readable" ones.
-        writeDesc(
-          this.#desc,
-          i * VIRTQ_DESC_SIZE,
-          s,
-          last ? flags : flags | VIRTQ_DESC_F_NEXT,
-          last ? 0 : this.#next[i]!,
-        );
-        if (!last) i = this.#next[i]!;
-      }
+    for (let k = 0; k < total; k++) {
+      const last = k === total - 1;
+      // §2.7.4.2 "The driver MUST place any device-writable descriptor elements after any device-readable" ones.
+      const flags = (k < nr ? 0 : VIRTQ_DESC_F_WRITE) | (last ? 0 : VIRTQ_DESC_F_NEXT);
+      const next = last ? 0 : this.#next[i]!;
+      writeDesc(
+        this.#desc,
+        i * VIRTQ_DESC_SIZE,
+        k < nr ? readable[k]! : writable[k - nr]!,
+        flags,
+        next,
+      );
+      i = next;
     }
   }
 
   #writeIndirect(head: number, readable: readonly Segment[], writable: readonly Segment[]): void {
     const arena = this.#arena!;
-    const total = readable.length + writable.length;
+    const nr = readable.length;
+    const total = nr + writable.length;
     const base = head * this.#entriesPerChain * VIRTQ_DESC_SIZE;
-    let k = 0;
-    for (const list of [readable, writable]) {
-      const flags = list === writable ? VIRTQ_DESC_F_WRITE : 0;
-      for (const s of list) {
-        const last = k + 1 === total;
-        // §2.7.5.3.1 "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag within an indirect descriptor".
-        writeDesc(
-          arena,
-          base + k * VIRTQ_DESC_SIZE,
-          s,
-          last ? flags : flags | VIRTQ_DESC_F_NEXT,
-          last ? 0 : k + 1,
-        );
-        k++;
-      }
+    for (let k = 0; k < total; k++) {
+      const last = k === total - 1;
+      // §2.7.5.3.1 "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag within an indirect descriptor".
+      const flags = (k < nr ? 0 : VIRTQ_DESC_F_WRITE) | (last ? 0 : VIRTQ_DESC_F_NEXT);
+      const seg = k < nr ? readable[k]! : writable[k - nr]!;
+      writeDesc(arena, base + k * VIRTQ_DESC_SIZE, seg, flags, last ? 0 : k + 1);
     }
     this.#take(head, 1);
     this.#headIndirect[head] = 1;
     // §2.7.5.3.1 "The driver MUST NOT set both VIRTQ_DESC_F_INDIRECT and VIRTQ_DESC_F_NEXT in flags."
-    writeDesc(
+    writeIndirectHead(
       this.#desc,
       head * VIRTQ_DESC_SIZE,
-      { addr: arena.addr + base, len: total * VIRTQ_DESC_SIZE },
-      VIRTQ_DESC_F_INDIRECT,
-      0,
+      arena.addr + base,
+      total * VIRTQ_DESC_SIZE,
     );
   }
 
@@ -680,9 +676,18 @@ function isArray(v: unknown): boolean {
   return Array.isArray(v);
 }
 
+/** Writes one descriptor (plain writes: published later by the avail.idx store). */
 function writeDesc(s: GuestSlice, off: number, seg: Segment, flags: number, next: number): void {
   s.writeU64(off + VIRTQ_DESC_OFF_ADDR, seg.addr);
   s.writeU32(off + VIRTQ_DESC_OFF_LEN, seg.len);
   s.writeU16(off + VIRTQ_DESC_OFF_FLAGS, flags);
   s.writeU16(off + VIRTQ_DESC_OFF_NEXT, next);
+}
+
+/** Writes the main-table descriptor that points to an indirect table. */
+function writeIndirectHead(s: GuestSlice, off: number, tableAddr: number, tableLen: number): void {
+  s.writeU64(off + VIRTQ_DESC_OFF_ADDR, tableAddr);
+  s.writeU32(off + VIRTQ_DESC_OFF_LEN, tableLen);
+  s.writeU16(off + VIRTQ_DESC_OFF_FLAGS, VIRTQ_DESC_F_INDIRECT);
+  s.writeU16(off + VIRTQ_DESC_OFF_NEXT, 0);
 }
