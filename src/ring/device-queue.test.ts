@@ -48,7 +48,7 @@ test("direct chain: readable then writable segments, data through the cursors", 
   ]);
   assert.equal(q.hasAvailable(), true);
   const c = q.popAvail();
-  assert.ok(c);
+  assert.ok(c, "popped");
   assert.equal(c.head, head);
   assert.equal(c.numSegs, 3);
   assert.equal(c.numReadable, 2);
@@ -410,7 +410,7 @@ test("the documented drain loop runs again when work slips in during processing"
       }
       if (!q.enableNotification()) break;
       q.disableNotification();
-      assert.ok(rounds < 5);
+      assert.ok(rounds < 5, "bounded rounds");
     }
     assert.equal(handled, 4);
     assert.equal(rounds, 1, "the late chain was drained within the first round's batch");
@@ -494,7 +494,7 @@ test("exactly queue-size chains ahead is a full ring, not a jump", () => {
   const { drv, q } = setup(4, {}, 65534);
   for (let k = 0; k < 4; k++) drv.addChain([{ addr: DATA, len: 1 }]);
   assert.equal(q.hasAvailable(), true);
-  for (let k = 0; k < 4; k++) assert.ok(q.popAvail());
+  for (let k = 0; k < 4; k++) assert.ok(q.popAvail(), `pop ${k}`);
   assert.equal(q.popAvail(), null);
   assert.equal(q.inFlight, 4);
   assert.equal(q.broken, null);
@@ -507,7 +507,7 @@ test("hasAvailable does not consume; a spurious check is false and harmless", ()
   drv.addChain([{ addr: DATA, len: 1 }]);
   assert.equal(q.hasAvailable(), true);
   assert.equal(q.hasAvailable(), true);
-  assert.ok(q.popAvail());
+  assert.ok(q.popAvail(), "popped");
   assert.equal(q.hasAvailable(), false);
   assert.equal(q.broken, null);
 });

@@ -185,6 +185,6 @@ test("MockAllocator hands out aligned, disjoint ranges and stops at the end", ()
   const z = a.alloc(0);
   assert.equal(x, 0x1010);
   assert.equal(y, 0x101c);
-  assert.ok(z >= y + 3);
+  assert.ok(z >= y + 3, "disjoint");
   assert.throws(() => a.alloc(0x100), RangeError);
 });
