@@ -54,7 +54,7 @@ async function main(): Promise<void> {
   const ring = await ringBench(
     quick
       ? { reps: 3, throughputTotal: 100_000, pingpongTotal: 5_000, pollSpin: 20_000 }
-      : { reps: 5, throughputTotal: 2_000_000, pingpongTotal: 50_000, pollSpin: 20_000 },
+      : { reps: 5, throughputTotal: 1_000_000, pingpongTotal: 30_000, pollSpin: 20_000 },
     cpus,
   );
   mkdirSync(resultsDir, { recursive: true });

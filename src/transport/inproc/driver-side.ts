@@ -22,6 +22,10 @@
  * the race with the device) and sleeps on the driver doorbell, bounded by a
  * timeout.
  *
+ * Threads: one driver thread uses an InprocDriverTransport (its queues and
+ * the driver doorbell's sleeping flag assume a single sleeper); the device
+ * runs on another thread with {@link InprocDeviceTransport}.
+ *
  * @module
  */
 import { ErrorCode, VirtioError } from "../../errors.ts";
