@@ -1,8 +1,9 @@
 /**
- * The guest runner's own behaviour with a real guest: QEMU's built-in
- * virtio-blk disk (the benchmark baseline) reads and writes the image, a
- * failing step fails the run with its output and skips the rest, and a hung
- * guest is killed at the deadline.
+ * The guest runner's own behaviour with a real guest: a second setup uses
+ * the cache (no apt, no download), QEMU's built-in virtio-blk disk (the
+ * benchmark baseline) reads and writes the image, a failing step fails the
+ * run with its output and skips the rest, and a hung guest is killed at the
+ * deadline.
  *
  * @module
  */
@@ -13,7 +14,13 @@ import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from "
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ensureInitramfs } from "./guest/initramfs.ts";
-import { ensureGuestPrereqs } from "./guest/install.ts";
+import {
+  ensureGuestPrereqs,
+  guestCacheDir,
+  REPO_ROOT,
+  run,
+  type GuestPrereqs,
+} from "./guest/install.ts";
 import { GuestRunError, runGuest } from "./guest/runner.ts";
 import { timings } from "./guest/scenarios.ts";
 
@@ -26,6 +33,25 @@ describe("guest runner", () => {
       await ensureInitramfs(kernel);
     },
     { timeout: 30 * 60_000 },
+  );
+
+  test(
+    "setup again in a new process installs nothing and downloads nothing",
+    { timeout: 120_000 },
+    async () => {
+      const code =
+        "import('./test/interop/guest/install.ts')" +
+        ".then((m) => m.ensureGuestPrereqs())" +
+        ".then((r) => process.stdout.write(JSON.stringify(r)))";
+      const out = await run(process.execPath, ["--import", "tsx", "-e", code], {
+        cwd: REPO_ROOT,
+        timeoutMs: 100_000,
+      });
+      const r = JSON.parse(out) as GuestPrereqs;
+      assert.deepEqual(r.installed, []);
+      assert.equal(r.kernelDownloaded, false);
+      assert.ok(r.kernel.bootImage.startsWith(guestCacheDir()), r.kernel.bootImage);
+    },
   );
 
   test(

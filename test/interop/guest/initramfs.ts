@@ -30,6 +30,7 @@ import { promisify } from "node:util";
 import { gzip as gzipCb, gzipSync } from "node:zlib";
 import { CpioWriter } from "./cpio.ts";
 import { guestCacheDir, REPO_ROOT, run, type GuestKernel } from "./install.ts";
+import { withLock } from "./lock.ts";
 import { resolveModules } from "./modules.ts";
 
 const gzip = promisify(gzipCb);
@@ -246,11 +247,14 @@ export async function ensureInitramfs(
   if (opts.fio) layers.push(await fioLayer(base.libs));
   const paths: string[] = [];
   const built: string[] = [];
-  for (const l of layers) {
-    const c = await cachedLayer(l);
-    paths.push(c.path);
-    if (c.built) built.push(l.name);
-  }
+  // One builder at a time, so parallel test files do not build the same layer twice.
+  await withLock(join(guestCacheDir(), "initramfs.lock"), 10 * 60_000, async () => {
+    for (const l of layers) {
+      const c = await cachedLayer(l);
+      paths.push(c.path);
+      if (c.built) built.push(l.name);
+    }
+  });
   return {
     paths,
     modules: resolveModules(kernel.modulesDir, GUEST_MODULES).map((m) => m.name),
@@ -299,14 +303,14 @@ export function runArchive(spec: RunSpec): Buffer {
 /**
  * Write the initrd for one run: the cached archives, each followed by zero
  * padding to a 4-byte boundary (the kernel skips zeros between archives),
- * then the run archive.
+ * then the run archive from {@link runArchive}.
  */
-export function writeInitrd(parts: readonly string[], spec: RunSpec, out: string): void {
+export function writeInitrd(parts: readonly string[], runPart: Buffer, out: string): void {
   const chunks: Buffer[] = [];
   for (const p of parts) {
     const b = readFileSync(p);
     chunks.push(b, Buffer.alloc((4 - (b.length % 4)) % 4));
   }
   mkdirSync(dirname(out), { recursive: true });
-  writeFileSync(out, Buffer.concat([...chunks, runArchive(spec)]));
+  writeFileSync(out, Buffer.concat([...chunks, runPart]));
 }

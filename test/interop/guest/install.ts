@@ -76,6 +76,8 @@ export interface GuestPrereqs {
 const INSTALL_TIMEOUT_MS = 20 * 60_000;
 const LOCK_WAIT_MS = 25 * 60_000;
 const APT_ENV = { ...process.env, DEBIAN_FRONTEND: "noninteractive", LC_ALL: "C" };
+/** Wait for another apt/dpkg run on the machine instead of failing at once. */
+const APT_LOCK_WAIT = ["-o", "DPkg::Lock::Timeout=600"];
 
 /** Run a command; resolve with stdout, reject with the tail of its output. */
 export function run(
@@ -130,7 +132,7 @@ let aptUpdated = false;
 async function aptUpdateOnce(): Promise<void> {
   if (aptUpdated) return;
   requireRoot("run apt-get update");
-  await run("apt-get", ["update", "-q"], { env: APT_ENV });
+  await run("apt-get", ["update", "-q", ...APT_LOCK_WAIT], { env: APT_ENV });
   aptUpdated = true;
 }
 
@@ -148,7 +150,16 @@ async function ensureHostPackages(): Promise<string[]> {
   await aptUpdateOnce();
   await run(
     "apt-get",
-    ["install", "-y", "-q", "--no-install-recommends", "-o", "Dpkg::Use-Pty=0", ...missing],
+    [
+      "install",
+      "-y",
+      "-q",
+      "--no-install-recommends",
+      "-o",
+      "Dpkg::Use-Pty=0",
+      ...APT_LOCK_WAIT,
+      ...missing,
+    ],
     { env: APT_ENV },
   );
   const still = await missingPackages(missing);

@@ -2,6 +2,10 @@
  * Child processes for the real-guest harness: spawn with bounded output
  * capture, wait for exit with a deadline, stop with SIGTERM then SIGKILL.
  *
+ * Each child leads its own process group and signals go to the whole group,
+ * so a backend started through a wrapper (`npx ...`) stops with its real
+ * process. Children still running when the test process exits are killed.
+ *
  * @module
  */
 import { spawn, type ChildProcess } from "node:child_process";
@@ -28,6 +32,12 @@ export class TailBuffer {
   }
 }
 
+/** Children not yet exited, killed if the test process exits first. */
+const live = new Set<Child>();
+process.once("exit", () => {
+  for (const c of live) c.kill("SIGKILL");
+});
+
 /** A spawned child with captured output and an exit promise. */
 export class Child {
   readonly stdout = new TailBuffer();
@@ -53,10 +63,12 @@ export class Child {
       this.#proc.on("error", (e) => {
         this.stderr.push(`\n[spawn ${cmd} failed: ${e.message}]\n`);
         this.#status ??= { code: null, signal: null };
+        live.delete(this);
         resolve(this.#status);
       });
       this.#proc.on("close", (code, signal) => {
         this.#status ??= { code, signal };
+        live.delete(this);
         resolve(this.#status);
       });
     });
@@ -71,9 +83,15 @@ export class Child {
     return this.#status;
   }
 
-  /** Send a signal if still running. */
+  /** Send a signal to the child's process group if the child still runs. */
   kill(signal: NodeJS.Signals): void {
-    if (this.#status === undefined) this.#proc.kill(signal);
+    const pid = this.#proc.pid;
+    if (this.#status !== undefined || pid === undefined) return;
+    try {
+      process.kill(-pid, signal);
+    } catch {
+      this.#proc.kill(signal); // group already gone: the child alone
+    }
   }
 
   /** Wait for exit, at most `ms`; undefined if still running. */

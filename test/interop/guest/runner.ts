@@ -16,7 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { ensureGuestPrereqs } from "./install.ts";
-import { ensureInitramfs, writeInitrd, type GuestStep } from "./initramfs.ts";
+import { ensureInitramfs, runArchive, writeInitrd, type GuestStep } from "./initramfs.ts";
 import { Child, type ExitStatus } from "./process.ts";
 
 export type { GuestStep } from "./initramfs.ts";
@@ -64,6 +64,11 @@ export interface GuestRunOptions {
   readonly timeoutMs: number;
   /** Extra text for failure messages, e.g. the backend's output. */
   readonly diagnostics?: () => string;
+  /**
+   * Polled while the guest runs: a returned reason kills QEMU and fails the
+   * run at once (e.g. "the backend exited"), instead of waiting for the deadline.
+   */
+  readonly abortIf?: () => string | undefined;
   /** Resolve even when a step failed (default: reject). */
   readonly allowStepFailures?: boolean;
   /** Appended to the QEMU command line. */
@@ -267,6 +272,7 @@ async function watch(
   serialPath: string,
   started: number,
   deadline: number,
+  abortIf: () => string | undefined,
 ): Promise<Watched> {
   let log = "";
   const inits: number[] = [];
@@ -279,6 +285,7 @@ async function watch(
     let why: string | undefined;
     if (PANIC.test(log)) why = "the guest panicked or could not power off";
     else if (Date.now() > deadline) why = "timed out";
+    else why = abortIf();
     if (why) {
       qemu.kill("SIGKILL");
       await qemu.exited;
@@ -320,12 +327,13 @@ function failureOf(
 export async function runGuest(o: GuestRunOptions): Promise<GuestRunResult> {
   const { kernel } = await ensureGuestPrereqs();
   const parts = await ensureInitramfs(kernel, { fio: o.fio === true });
+  const boots = o.boots ?? 1;
+  const disks = (o.disk ? 1 : 0) + (o.extraDrive ? 1 : 0) + (boots > 1 ? 1 : 0);
+  const runPart = runArchive({ steps: o.steps, boots, disks, files: o.files }); // validates first
   const work = mkdtempSync(join(tmpdir(), "vts-guest-"));
   const serial = join(work, "serial.log");
   const initrd = join(work, "initrd.img");
-  const boots = o.boots ?? 1;
-  const disks = (o.disk ? 1 : 0) + (o.extraDrive ? 1 : 0) + (boots > 1 ? 1 : 0);
-  writeInitrd(parts.paths, { steps: o.steps, boots, disks, files: o.files }, initrd);
+  writeInitrd(parts.paths, runPart, initrd);
   let state: string | undefined;
   if (boots > 1) {
     state = join(work, "state.img");
@@ -334,7 +342,22 @@ export async function runGuest(o: GuestRunOptions): Promise<GuestRunResult> {
   writeFileSync(serial, "");
   const started = Date.now();
   const qemu = new Child("qemu", QEMU, qemuArgs(o, kernel.bootImage, initrd, serial, state));
-  const { log, why, inits } = await watch(qemu, serial, started, started + o.timeoutMs);
+  let watched: Watched;
+  try {
+    watched = await watch(
+      qemu,
+      serial,
+      started,
+      started + o.timeoutMs,
+      o.abortIf ?? (() => undefined),
+    );
+  } catch (e) {
+    qemu.kill("SIGKILL"); // e.g. abortIf threw: never leave QEMU behind
+    await qemu.exited;
+    rmSync(work, { recursive: true, force: true });
+    throw e;
+  }
+  const { log, why, inits } = watched;
   const qemuExit = await qemu.exited;
   rmSync(initrd, { force: true });
   const parsed = parseSerialLog(log);

@@ -92,6 +92,7 @@ export async function withBackend<T>(
         timeoutMs: o.timeoutMs ?? RUN_TIMEOUT_MS,
         disk: { kind: "vhost-user", socket, numQueues: setup.numQueues },
         diagnostics: () => backend.diagnostics(),
+        abortIf: () => (backend.status ? `${backend.label} exited during the run` : undefined),
       }),
   };
   let result: T;
