@@ -150,6 +150,7 @@ test("wraparound of avail and used indexes past 65535", () => {
     assert.deepEqual(drv.popUsed(), { id: h, len: 4 });
   }
   assert.equal(q.nextAvail, (65533 + 12) & 0xffff);
+  assert.equal(q.nextUsed, (65533 + 12) & 0xffff);
   assert.equal(drv.usedIdx, (65533 + 12) & 0xffff);
 });
 
@@ -594,4 +595,32 @@ test("markBroken from outside is sticky, keeps the first error and calls onBroke
   assert.equal(q.needsNotification(), false);
   assert.equal(drv.usedIdx, 0);
   assert.deepEqual(drv.usedElem(0), { id: 0, len: 0 });
+});
+
+test("EVENT_IDX: avail_event is nextAvail, not the last avail.idx seen, while chains are pending", () => {
+  const { drv, q } = setup(8, { eventIdx: true });
+  drv.addChain([{ addr: DATA, len: 1 }]);
+  drv.addChain([{ addr: DATA, len: 1 }]);
+  assert.ok(q.popAvail(), "first popped; the batch saw avail.idx 2");
+  assert.equal(q.enableNotification(), true);
+  assert.equal(drv.availEvent, 1);
+});
+
+test("used elements added but not published before breaking are never published", () => {
+  const { drv, q } = setup(4);
+  drv.addChain([{ addr: DATA, len: 4, writable: true }]);
+  drv.addChain([{ addr: DATA, len: 4, writable: true }]);
+  const a = q.popAvail()!;
+  const b = q.popAvail()!;
+  q.addUsed(a.head, 4);
+  q.publishUsed();
+  q.addUsed(b.head, 4); // written, not yet published
+  drv.publish(4); // bad head
+  assert.throws(
+    () => q.popAvail(),
+    (e) => isVirtioError(e, ErrorCode.HEAD_OUT_OF_RANGE),
+  );
+  q.publishUsed();
+  assert.equal(drv.usedIdx, 1, "used.idx not moved after breaking");
+  assert.equal(q.needsNotification(), false);
 });
