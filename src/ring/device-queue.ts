@@ -72,7 +72,7 @@ import { DescriptorChain } from "./chain.ts";
 /** Default cap on the entries of one indirect table (the largest a le32 length / 16 allows in a u16-indexed table). */
 export const DEFAULT_MAX_INDIRECT_ENTRIES = 65535;
 
-/** The largest total chain length in bytes (§2.7.4.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total"). */
+/** The largest total chain length in bytes (§2.7.5.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total"). */
 const MAX_CHAIN_BYTES = 0xffff_ffff;
 
 /** Configuration of one device-side queue (what the driver, or a vhost-user frontend, set up). */
@@ -388,7 +388,7 @@ export class DeviceQueue {
    *   u16 value. The window start is the exact used.idx of the previous call
    *   (starting at the initial used idx), so no "signalled_used_valid" flag
    *   is needed.
-   * - otherwise (§2.7.7.1): true unless avail.flags has NO_INTERRUPT.
+   * - otherwise (§2.7.7.2): true unless avail.flags has NO_INTERRUPT.
    */
   needsNotification(): boolean {
     if (this.#broken !== null) return false;
@@ -401,13 +401,14 @@ export class DeviceQueue {
     if (!this.#eventIdx) {
       // Atomics.load (SeqCst): ordered after the used.idx store; pairs with the driver's flags store then used.idx load.
       const flags = this.#avail.atomicLoadU16(VIRTQ_AVAIL_OFF_FLAGS);
-      // §2.7.7.1: "If flags is 0, the device MUST send a notification"; if 1 it SHOULD NOT.
+      // §2.7.7.2: "If flags is 1, the device SHOULD NOT send a notification. If flags is 0, the device MUST send a notification."
       return (flags & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
     }
     if (count > 0xffff) return true;
     // Atomics.load (SeqCst): ordered after the used.idx store (store→load Dekker pair with the driver's used_event store → used.idx load).
     const usedEvent = this.#avail.atomicLoadU16(this.#usedEventOff);
-    // §2.7.7.2: the device MUST notify when the used idx it placed reaches used_event.
+    // §2.7.7.2: "If the idx field in the used ring (which determined where that descriptor index was placed)
+    // was equal to used_event, the device MUST send a notification."
     return vringNeedEvent(usedEvent, now, old);
   }
 
@@ -442,6 +443,7 @@ export class DeviceQueue {
    * (`avail_event` simply stops moving). Writes nothing when broken.
    */
   disableNotification(): void {
+    // §2.7.10: with EVENT_IDX "The device MUST set flags to 0", so only avail_event may suppress.
     if (this.#broken !== null || this.#eventIdx) return;
     this.#usedFlags |= VIRTQ_USED_F_NO_NOTIFY;
     // Atomics.store (SeqCst): a hint; no ordering needed beyond the field being written whole.
@@ -538,7 +540,7 @@ export class DeviceQueue {
       }
       total += len;
       if (total > MAX_CHAIN_BYTES) {
-        // §2.7.4.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total".
+        // §2.7.5.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total".
         throw this.#failDesc(
           ErrorCode.CHAIN_TOO_LONG,
           head,
