@@ -27,8 +27,12 @@ export interface NativeErrorOptions {
 
 let errnoTable: Map<number, [string, string]> | undefined;
 
+/** Linux's EOPNOTSUPP, which libuv names by its alias ENOTSUP ("... on socket"). */
+const EOPNOTSUPP = 95;
+
 /** `[name, description]` of a positive errno value, e.g. `["EAGAIN", "resource temporarily unavailable"]`. */
 function describeErrno(errno: number): [string, string] {
+  if (errno === EOPNOTSUPP) return ["EOPNOTSUPP", "operation not supported"];
   errnoTable ??= getSystemErrorMap();
   return errnoTable.get(-errno) ?? [`errno ${errno}`, "unknown error"];
 }
