@@ -149,7 +149,9 @@ Napi::Value RecvMsg(const Napi::CallbackInfo& info) {
   size_t nfds = 0;
   size_t extra = 0;  // fds beyond kMaxFds (cannot happen with the buffer above)
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
-    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS || c->cmsg_len < CMSG_LEN(0)) {
+      continue;
+    }
     size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
     for (size_t k = 0; k < count; k++) {
       int received;

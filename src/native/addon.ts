@@ -97,7 +97,11 @@ export interface NativeAddon {
   watchCount(): number;
 }
 
-/** Where the addon is looked for, relative to this file (src/ or dist/src/). */
+/**
+ * Where the addon is looked for, relative to this file: src/native/ and
+ * dist/native/ (tsconfig.build.json) sit two levels below the package root,
+ * dist/src/native/ (tsconfig.json's outDir) three.
+ */
 const ADDON_FILE = "build/Release/virtio_ts_native.node";
 const DEFAULT_CANDIDATES = [
   new URL(`../../${ADDON_FILE}`, import.meta.url),

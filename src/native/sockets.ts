@@ -33,7 +33,8 @@ const SHUTDOWN_HOW = { read: 0, write: 1, both: 2 } as const;
  * `"EADDRINUSE"` whose `details.live` says whether a server answers on it; a
  * file where nothing answers is a stale socket (or no socket at all): the
  * caller decides whether to remove it and retry. A `path` of 108 bytes or more
- * throws `"ENAMETOOLONG"`.
+ * throws `"ENAMETOOLONG"`. The socket file outlives the fd: remove it
+ * (`fs.unlinkSync`) after closing the listener.
  *
  * @param backlog - pending connections the kernel queues (1..65535)
  */
