@@ -69,6 +69,8 @@ export interface GuestRunOptions {
    * run at once (e.g. "the backend exited"), instead of waiting for the deadline.
    */
   readonly abortIf?: () => string | undefined;
+  /** Polled with the serial log so far (every 100 ms), e.g. to act on guest progress. */
+  readonly onSerial?: (serialLog: string) => void;
   /** Resolve even when a step failed (default: reject). */
   readonly allowStepFailures?: boolean;
   /** Appended to the QEMU command line. */
@@ -272,7 +274,7 @@ async function watch(
   serialPath: string,
   started: number,
   deadline: number,
-  abortIf: () => string | undefined,
+  o: Pick<GuestRunOptions, "abortIf" | "onSerial">,
 ): Promise<Watched> {
   let log = "";
   const inits: number[] = [];
@@ -285,7 +287,8 @@ async function watch(
     let why: string | undefined;
     if (PANIC.test(log)) why = "the guest panicked or could not power off";
     else if (Date.now() > deadline) why = "timed out";
-    else why = abortIf();
+    else why = o.abortIf?.();
+    o.onSerial?.(log);
     if (why) {
       qemu.kill("SIGKILL");
       await qemu.exited;
@@ -344,15 +347,9 @@ export async function runGuest(o: GuestRunOptions): Promise<GuestRunResult> {
   const qemu = new Child("qemu", QEMU, qemuArgs(o, kernel.bootImage, initrd, serial, state));
   let watched: Watched;
   try {
-    watched = await watch(
-      qemu,
-      serial,
-      started,
-      started + o.timeoutMs,
-      o.abortIf ?? (() => undefined),
-    );
+    watched = await watch(qemu, serial, started, started + o.timeoutMs, o);
   } catch (e) {
-    qemu.kill("SIGKILL"); // e.g. abortIf threw: never leave QEMU behind
+    qemu.kill("SIGKILL"); // abortIf or onSerial threw: never leave QEMU behind
     await qemu.exited;
     rmSync(work, { recursive: true, force: true });
     throw e;

@@ -17,6 +17,7 @@ import {
   readFileSync,
   rmSync,
   truncateSync,
+  writeFileSync,
   writeSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -355,6 +356,93 @@ export async function hostCheckScenario(start: StartBackend): Promise<GuestRunRe
 }
 
 /**
+ * Backend crash and restart under guest I/O (QEMU `reconnect=1`): the guest
+ * reads and verifies known data in a loop; after a few passes the host
+ * SIGKILLs the backend, starts a new one on the same socket and image, and
+ * tells the guest through the extra drive. The guest's reads must continue
+ * without error, and a write after the restart must reach the image.
+ */
+export async function reconnectScenario(start: StartBackend): Promise<GuestRunResult> {
+  const data = randomBytes(4 * MiB);
+  const dir = mkdtempSync(join(tmpdir(), "vts-scn-"));
+  const image = join(dir, "disk.img");
+  const flag = join(dir, "flag.img");
+  const socket = join(dir, "vhost-user.sock");
+  writeFileSync(image, data);
+  truncateSync(image, IMAGE_BYTES);
+  writeFileSync(flag, Buffer.alloc(4096));
+  const setup = { socketPath: socket, imagePath: image, numQueues: 1 };
+  let backend = await start(setup);
+  let restart: Promise<void> | undefined;
+  let restartError: string | undefined;
+  const restartBackend = async (): Promise<void> => {
+    backend.kill();
+    await backend.stop();
+    backend = await start(setup);
+    writeFileSync(flag, "restarted\n"); // the guest polls this with O_DIRECT reads
+  };
+  try {
+    const verify =
+      "dd if=$VTS_DISK bs=64k count=64 iflag=direct 2>/dev/null | cmp - /vts/files/data";
+    const r = await runGuest({
+      disk: { kind: "vhost-user", socket, numQueues: 1, reconnectSeconds: 1 },
+      extraDrive: { image: flag, readOnly: true },
+      files: { data },
+      timeoutMs: RUN_TIMEOUT_MS,
+      diagnostics: () => backend.diagnostics(),
+      onSerial: (log) => {
+        if (restart || !/^pass 3\r?$/m.test(log)) return;
+        restart = restartBackend().catch((e: unknown) => {
+          restartError = `backend restart failed: ${(e as Error).message}`;
+        });
+      },
+      abortIf: () => restartError,
+      steps: [
+        {
+          name: "io-across-restart",
+          sh: `i=0
+while :; do
+  i=$((i + 1))
+  ${verify}
+  echo "pass $i"
+  if dd if=$VTS_EXTRA bs=512 count=1 iflag=direct 2>/dev/null | grep -q restarted; then break; fi
+  [ $i -lt 100000 ]
+done
+echo "restart seen after pass $i"`,
+        },
+        {
+          name: "io-after-restart",
+          sh: `${verify}
+dd if=/vts/files/data of=$VTS_DISK bs=64k seek=512 oflag=direct conv=notrunc,fsync 2>/dev/null
+dd if=$VTS_DISK bs=64k skip=512 count=64 iflag=direct 2>/dev/null | cmp - /vts/files/data
+echo after-restart-ok`,
+        },
+      ],
+    });
+    await restart;
+    assert.match(r.step("io-across-restart").output, /restart seen after pass ([4-9]|\d\d+)/);
+    assert.match(r.step("io-after-restart").output, /after-restart-ok/);
+    const stopped = await backend.stop();
+    assert.ok(
+      cleanStop(stopped),
+      `${backend.label} did not stop cleanly\n${backend.diagnostics()}`,
+    );
+    const img = readFileSync(image);
+    assert.ok(
+      img.subarray(32 * MiB, 36 * MiB).equals(data),
+      "write after the restart reached the image",
+    );
+    rmSync(dir, { recursive: true, force: true });
+    return r;
+  } catch (e) {
+    await restart;
+    await backend.stop();
+    (e as Error).message += `\n(scenario files kept in ${dir})`;
+    throw e;
+  }
+}
+
+/**
  * Register every scenario as a node:test test under `describe(label)`.
  * Setup (packages, kernel, initramfs) runs once in a `before` hook with its
  * own, longer deadline.
@@ -386,6 +474,9 @@ export function guestScenarios(label: string, start: StartBackend): void {
     );
     run("after poweroff the host image holds exactly what the guest wrote", () =>
       hostCheckScenario(start),
+    );
+    run("backend killed and restarted under guest I/O: QEMU reconnects, I/O goes on", () =>
+      reconnectScenario(start),
     );
   });
 }
