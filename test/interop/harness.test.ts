@@ -1,13 +1,18 @@
 /**
- * Unit tests of the real-guest harness's pure parts: the cpio "newc" writer,
- * the per-run archive, the kernel-module ELF reader and the serial-log
- * parser. No QEMU here.
+ * Unit tests of the real-guest harness's parts that need no QEMU: the cpio
+ * "newc" writer, the per-run archive, the kernel-module ELF reader, the
+ * serial-log parser and backend readiness/stop.
  *
  * @module
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
+import { isUnixListening, spawnBackend } from "./guest/backends.ts";
 import { CpioWriter, readCpio, S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG } from "./guest/cpio.ts";
 import { runArchive } from "./guest/initramfs.ts";
 import { readModinfo } from "./guest/modules.ts";
@@ -166,4 +171,40 @@ test("serial log: a step cut off by a crash has rc null", () => {
   assert.deepEqual(steps, [
     { name: "fio", boot: 1, rc: null, output: "half", began: 3, ended: null },
   ]);
+});
+
+test("backends: readiness from a stdout line, clean stop by SIGTERM", async () => {
+  const script = "console.log('listening on /tmp/x.sock'); setInterval(() => {}, 1000);";
+  const b = await spawnBackend("fake", process.execPath, ["-e", script], "/tmp/x.sock", {
+    stdoutLine: /listening on \/tmp\/x\.sock/,
+  });
+  assert.equal(b.status, undefined, "still running once ready");
+  const s = await b.stop();
+  assert.deepEqual(s, { code: null, signal: "SIGTERM" });
+  assert.match(b.diagnostics(), /listening on/);
+});
+
+test("backends: a backend that exits before it is ready fails with its output", async () => {
+  const script = "console.error('no such image'); process.exit(3);";
+  await assert.rejects(
+    spawnBackend("fake", process.execPath, ["-e", script], "/tmp/y.sock", {
+      stdoutLine: /listening/,
+    }),
+    (e: Error) => /exited before it was ready/.test(e.message) && /no such image/.test(e.message),
+  );
+});
+
+test("backends: a listening Unix socket is seen in /proc/net/unix, and not after close", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "vts-harness-"));
+  const path = join(dir, "s.sock");
+  try {
+    assert.equal(isUnixListening(path), false);
+    const server = createServer();
+    await new Promise<void>((resolve) => server.listen(path, resolve));
+    assert.equal(isUnixListening(path), true);
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    assert.equal(isUnixListening(path), false);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

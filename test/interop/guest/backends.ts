@@ -9,7 +9,8 @@
  *
  * @module
  */
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Child, type ExitStatus } from "./process.ts";
 import { REPO_ROOT } from "./install.ts";
@@ -132,16 +133,30 @@ export const startQsd: StartBackend = (o) =>
   );
 
 /**
- * This project's CLI, `npx virtio-ts vhost-user-blk ...`, ready when it
- * prints `listening on PATH`.
+ * The command that runs this project's CLI: the `virtio-ts` entry of
+ * package.json's `bin`, run directly (so signals reach the CLI itself, not
+ * an npm wrapper), or `npx --no-install virtio-ts` while there is none.
  */
-export const startVirtioTsCli: StartBackend = (o) =>
-  spawnBackend(
+export function virtioTsCommand(): { cmd: string; args: string[] } {
+  const pkg = JSON.parse(readFileSync(join(REPO_ROOT, "package.json"), "utf8")) as {
+    bin?: string | Record<string, string>;
+  };
+  const bin = typeof pkg.bin === "string" ? pkg.bin : pkg.bin?.["virtio-ts"];
+  if (bin && existsSync(join(REPO_ROOT, bin))) return { cmd: join(REPO_ROOT, bin), args: [] };
+  return { cmd: "npx", args: ["--no-install", "virtio-ts"] };
+}
+
+/**
+ * This project's CLI, `virtio-ts vhost-user-blk --socket ... --image ...`,
+ * ready when it prints `listening on PATH`.
+ */
+export const startVirtioTsCli: StartBackend = (o) => {
+  const { cmd, args } = virtioTsCommand();
+  return spawnBackend(
     "virtio-ts vhost-user-blk",
-    "npx",
+    cmd,
     [
-      "--no-install",
-      "virtio-ts",
+      ...args,
       "vhost-user-blk",
       "--socket",
       o.socketPath,
@@ -154,6 +169,7 @@ export const startVirtioTsCli: StartBackend = (o) =>
     o.socketPath,
     { stdoutLine: new RegExp(`listening on ${escapeRegExp(o.socketPath)}`) },
   );
+};
 
 function escapeRegExp(s: string): string {
   return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
