@@ -130,25 +130,29 @@ export interface Reply {
 }
 
 /** Options of {@link Harness}. */
-export interface HarnessOptions extends RecordingBackendOptions {
+export interface HarnessOptions<
+  B extends VhostUserBackend = RecordingBackend,
+> extends RecordingBackendOptions {
+  /** The device (default: a {@link RecordingBackend} built from the other options). */
+  readonly backend?: B;
   readonly maxMemSlots?: number;
   /** Window size of the fake mapper (default 4 GiB). */
   readonly windowSize?: number;
 }
 
 /** A back-end connection driven by the test as the front-end. */
-export class Harness {
+export class Harness<B extends VhostUserBackend = RecordingBackend> {
   readonly fds = new FakeFds();
   readonly mapper: FakeMapper;
   readonly socket = new FakeSocket();
-  readonly device: RecordingBackend;
+  readonly device: B;
   readonly dataplane: LocalDataplane;
   readonly conn: VhostUserConnection;
   readonly logs: string[] = [];
 
-  constructor(o: HarnessOptions = {}) {
+  constructor(o: HarnessOptions<B> = {}) {
     this.mapper = new FakeMapper(this.fds, o.windowSize);
-    this.device = new RecordingBackend(o);
+    this.device = o.backend ?? (new RecordingBackend(o) as VhostUserBackend as B);
     this.dataplane = new LocalDataplane({
       backend: this.device,
       mapper: this.mapper,
