@@ -24,7 +24,7 @@ import {
   rmSync,
   writeFileSync,
 } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { gunzipSync } from "node:zlib";
 import { fileURLToPath } from "node:url";
 import { withLock } from "./lock.ts";
@@ -270,7 +270,13 @@ export function ensureGuestPrereqs(): Promise<GuestPrereqs> {
   prereqs ??= withLock(join(guestCacheDir(), "install.lock"), LOCK_WAIT_MS, async () => {
     const installed = await ensureHostPackages();
     const kernelRoot = join(guestCacheDir(), "kernel");
-    const cached = cachedKernel(kernelRoot);
+    let cached = cachedKernel(kernelRoot);
+    if (cached && cached.bootImage === cached.vmlinuz) {
+      // Unpacked by an older harness, or not PVH-capable: try once more to get vmlinux.
+      // modulesDir is <dir>/root/lib/modules/<release>
+      await extractVmlinux(resolve(cached.modulesDir, "../../../.."), cached.release);
+      cached = cachedKernel(kernelRoot) ?? cached;
+    }
     if (cached) return { kernel: cached, installed, kernelDownloaded: false };
     return { kernel: await downloadKernel(kernelRoot), installed, kernelDownloaded: true };
   });
