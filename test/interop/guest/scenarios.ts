@@ -124,7 +124,7 @@ export function timings(r: GuestRunResult): string {
   return `QEMU wall ${(r.wallMs / 1000).toFixed(1)} s; ${boots}; steps: ${steps}`;
 }
 
-/** The guest's block device name for sysfs, e.g. `vda`. */
+/** Shell: `$dev` = the disk under test's name (e.g. `vda`), `$q` = its /sys/block directory. */
 const SYSFS = "dev=${VTS_DISK#/dev/}; q=/sys/block/$dev";
 
 /** Shell: make 8 files of 64..512 KiB from /dev/urandom plus a directory tree under $1. */
