@@ -1,0 +1,67 @@
+/**
+ * vhost-user back-end (qemu/qemu docs/interop/vhost-user.rst): serve a virtio
+ * device to QEMU (`-device vhost-user-blk-pci`) or another front-end over a
+ * Unix socket, with guest memory mapped from the front-end's fds.
+ *
+ * Layers, bottom up:
+ * - `codec` — pure encoders/decoders of the header and every payload;
+ * - `framing` — {@link MessageReader}: fragments + fds in, validated messages out;
+ * - `handlers` / `session` — one handler per request, the ring state machine;
+ * - {@link VhostUserConnection} — one connection: in-order handling, REPLY_ACK, close on violations;
+ * - {@link VringDataplane} / {@link LocalDataplane} — where the rings run;
+ * - {@link VhostUserBackend} — what a device implements ({@link VhostUserBlkBackend} for virtio-blk);
+ * - {@link VhostUserServer} and the native host adapters (Node-only).
+ *
+ * Test doubles live in `./fakes.ts` (fd table, mapper, socket).
+ *
+ * @module
+ */
+export type { VhostUserBackend, VhostUserQueueContext } from "./backend.ts";
+export { VhostUserBlkBackend, type VhostUserBlkOptions } from "./blk-backend.ts";
+export * from "./codec.ts";
+export {
+  DEFAULT_MAX_MEM_SLOTS,
+  VhostUserConnection,
+  type CloseInfo,
+  type VhostUserConnectionOptions,
+} from "./connection.ts";
+export {
+  LocalDataplane,
+  type LocalDataplaneOptions,
+  type RingEvents,
+  type RingStart,
+  type VringDataplane,
+} from "./dataplane.ts";
+export {
+  MessageReader,
+  VHOST_USER_MAX_FDS,
+  VHOST_USER_MAX_PAYLOAD,
+  needsReply,
+  takeFd,
+  type VhostUserMessage,
+} from "./framing.ts";
+export {
+  REPLY_ACK_FAILED,
+  VHOST_USER_HANDLERS,
+  type Handler,
+  type HandlerResult,
+} from "./handlers.ts";
+export type {
+  EventFds,
+  FdCloser,
+  MappedWindow,
+  Mapping,
+  MemoryMapper,
+  SocketHandlers,
+  VhostUserSocket,
+} from "./host.ts";
+export { MemoryTable, validateRegion, type RegionInfo } from "./memory-table.ts";
+export { NativeEventFds, NativeMapper, NativeSocket } from "./native-host.ts";
+export {
+  VHOST_USER_REQUEST_RULES,
+  type FdRule,
+  type PayloadRule,
+  type RequestRule,
+} from "./request-rules.ts";
+export { VhostUserServer, type VhostUserServerOptions } from "./server.ts";
+export { VhostUserSession, VringState, type VhostUserSessionOptions } from "./session.ts";

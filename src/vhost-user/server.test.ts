@@ -1,0 +1,97 @@
+import assert from "node:assert/strict";
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { setImmediate as tick } from "node:timers/promises";
+import {
+  close,
+  connectUnix,
+  isNativeError,
+  listenUnix,
+  recvmsg,
+  sendmsg,
+  watchCount,
+} from "../native/index.ts";
+import { fdSnapshot, fdsOpenedSince, tempDir, within } from "../native/test-support.ts";
+import { VhostUserRequest as R } from "../spec/vhost-user.ts";
+import { decodeHeader, decodeU64, encodeMessage } from "./codec.ts";
+import type { VhostUserConnection } from "./connection.ts";
+import { VhostUserServer } from "./server.ts";
+import { RecordingBackend } from "./test-support.ts";
+
+/** The next message from `fd`, or "eof" (bounded wait). */
+async function receive(fd: number): Promise<Uint8Array | "eof"> {
+  for (let i = 0; i < 5000; i++) {
+    const r = recvmsg(fd, 4096, 0);
+    if (r !== null) return r.eof ? "eof" : new Uint8Array(r.bytes);
+    await tick();
+  }
+  throw new Error("nothing received");
+}
+
+async function getFeatures(fd: number): Promise<bigint> {
+  assert.ok(sendmsg(fd, encodeMessage(R.GET_FEATURES, 1, new Uint8Array(0))));
+  const reply = await receive(fd);
+  assert.notEqual(reply, "eof");
+  const bytes = reply as Uint8Array;
+  assert.deepEqual(decodeHeader(bytes), { request: R.GET_FEATURES, flags: 5, size: 8 });
+  return decodeU64(bytes.subarray(12));
+}
+
+describe("VhostUserServer", { timeout: 20_000 }, () => {
+  test("one front-end at a time, reconnect, close removes the socket; nothing leaks", async (t) => {
+    const dir = tempDir("virtio-ts-vu-");
+    t.after(dir.remove);
+    const path = join(dir.path, "vu.sock");
+    const fdsBefore = fdSnapshot();
+    const watchesBefore = watchCount();
+    const logs: string[] = [];
+    const conns: VhostUserConnection[] = [];
+    const server = new VhostUserServer({
+      path,
+      backend: new RecordingBackend({ numQueues: 1 }),
+      log: (l) => logs.push(l),
+      onConnection: (c) => conns.push(c),
+    });
+    t.after(() => server.close());
+
+    const a = connectUnix(path);
+    assert.equal(await getFeatures(a), 0x1_4000_0000n);
+    const b = connectUnix(path);
+    assert.equal(await receive(b), "eof", "a second front-end is refused");
+    close(b);
+    assert.match(logs.join("\n"), /refusing a second front-end/);
+
+    close(a); // QEMU goes away (or restarts)
+    await within(conns[0]!.closed, 5000, "first connection closed");
+    const c = connectUnix(path);
+    assert.equal(await getFeatures(c), 0x1_4000_0000n, "the next front-end is served");
+    assert.equal(conns.length, 2);
+
+    await server.close();
+    assert.equal(await receive(c), "eof");
+    close(c);
+    assert.equal(existsSync(path), false, "the socket file is removed");
+    assert.deepEqual(fdsOpenedSince(fdsBefore), []);
+    assert.equal(watchCount(), watchesBefore);
+  });
+
+  test("a stale socket file is replaced; a live one or a regular file is not", async (t) => {
+    const dir = tempDir("virtio-ts-vu-");
+    t.after(dir.remove);
+    const path = join(dir.path, "vu.sock");
+    close(listenUnix(path)); // leaves a socket file nobody answers on
+    const backend = new RecordingBackend({ numQueues: 1 });
+    const server = new VhostUserServer({ path, backend, log: () => {} });
+    t.after(() => server.close());
+    assert.throws(
+      () => new VhostUserServer({ path, backend, log: () => {} }),
+      (e: unknown) => isNativeError(e, "EADDRINUSE"),
+    );
+    const file = join(dir.path, "not-a-socket");
+    writeFileSync(file, "keep me");
+    assert.throws(() => new VhostUserServer({ path: file, backend, log: () => {} }));
+    assert.equal(existsSync(file), true);
+    await server.close();
+  });
+});
