@@ -170,6 +170,8 @@ export class DriverQueue<T> {
   #availIdxPublished = 0;
   #numAdded = 0;
   #lastUsedIdx = 0;
+  /** used.idx as last loaded: entries in [lastUsedIdx, usedShadow) are known published (one load per batch). */
+  #usedShadow = 0;
   #callbacksDisabled = false;
   #broken: VirtioError | null = null;
 
@@ -384,11 +386,16 @@ export class DriverQueue<T> {
    */
   nextUsed(): boolean {
     if (this.#broken !== null) return false;
-    // Atomics.load (SeqCst, acquire): the used entries (and payload) the device wrote before storing this idx
-    // are visible to the plain reads below. §2.7.8: the device updates idx after writing the entry.
-    const usedIdx = this.#used.atomicLoadU16(VIRTQ_USED_OFF_IDX);
     const last = this.#lastUsedIdx;
-    if (usedIdx === last) return false;
+    let usedIdx = this.#usedShadow;
+    if (usedIdx === last) {
+      // Atomics.load (SeqCst, acquire): the used entries (and payload) the device wrote before storing this idx
+      // are visible to the plain reads below. §2.7.8: the device updates idx after writing the entry. Loaded
+      // once per batch: entries below an index already loaded need no new load.
+      usedIdx = this.#used.atomicLoadU16(VIRTQ_USED_OFF_IDX);
+      this.#usedShadow = usedIdx;
+      if (usedIdx === last) return false;
+    }
     const pending = (usedIdx - last) & 0xffff;
     if (pending > this.#outstanding)
       return this.#fail(
@@ -529,6 +536,7 @@ export class DriverQueue<T> {
     this.#availIdxPublished = start;
     this.#numAdded = 0;
     this.#lastUsedIdx = start;
+    this.#usedShadow = start;
     this.#callbacksDisabled = false;
     this.#broken = null;
     this.#usedToken = undefined;
