@@ -30,6 +30,7 @@ if (process.env.VIRTIO_TS_SKIP_STATIC !== "1") {
   run("node_modules/.bin/tsc", ["-p", "tsconfig.json", "--noEmit"]);
   run("node_modules/.bin/eslint", ["."]);
   run("node", ["scripts/check-layers.mjs"]);
+  run("node", ["scripts/gen-spec-map.mjs", "--check"]);
 }
 const only = process.env.VIRTIO_TS_TEST_ONLY;
 const files = ["src", "test"]

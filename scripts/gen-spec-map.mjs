@@ -1,0 +1,98 @@
+#!/usr/bin/env node
+// Generates docs/spec-map.md from the "§" references in each source file's
+// header and MUST quotes: spec section → the files that implement it.
+//   node scripts/gen-spec-map.mjs          write docs/spec-map.md
+//   node scripts/gen-spec-map.mjs --check  exit 1 if docs/spec-map.md is stale
+import { readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const titles = {
+  2.1: "Device Status Field",
+  2.2: "Feature Bits",
+  2.3: "Notifications",
+  2.4: "Device Reset",
+  2.5: "Device Configuration Space",
+  2.7: "Split Virtqueues",
+  "2.7.4": "Message Framing",
+  "2.7.5": "The Virtqueue Descriptor Table",
+  "2.7.5.3": "Indirect Descriptors",
+  "2.7.6": "The Virtqueue Available Ring",
+  "2.7.7": "Used Buffer Notification Suppression",
+  "2.7.8": "The Virtqueue Used Ring",
+  "2.7.10": "Available Buffer Notification Suppression",
+  "2.7.13": "Supplying Buffers to The Device",
+  "2.7.14": "Receiving Used Buffers From The Device",
+  3.1: "Device Initialization",
+  4.2: "Virtio Over MMIO",
+  5.2: "Block Device",
+  "5.2.3": "Block: Feature bits",
+  "5.2.4": "Block: Device configuration layout",
+  "5.2.5": "Block: Device Initialization",
+  "5.2.6": "Block: Device Operation",
+  6: "Reserved Feature Bits",
+};
+
+function files(dir, out = []) {
+  for (const n of readdirSync(dir)) {
+    const p = join(dir, n);
+    if (statSync(p).isDirectory()) files(p, out);
+    else if (n.endsWith(".ts") && !n.endsWith(".test.ts")) out.push(p);
+  }
+  return out;
+}
+
+const map = new Map();
+for (const f of files(join(root, "src"))) {
+  // Only VIRTIO spec sections: skip lines that cite sections of other documents.
+  const text = readFileSync(f, "utf8")
+    .split("\n")
+    .filter((l) => !/\.md\b|anchors/.test(l))
+    .join("\n");
+  for (const m of text.matchAll(/§\s?(\d+(?:\.\d+)*)/g)) {
+    const sec = m[1];
+    if (!map.has(sec)) map.set(sec, new Set());
+    map.get(sec).add(relative(root, f));
+  }
+}
+const key = (s) =>
+  s
+    .split(".")
+    .map((n) => n.padStart(4, "0"))
+    .join(".");
+const rows = [...map.keys()].sort((a, b) => (key(a) < key(b) ? -1 : 1));
+let md = "# Spec map\n\n";
+md +=
+  "Which file implements which section of the VIRTIO 1.2 specification (section numbers as in\n";
+md +=
+  "1.2/1.3: split ring §2.7, block device §5.2). Generated from the `§` references in the sources by\n";
+md +=
+  "`node scripts/gen-spec-map.mjs`; the test suite fails when it is stale. The vhost-user protocol\n";
+md +=
+  "(qemu/qemu `docs/interop/vhost-user.rst`) is implemented in `src/vhost-user/` and `src/spec/vhost-user.ts`.\n\n";
+md += "| section | title | files |\n|---|---|---|\n";
+for (const sec of rows) {
+  const fl = [...map.get(sec)]
+    .sort()
+    .map((f) => `\`${f}\``)
+    .join(", ");
+  md += `| §${sec} | ${titles[sec] ?? ""} | ${fl} |\n`;
+}
+const out = join(root, "docs/spec-map.md");
+if (process.argv.includes("--check")) {
+  let cur = "";
+  try {
+    cur = readFileSync(out, "utf8");
+  } catch {
+    /* missing */
+  }
+  if (cur !== md) {
+    console.error("docs/spec-map.md is stale: run node scripts/gen-spec-map.mjs");
+    process.exit(1);
+  }
+  console.log("spec map ok");
+} else {
+  writeFileSync(out, md);
+  console.log(`wrote ${relative(root, out)} (${rows.length} sections)`);
+}
