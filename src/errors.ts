@@ -47,10 +47,16 @@ export const ErrorCode = {
   BLK_IOERR: "VIRTIO_ERR_BLK_IOERR",
   BLK_UNSUPP: "VIRTIO_ERR_BLK_UNSUPP",
   BLK_IMAGE: "VIRTIO_ERR_BLK_IMAGE",
+  // devices/blk driver side (the device answered badly)
+  BLK_BAD_CONFIG: "VIRTIO_ERR_BLK_BAD_CONFIG",
+  BLK_USED_LEN: "VIRTIO_ERR_BLK_USED_LEN",
   // vhost-user (the frontend broke the protocol)
   VHOST_USER_PROTOCOL: "VIRTIO_ERR_VHOST_USER_PROTOCOL",
   VHOST_USER_DISCONNECTED: "VIRTIO_ERR_VHOST_USER_DISCONNECTED",
   VHOST_USER_BACKEND: "VIRTIO_ERR_VHOST_USER_BACKEND",
+  // vhost-user front-end (the back-end refused a request, or lacks what the front-end needs)
+  VHOST_USER_REFUSED: "VIRTIO_ERR_VHOST_USER_REFUSED",
+  VHOST_USER_INCOMPATIBLE: "VIRTIO_ERR_VHOST_USER_INCOMPATIBLE",
   // transport/inproc (the peer thread stopped answering)
   INPROC_TIMEOUT: "VIRTIO_ERR_INPROC_TIMEOUT",
   // native/
