@@ -80,6 +80,14 @@ export interface VringDataplane {
   stopRing(index: number): Promise<number>;
   /** Replaces the call eventfd of a running ring (the old one is no longer used once this resolves). */
   setCallFd(index: number, fd: number | null): void | Promise<void>;
+  /**
+   * A SET_CONFIG the control side's device accepted, for a dataplane whose
+   * rings run on another instance of the device (a worker): apply it there
+   * too. Absent when the dataplane drives the control side's own instance.
+   */
+  writeConfig?(offset: number, data: Uint8Array, flags: number): void | Promise<void>;
+  /** VHOST_USER_RESET_DEVICE for such a separate device instance (every ring is stopped). */
+  resetDevice?(): void | Promise<void>;
   /** Stops every ring and unmaps every region. */
   dispose(): Promise<void>;
 }

@@ -10,7 +10,8 @@
  * - {@link VhostUserConnection} — one connection: in-order handling, REPLY_ACK, close on violations;
  * - {@link VringDataplane} / {@link LocalDataplane} — where the rings run;
  * - {@link VhostUserBackend} — what a device implements ({@link VhostUserBlkBackend} for virtio-blk);
- * - {@link VhostUserServer} and the native host adapters (Node-only).
+ * - {@link VhostUserServer}, the native host adapters, and {@link DataplaneWorker} /
+ *   {@link WorkerDataplane} to run the rings on worker threads (Node-only).
  *
  * Test doubles live in `./fakes.ts` (fd table, mapper, socket).
  *
@@ -18,6 +19,10 @@
  */
 export type { VhostUserBackend, VhostUserQueueContext } from "./backend.ts";
 export { VhostUserBlkBackend, type VhostUserBlkOptions } from "./blk-backend.ts";
+export {
+  createBackend as createBlkFileBackend,
+  type BlkFileBackendOptions,
+} from "./blk-file-backend.ts";
 export * from "./codec.ts";
 export {
   DEFAULT_MAX_MEM_SLOTS,
@@ -65,3 +70,20 @@ export {
 } from "./request-rules.ts";
 export { VhostUserServer, type VhostUserServerOptions } from "./server.ts";
 export { VhostUserSession, VringState, type VhostUserSessionOptions } from "./session.ts";
+export {
+  fromWireError,
+  serveDataplaneWorker,
+  toWireError,
+  type DataplaneEvent,
+  type DataplaneReply,
+  type DataplaneRequest,
+  type DataplaneWorkerInit,
+  type WireError,
+  type WorkerEndpoint,
+} from "./dataplane-worker.ts";
+export {
+  DataplaneWorker,
+  WorkerDataplane,
+  type DataplaneWorkerOptions,
+  type WorkerPort,
+} from "./worker-dataplane.ts";

@@ -249,3 +249,8 @@ export class Harness<B extends VhostUserBackend = RecordingBackend> {
     assert.equal(this.dataplane.runningRings, 0);
   }
 }
+
+/** Factory export for dataplane workers in tests (`backendExport: "createRecordingBackend"`). */
+export function createRecordingBackend(o: RecordingBackendOptions = {}): RecordingBackend {
+  return new RecordingBackend(o);
+}
