@@ -238,6 +238,21 @@ export class DeviceQueue {
     return this.#inFlight;
   }
 
+  /** Guest-physical address of the descriptor table (as configured). */
+  get descAddr(): number {
+    return this.#desc.addr;
+  }
+
+  /** Guest-physical address of the available ring (as configured). */
+  get availAddr(): number {
+    return this.#avail.addr;
+  }
+
+  /** Guest-physical address of the used ring (as configured). */
+  get usedAddr(): number {
+    return this.#used.addr;
+  }
+
   /** The violation that broke the queue, or null. */
   get broken(): VirtioError | null {
     return this.#broken;

@@ -44,6 +44,8 @@ import {
 import { Doorbell, waitWordAsync } from "./doorbell.ts";
 import {
   INPROC_DATA_BYTES,
+  KICK_ROUTE_DIRECT,
+  KICK_ROUTE_WAITING,
   NUM_ARGS,
   NUM_RETS,
   Op,
@@ -447,6 +449,8 @@ export class InprocDriverTransport {
   /**
    * Publishes what was added to queue `index` and rings the device doorbell
    * if the ring says the device wants a notification. Returns true if it rang.
+   * A queue whose kicks a dataplane thread takes (KICK_ROUTE, ./registers.ts)
+   * is rung on its own KICK word instead of the device doorbell.
    *
    * @throws {RangeError} if the queue was not set up.
    */
@@ -456,9 +460,19 @@ export class InprocDriverTransport {
       this.stats.kicksSuppressed++;
       return false;
     }
+    const a = this.#i32;
+    const kickWord = this.#layout.kickBase + index;
     // Atomics.add (SeqCst RMW): this queue's kick count; ordered after the avail.idx store in kickNeeded().
-    Atomics.add(this.#i32, this.#layout.kickBase + index, 1);
+    Atomics.add(a, kickWord, 1);
     this.stats.kicksRung++;
+    // Atomics.load (SeqCst): after the add (Dekker pair with a dataplane's WAITING set → KICK compare).
+    const route = Atomics.load(a, this.#layout.kickRouteBase + index);
+    if ((route & KICK_ROUTE_WAITING) !== 0) {
+      this.stats.kickWakeups++;
+      // Atomics.notify: wakes the dataplane thread waiting on this queue's KICK word.
+      Atomics.notify(a, kickWord);
+    }
+    if ((route & KICK_ROUTE_DIRECT) !== 0) return true;
     if (this.#devBell.ring()) this.stats.kickWakeups++;
     return true;
   }

@@ -24,6 +24,13 @@
  * | driver doorbell lines | device | DRV_WAKE counter, CONFIG_SEQ, then CALL[q] counters |
  * | 1 line | driver | DRV_SLEEPING |
  * | 64 words | per request | DATA: configuration bytes of GET/SET_CONFIG |
+ * | kick route lines | device dataplane | KICK_ROUTE[q]: {@link KICK_ROUTE_WAITING}, {@link KICK_ROUTE_DIRECT} |
+ *
+ * Kick routes let a dataplane thread (not the thread answering control
+ * requests) take a queue's kicks directly: it waits on that queue's KICK
+ * counter itself, raising WAITING meanwhile, and sets DIRECT so the driver
+ * does not also wake the control thread for every kick. A zero word (the
+ * default) keeps the plain behaviour: kicks go through the device doorbell.
  *
  * Every doorbell is a counter bumped with `Atomics.add`: a waiter remembers
  * the last value it saw and sleeps only while the counter still has it, so
@@ -47,6 +54,11 @@ const LINE = 16;
 export const INPROC_DATA_BYTES = 256;
 /** Largest number of queues the block is laid out for. */
 export const INPROC_MAX_QUEUES = 1024;
+
+/** KICK_ROUTE bit: a dataplane thread waits on this queue's KICK word (ring it with Atomics.notify). */
+export const KICK_ROUTE_WAITING = 1;
+/** KICK_ROUTE bit: a dataplane thread takes this queue's kicks; the device doorbell need not ring. */
+export const KICK_ROUTE_DIRECT = 2;
 
 /** Control operations (the OP word). */
 export const Op = {
@@ -111,6 +123,8 @@ export class RegisterLayout {
   readonly drvSleeping: number;
   /** Word index of the DATA window. */
   readonly data: number;
+  /** First KICK_ROUTE word (one per queue; after DATA, so the other offsets are unchanged). */
+  readonly kickRouteBase: number;
   /** Total words. */
   readonly words: number;
 
@@ -128,7 +142,8 @@ export class RegisterLayout {
     this.callBase = this.drvWake + 2;
     this.drvSleeping = this.drvWake + lines(2 + numQueues);
     this.data = this.drvSleeping + LINE;
-    this.words = this.data + INPROC_DATA_BYTES / 4;
+    this.kickRouteBase = this.data + INPROC_DATA_BYTES / 4;
+    this.words = this.kickRouteBase + lines(numQueues);
   }
 }
 
