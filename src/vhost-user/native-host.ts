@@ -3,8 +3,8 @@
  * eventfds watched on this thread's loop, shared-memory mapping in windows
  * of at most 4 GiB, and a Unix stream socket with fd passing. Node-only.
  * qemu/qemu docs/interop/vhost-user.rst "Introduction" (fds in ancillary
- * data), "Memory access"; shared/reference/vhost-user.md §3.1 (mapping),
- * §6.14 (fd hygiene).
+ * data), "Memory access"; shared/reference/vhost-user.md sections 3.1
+ * (mapping) and 6.14 (fd hygiene).
  *
  * @module
  */
