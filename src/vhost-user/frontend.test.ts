@@ -217,6 +217,35 @@ describe("VhostUserFrontend negotiation", { timeout: 30_000 }, () => {
     await fe.addMemory(b);
   });
 
+  test("a feature selector sees the offered bits", async (t) => {
+    const offered = VERSION_1 | PROTOCOL_FEATURES | FLUSH | (1n << 28n);
+    const p = pair(t, { features: offered });
+    let seen = 0n;
+    const fe = await p.connect({
+      features: (o) => {
+        seen = o;
+        return (1n << 28n) | (1n << 40n);
+      },
+    });
+    assert.equal(seen, offered);
+    assert.equal(fe.features, (1n << 28n) | PROTOCOL_FEATURES);
+  });
+
+  test("a feature selector that throws refuses the device: the connection closes", async (t) => {
+    const q = pair(t);
+    const refusal = new VirtioError(ErrorCode.FEATURES_REFUSED, "no thanks");
+    const err = await q
+      .connect({
+        features: () => {
+          throw refusal;
+        },
+      })
+      .catch((e: unknown) => e);
+    assert.equal(err, refusal);
+    await until("EOF", () => q.backend.ended);
+    assert.deepEqual(q.backend.requests, [R.SET_OWNER, R.GET_FEATURES]);
+  });
+
   test("a back-end without VHOST_USER_F_PROTOCOL_FEATURES is incompatible", async (t) => {
     const p = pair(t, { features: VERSION_1 | FLUSH });
     const err = await connectFails(p, ErrorCode.VHOST_USER_INCOMPATIBLE);

@@ -73,11 +73,13 @@ export const FRONTEND_PROTOCOL_FEATURES =
 /** Options of {@link VhostUserFrontend.connect}. */
 export interface VhostUserFrontendOptions {
   /**
-   * Virtio feature bits the driver can use. The front-end acknowledges the
-   * intersection with what the back-end offers, plus bit 30
-   * (VHOST_USER_F_PROTOCOL_FEATURES).
+   * Virtio feature bits the driver can use: a mask (the front-end
+   * acknowledges its intersection with what the back-end offers), or a
+   * function from the offered bits to the accepted ones (it may throw to
+   * refuse the device; the connection then closes). Bit 30
+   * (VHOST_USER_F_PROTOCOL_FEATURES) is added either way.
    */
-  readonly features: bigint;
+  readonly features: bigint | ((offered: bigint) => bigint);
   /** Bytes of config space to read during the handshake (0..256, default 0: none). */
   readonly configSize?: number;
   /**
@@ -297,7 +299,10 @@ export class VhostUserFrontend {
       throw incompatible("the back-end does not offer VHOST_USER_F_PROTOCOL_FEATURES (bit 30)", {
         features: this.deviceFeatures,
       });
-    this.features = this.deviceFeatures & (o.features | bit(VHOST_USER_F_PROTOCOL_FEATURES));
+    const wanted = typeof o.features === "bigint" ? o.features : o.features(this.deviceFeatures);
+    if (typeof wanted !== "bigint" || wanted < 0n)
+      throw new TypeError("the feature selector must return a non-negative bigint");
+    this.features = this.deviceFeatures & (wanted | bit(VHOST_USER_F_PROTOCOL_FEATURES));
     await ch.request(R.SET_FEATURES, encodeU64(this.features));
     this.deviceProtocolFeatures = await ch.request(R.GET_PROTOCOL_FEATURES, NO_PAYLOAD, U64);
     const missing = FRONTEND_REQUIRED_PROTOCOL_FEATURES & ~this.deviceProtocolFeatures;
@@ -488,8 +493,13 @@ export class VhostUserFrontend {
 }
 
 function checkOptions(o: VhostUserFrontendOptions): void {
+  if (typeof o.features === "function") return checkConfigSize(o);
   if (typeof o.features !== "bigint" || o.features < 0n)
-    throw new TypeError("options.features must be a non-negative bigint");
+    throw new TypeError("options.features must be a non-negative bigint or a function");
+  checkConfigSize(o);
+}
+
+function checkConfigSize(o: VhostUserFrontendOptions): void {
   const c = o.configSize ?? 0;
   if (!Number.isInteger(c) || c < 0 || c > VHOST_USER_MAX_CONFIG_SIZE)
     throw new RangeError(`configSize must be in 0..${VHOST_USER_MAX_CONFIG_SIZE}, got ${c}`);
