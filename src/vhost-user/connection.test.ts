@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setImmediate as tick } from "node:timers/promises";
-import { ErrorCode } from "../errors.ts";
+import { ErrorCode, VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import { DriverQueue } from "../ring/driver-queue.ts";
 import { vringLayout, type VringLayout } from "../ring/layout.ts";
@@ -13,6 +13,7 @@ import {
   encodeConfig,
   encodeHeader,
   encodeMemoryTable,
+  encodeMessage,
   encodeSingleMemRegion,
   encodeU64,
   encodeVringAddr,
@@ -467,6 +468,37 @@ describe("ring lifecycle", { timeout: 10_000 }, () => {
     );
   });
 
+  test("a misaligned ring (the queue refuses it) does not start; the connection stays", async () => {
+    const h = new Harness();
+    await negotiate(h);
+    await addMemory(h);
+    const err = h.fds.eventfd("err");
+    await h.call(R.SET_VRING_ERR, encodeVringFile({ index: 0, noFd: false }), [err]);
+    await h.call(R.SET_VRING_NUM, encodeVringState({ index: 0, num: 16 }));
+    const a = RING0;
+    const desc = UVA + BigInt(a.descAddr) + 8n; // not 16-aligned
+    await h.call(
+      R.SET_VRING_ADDR,
+      encodeVringAddr({
+        index: 0,
+        flags: 0,
+        desc,
+        used: UVA + BigInt(a.usedAddr),
+        avail: UVA + BigInt(a.availAddr),
+        log: 0n,
+      }),
+    );
+    await h.call(R.SET_VRING_KICK, encodeVringFile({ index: 0, noFd: false }), [h.fds.eventfd()]);
+    await h.call(R.SET_VRING_ENABLE, encodeVringState({ index: 0, num: 1 }));
+    assert.deepEqual(h.device.events, []);
+    assert.equal(h.fds.signalCount(err), 1);
+    assert.match(
+      h.logs.join("\n"),
+      /ring 0 does not start: descriptor table at 0x1008 is not 16-aligned/,
+    );
+    await h.expectReply(R.GET_QUEUE_NUM, undefined, encodeU64(2n));
+  });
+
   test("a ring violation breaks the device: err fd signalled, every ring stops, a fresh setup recovers", async () => {
     const { h, guest, fds0, drv0 } = await running();
     const fds1 = await startRing(h, 1, RING1);
@@ -795,6 +827,36 @@ describe(
       );
       const { error } = await h.conn.closed;
       assert.match(error!.message, /no memory region was shared.*memory-backend-memfd,share=on/);
+      h.assertReleased();
+    });
+
+    test("an mmap failure on our side closes with VHOST_USER_BACKEND after a failure status", async () => {
+      const h = new Harness();
+      await negotiate(h);
+      h.mapper.failNext = new VirtioError(ErrorCode.NATIVE, "mmap ENOMEM: cannot allocate memory");
+      const fd = h.fds.memfd(MEM);
+      h.send(R.ADD_MEM_REG, encodeSingleMemRegion(region(0, MEM, UVA)), [fd], NEED);
+      const { error } = await h.conn.closed;
+      assert.equal(error?.code, ErrorCode.VHOST_USER_BACKEND);
+      assert.match(error.message, /cannot map region gpa 0x0 .*ENOMEM/);
+      assert.equal(ackOf(h.replies(), R.ADD_MEM_REG), 1n);
+      h.assertReleased();
+    });
+
+    test("a front-end that floods messages behind a pending one is cut off", async () => {
+      const { h, fds0, drv0 } = await running();
+      h.device.hold = true;
+      submit(h, drv0, fds0.kick, 1);
+      await h.idle();
+      h.send(R.GET_VRING_BASE, encodeVringState({ index: 0, num: 0 })); // waits for the request
+      const one = encodeMessage(R.SET_OWNER, 1, new Uint8Array(0));
+      const flood = new Uint8Array(one.length * 1100);
+      for (let i = 0; i < 1100; i++) flood.set(one, i * one.length);
+      h.socket.deliver(flood);
+      assert.equal(h.socket.closed, true);
+      h.device.release(0);
+      const { error } = await h.conn.closed;
+      assert.match(error!.message, /more than 1024 messages queued/);
       h.assertReleased();
     });
 

@@ -36,6 +36,14 @@ import { VhostUserSession } from "./session.ts";
 /** Default GET_MAX_MEM_SLOTS answer (what qemu-storage-daemon 7.2 announces). */
 export const DEFAULT_MAX_MEM_SLOTS = 32;
 
+/**
+ * Messages received but not handled yet, at most. They queue only while a
+ * handler waits (GET_VRING_BASE for in-flight requests); a front-end that
+ * keeps sending meanwhile without waiting for replies is not QEMU or
+ * libblkio, and would otherwise make the back-end buffer without bound.
+ */
+export const MAX_QUEUED_MESSAGES = 1024;
+
 /** Options of {@link VhostUserConnection}. */
 export interface VhostUserConnectionOptions {
   /** The device. */
@@ -78,6 +86,8 @@ export class VhostUserConnection {
   readonly #name: string;
   #chain: Promise<void> = Promise.resolve();
   #closing = false;
+  /** Messages received and not yet handled. */
+  #queued = 0;
   #error: VirtioError | undefined;
   #resolveClosed!: (info: CloseInfo) => void;
   /** Resolves once the connection is closed and everything it held is released. */
@@ -148,7 +158,22 @@ export class VhostUserConnection {
       this.#fail(e);
       return;
     }
-    for (const m of messages) this.#enqueue(() => this.#dispatch(m));
+    this.#queued += messages.length;
+    for (const m of messages) {
+      this.#enqueue(() => {
+        this.#queued--;
+        return this.#dispatch(m);
+      });
+    }
+    if (this.#queued > MAX_QUEUED_MESSAGES) {
+      this.#fail(
+        new VirtioError(
+          ErrorCode.VHOST_USER_PROTOCOL,
+          `more than ${MAX_QUEUED_MESSAGES} messages queued behind a pending one`,
+          { queued: this.#queued },
+        ),
+      );
+    }
   }
 
   #onEnd(error: Error | undefined): void {

@@ -142,8 +142,12 @@ export class LocalDataplane implements VringDataplane {
     try {
       mapping = this.#mapper.map(fd, region.size, region.mmapOffset);
     } catch (e) {
+      // A failed mmap is ours (e.g. ENOMEM); anything the mapper refused (an fd that is not a
+      // shared-memory file, a file smaller than the region) is the front-end's.
       throw new VirtioError(
-        ErrorCode.VHOST_USER_PROTOCOL,
+        isVirtioError(e, ErrorCode.NATIVE)
+          ? ErrorCode.VHOST_USER_BACKEND
+          : ErrorCode.VHOST_USER_PROTOCOL,
         `cannot map region gpa ${hex(region.gpa)} size ${hex(region.size)} from fd ${fd} at offset ${hex(region.mmapOffset)}: ${e instanceof Error ? e.message : String(e)}`,
         { gpa: region.gpa, size: region.size, fd },
       );
