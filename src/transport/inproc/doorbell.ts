@@ -126,8 +126,9 @@ export async function waitWordAsync(
   // Atomics.waitAsync: atomically compares the word with `value`; resolves on notify or timeout.
   const w = waitAsyncImpl(a, index, value, timeoutMs);
   if (!w.async) return w.value;
-  // A pending waitAsync does not keep Node's event loop alive: a timer for the same bound does.
-  const keepAlive = setTimeout(() => {}, Math.min(timeoutMs, 0x7fff_ffff));
+  // A pending waitAsync does not keep Node's event loop alive, so a timer does until it settles. The timer's
+  // own bound must not be the wait's: if it fired first, the loop could end before waitAsync times out.
+  const keepAlive = setTimeout(() => {}, 0x7fff_ffff);
   try {
     return await w.value;
   } finally {
