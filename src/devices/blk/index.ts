@@ -35,3 +35,32 @@ export {
   parseBlkRequest,
   type BlkRequestPolicy,
 } from "./request.ts";
+// The driver side (VIRTIO 1.2 §5.2.6.1).
+export {
+  BlkDriver,
+  type BlkDriverOptions,
+  type BlkDriverState,
+  type BlkDriverStats,
+  type BlkDriverTransport,
+  type BlkRequestOptions,
+  type BlkWriteZeroesOptions,
+} from "./driver.ts";
+export {
+  BLK_DRIVER_FEATURES,
+  BLK_DRIVER_FEATURE_NAMES,
+  parseBlkConfig,
+  selectBlkFeatures,
+  type BlkDriverConfig,
+  type BlkFeatureSelection,
+} from "./driver-config.ts";
+export {
+  BLK_DRIVER_PAGE_SIZE,
+  BLK_DRIVER_SLOT_BYTES,
+  blkDriverArenaBytes,
+  planBlkDriverMemory,
+  type BlkDriverArena,
+  type BlkDriverMemoryOptions,
+  type BlkDriverMemoryPlan,
+} from "./driver-memory.ts";
+export type { BlkRange, BlkSegment } from "./driver-plan.ts";
+export { BlkIoError } from "./driver-request.ts";
