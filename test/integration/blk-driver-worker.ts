@@ -60,7 +60,7 @@ function handle(c: DriverCommand): unknown {
     case "workload":
       return runWorkload(driver, queues, memory, HEAP_BASE, c.workload);
     case "reset-in-flight":
-      return resetInFlight(c.reqs);
+      return resetInFlight(c.reqs, c.delayBeforeResetMs);
     case "reset":
       return reset();
     case "status":
@@ -243,7 +243,7 @@ function run(reqs: readonly RawReq[], maxInFlight: number) {
  * flight). Then takes what the device completed before acknowledging the
  * reset and fails the rest (detachAll): returns the counts.
  */
-function resetInFlight(reqs: readonly RawReq[]) {
+function resetInFlight(reqs: readonly RawReq[], delayMs: number) {
   const heap = new Heap();
   const touched = new Set<number>();
   let submitted = 0;
@@ -255,6 +255,8 @@ function resetInFlight(reqs: readonly RawReq[]) {
     submitted++;
   }
   for (const q of touched) driver.kick(q);
+  // Block this thread for a moment (nothing else runs here): the device pops and submits meanwhile.
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, delayMs);
   driver.run(driver.reset());
   let completed = 0;
   for (const dq of queues) while (dq.nextUsed()) completed++;

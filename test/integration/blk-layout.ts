@@ -63,7 +63,12 @@ export type DriverCommand =
     }
   | { readonly cmd: "run"; readonly reqs: readonly RawReq[]; readonly maxInFlight?: number }
   | { readonly cmd: "workload"; readonly workload: WorkloadOptions }
-  | { readonly cmd: "reset-in-flight"; readonly reqs: readonly RawReq[] }
+  | {
+      readonly cmd: "reset-in-flight";
+      readonly reqs: readonly RawReq[];
+      /** Wait this long after the kick before resetting (the device pops meanwhile). */
+      readonly delayBeforeResetMs: number;
+    }
   | { readonly cmd: "reset" }
   | { readonly cmd: "status" }
   | { readonly cmd: "read-config"; readonly offset: number; readonly length: number }

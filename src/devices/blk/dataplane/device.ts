@@ -70,6 +70,11 @@ export interface BlkDataplaneDeviceOptions extends BlkDataplaneConfig {
   readonly timeoutMs?: number;
 }
 
+/** How a queue stopped at the last quiesce. */
+export interface QueueStop extends StopResult {
+  readonly queue: number;
+}
+
 /** Counters of every running queue, from its worker. */
 export interface BlkDataplaneStats {
   readonly queues: readonly DataplaneQueueStats[];
@@ -158,6 +163,7 @@ export class BlkDataplaneDevice implements VirtioDeviceBackend {
   #ctx: ActivationContext | null = null;
   /** Queues started by the current activation. */
   #started: number[] = [];
+  #lastStops: readonly QueueStop[] = [];
   #disposed: Promise<void> | null = null;
 
   private constructor(
@@ -246,6 +252,11 @@ export class BlkDataplaneDevice implements VirtioDeviceBackend {
     return device;
   }
 
+  /** The queues the last quiesce stopped: next available index and requests drained. */
+  get lastStops(): readonly QueueStop[] {
+    return this.#lastStops;
+  }
+
   /** Number of dataplane workers. */
   get workerCount(): number {
     return this.#workers.length;
@@ -316,6 +327,9 @@ export class BlkDataplaneDevice implements VirtioDeviceBackend {
     const queues = this.#started.splice(0);
     const results = await Promise.allSettled(
       queues.map((q) => this.#worker(q).request<StopResult>({ type: "stop", queue: q })),
+    );
+    this.#lastStops = results.flatMap((r, i) =>
+      r.status === "fulfilled" ? [{ queue: queues[i]!, ...r.value }] : [],
     );
     results.forEach((r, i) => {
       if (r.status === "fulfilled") return;

@@ -11,6 +11,7 @@ export {
   BlkDataplaneDevice,
   type BlkDataplaneDeviceOptions,
   type BlkDataplaneStats,
+  type QueueStop,
 } from "./device.ts";
 export {
   INPROC_DOORBELLS,
