@@ -525,6 +525,48 @@ export class InprocDriverTransport {
     }
   }
 
+  /**
+   * Waits (blocking: a worker) until any set-up queue has used buffers, a
+   * configuration change arrives, or `timeoutMs` passes: one driver thread
+   * serving several queues sleeps once for all of them. Take the used
+   * buffers of every queue afterwards.
+   *
+   * @throws {VirtioError} the first broken queue's error.
+   */
+  waitUsedAny(timeoutMs: number): WaitResult {
+    if (this.#anyUsed()) return "used";
+    const deadline = Date.now() + timeoutMs;
+    const bell = this.#drvBell;
+    for (;;) {
+      const seen = bell.read();
+      const r = this.#beforeSleepAll();
+      if (r !== null) return r;
+      const left = deadline - Date.now();
+      if (left <= 0) return "timeout";
+      this.stats.sleeps++;
+      bell.sleep(seen, left);
+    }
+  }
+
+  #anyUsed(): boolean {
+    for (const dq of this.#queues) if (dq !== null && dq.hasUsed()) return true;
+    return false;
+  }
+
+  /** {@link #beforeSleep} for every set-up queue. */
+  #beforeSleepAll(): WaitResult | null {
+    let used = false;
+    for (const dq of this.#queues) {
+      if (dq === null) continue;
+      // Arm every queue before deciding (each arm re-reads its used.idx: the race check).
+      if (!dq.enableCallbacks()) used = true;
+      if (dq.broken !== null) throw dq.broken;
+    }
+    if (used) return "used";
+    if (this.configChanged()) return "config";
+    return null;
+  }
+
   /** True (once per change) if the device sent a configuration change notification since the last call. */
   configChanged(): boolean {
     // Atomics.load (SeqCst): the device's CONFIG_SEQ add follows the change it announces.
