@@ -1,0 +1,71 @@
+/**
+ * Logging setup of the CLI: where lines go and how they name their source.
+ * Not spec-defined.
+ *
+ * - Ordinary lines go to stderr as `virtio-ts: <message>`; while a front-end
+ *   is connected they name it: `virtio-ts: conn 2: <message>` (the device's
+ *   own lines already name the queue and request, e.g. `virtio-blk vq 0 req 17`).
+ * - With `--verbose`, the device's trace hook is on and every trace event is
+ *   one QEMU trace-event style line on stderr:
+ *   `conn 2: virtqueue_pop vq 0 head 17 in_num 2 out_num 1`.
+ * - stdout carries only what scripts wait for (`listening on PATH`).
+ *
+ * @module
+ */
+import type { BlkLogger } from "../devices/blk/log.ts";
+
+/** The process's output streams and stop signals, injectable for tests. */
+export interface CliIo {
+  /** Writes one line to stdout. */
+  out(line: string): void;
+  /** Writes one line to stderr. */
+  err(line: string): void;
+  /**
+   * Calls `handler` on every SIGINT / SIGTERM until the returned function is
+   * called.
+   */
+  onStopSignal(handler: (signal: NodeJS.Signals) => void): () => void;
+}
+
+/** The CLI's logger. */
+export class CliLog {
+  readonly #io: CliIo;
+  readonly #verbose: boolean;
+  /** Connection label prefixed to lines, e.g. `"conn 2"`; undefined while none is connected. */
+  connection: string | undefined;
+
+  constructor(io: CliIo, verbose: boolean) {
+    this.#io = io;
+    this.#verbose = verbose;
+  }
+
+  get verbose(): boolean {
+    return this.#verbose;
+  }
+
+  /** One ordinary line on stderr. */
+  line(message: string): void {
+    const conn = this.connection === undefined ? "" : `${this.connection}: `;
+    this.#io.err(`virtio-ts: ${conn}${message}`);
+  }
+
+  /** One line on stderr only with `--verbose`. */
+  debug(message: string): void {
+    if (this.#verbose) this.line(message);
+  }
+
+  /** A trace-event line (only with `--verbose`). */
+  trace(event: string): void {
+    const conn = this.connection === undefined ? "" : `${this.connection}: `;
+    this.#io.err(`${conn}${event}`);
+  }
+
+  /** The device's logger: errors and warnings always, the trace hook only with `--verbose`. */
+  blkLogger(): BlkLogger {
+    return {
+      error: (m) => this.line(m),
+      warn: (m) => this.line(m),
+      trace: this.#verbose ? (m) => this.trace(m) : undefined,
+    };
+  }
+}
