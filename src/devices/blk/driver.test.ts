@@ -616,3 +616,42 @@ test("updateConfig takes a new capacity", async () => {
   await assert.rejects(r.driver.read(512, new Uint8Array(512)), RangeError);
   await within(r.driver.read(0, new Uint8Array(512)));
 });
+
+test("a transport that decides kicks itself (kick form); exactly one form is required", async () => {
+  const asked: number[] = [];
+  const holder: { r: ReturnType<typeof blkRig> | null } = { r: null };
+  const r = blkRig({
+    driver: {
+      transport: {
+        kick: (i) => {
+          asked.push(i);
+          const dq = holder.r!.driverQueues[i]!;
+          if (!dq.kickNeeded()) return false;
+          holder.r!.engines[i]!.kick();
+          return true;
+        },
+      },
+    },
+  });
+  holder.r = r;
+  await within(r.driver.write(0, patternBytes(8192, 2)));
+  assert.ok(asked.length >= 1);
+  assert.equal(r.driver.stats.kicks + r.driver.stats.kicksSuppressed, asked.length);
+  const { BlkDriver } = await import("./driver.ts");
+  const base = {
+    memory: r.memory,
+    queues: r.driverQueues,
+    config: r.driver.config,
+    arena: r.plan.arena,
+    indirectEntries: r.plan.indirectEntries,
+  };
+  assert.throws(() => new BlkDriver({ ...base, transport: {} }), TypeError);
+  assert.throws(
+    () => new BlkDriver({ ...base, transport: { notify: () => {}, kick: () => true } }),
+    TypeError,
+  );
+  assert.throws(
+    () => new BlkDriver({ ...base, transport: { notify: () => {} }, indirectEntries: undefined }),
+    RangeError,
+  );
+});

@@ -6,11 +6,13 @@
  *
  * **Transport.** The driver owns one {@link DriverQueue} per request queue
  * (already set up by the transport) and reaches the device only through
- * {@link BlkDriverTransport.notify} ("kick queue i", called only when
- * `kickNeeded()` said the device wants one). The transport tells the driver
- * about used-buffer notifications with {@link BlkDriver.processUsed}, about
- * DEVICE_NEEDS_RESET with {@link BlkDriver.markDeviceBroken}, and about a
- * completed device reset with {@link BlkDriver.reset}. So the same driver
+ * {@link BlkDriverTransport}: `notify(i)` ("kick queue i", called only when
+ * `kickNeeded()` said the device wants one), or `kick(i)` for a transport
+ * that asks the ring itself (`InprocDriverTransport` fits as it is). The
+ * transport tells the driver about used-buffer notifications with
+ * {@link BlkDriver.processUsed}, about DEVICE_NEEDS_RESET with
+ * {@link BlkDriver.markDeviceBroken}, and about a completed device reset
+ * with {@link BlkDriver.reset}. So the same driver
  * runs over the in-process transport, over a vhost-user front-end with
  * eventfds, or wired straight to a device in tests.
  *
@@ -131,18 +133,26 @@ import {
 } from "./driver-request.ts";
 
 /**
- * What the driver needs from a transport: a way to notify the device.
- * Used-buffer notifications go the other way: the transport calls
- * {@link BlkDriver.processUsed}.
+ * What the driver needs from a transport: a way to notify the device, in
+ * one of two forms (give exactly one). Used-buffer notifications go the
+ * other way: the transport calls {@link BlkDriver.processUsed}.
+ *
+ * Either may call back into the driver synchronously. A throw makes the
+ * device broken (`DEVICE_BROKEN`).
  */
 export interface BlkDriverTransport {
   /**
    * Sends an available-buffer notification (a kick) for queue
-   * `queueIndex`. The driver calls it only after `kickNeeded()` returned
-   * true (it has published the new requests). It may call back into the
-   * driver synchronously. A throw makes the device broken (`DEVICE_BROKEN`).
+   * `queueIndex`, unconditionally: the driver calls it only after the ring's
+   * `kickNeeded()` returned true (an eventfd write, a doorbell register).
    */
-  notify(queueIndex: number): void;
+  notify?(queueIndex: number): void;
+  /**
+   * Publishes queue `queueIndex` and notifies the device if the ring says
+   * so (asking `kickNeeded()` itself); returns true if it notified. For
+   * transports that own that decision, e.g. `InprocDriverTransport.kick`.
+   */
+  kick?(queueIndex: number): boolean;
 }
 
 /** Options of {@link BlkDriver}. */
@@ -357,6 +367,8 @@ export class BlkDriver {
   constructor(o: BlkDriverOptions) {
     this.memory = o.memory;
     this.#transport = o.transport;
+    if ((typeof o.transport?.notify === "function") === (typeof o.transport?.kick === "function"))
+      throw new TypeError("the transport must have exactly one of notify(queue) and kick(queue)");
     this.#onQueueBroken = o.onQueueBroken;
     this.#batchKicks = o.batchKicks ?? true;
     this.#config = o.config;
@@ -863,13 +875,13 @@ export class BlkDriver {
   /** Publishes what was staged and notifies the device if the ring asks for it. */
   #kick(q: QueueState): void {
     if (this.#state !== "live" || q.broken !== null) return;
-    if (!q.dq.kickNeeded()) {
-      this.stats.kicksSuppressed++;
-      return;
-    }
-    this.stats.kicks++;
+    const t = this.#transport;
     try {
-      this.#transport.notify(q.index);
+      let rang: boolean;
+      if (t.kick !== undefined) rang = t.kick(q.index);
+      else if ((rang = q.dq.kickNeeded())) t.notify!(q.index);
+      if (rang) this.stats.kicks++;
+      else this.stats.kicksSuppressed++;
     } catch (e) {
       this.markDeviceBroken(e instanceof Error ? e : new Error(String(e)));
     }
