@@ -52,7 +52,7 @@ import { VhostUserFrontend, type FrontendRing } from "./frontend.ts";
 import { FRONTEND_MEMORY_BASE, SharedGuestMemory } from "./frontend-memory.ts";
 
 /** Options of {@link VhostUserBlk.connect}. */
-export interface VhostUserBlkOptions {
+export interface VhostUserBlkConnectOptions {
   /**
    * Request queues to use. Default: every queue both the device
    * (`num_queues`) and the back-end (GET_QUEUE_NUM) have. Asking for more
@@ -128,7 +128,10 @@ export class VhostUserBlk {
    * protocol features or queues, `BLK_BAD_CONFIG` for an unusable config
    * space, or the front-end's errors (see {@link VhostUserFrontend.connect}).
    */
-  static async connect(path: string, options: VhostUserBlkOptions = {}): Promise<VhostUserBlk> {
+  static async connect(
+    path: string,
+    options: VhostUserBlkConnectOptions = {},
+  ): Promise<VhostUserBlk> {
     const queueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
     if (
       !Number.isInteger(queueSize) ||

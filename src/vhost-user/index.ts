@@ -13,6 +13,11 @@
  * - {@link VhostUserServer}, the native host adapters, and {@link DataplaneWorker} /
  *   {@link WorkerDataplane} to run the rings on worker threads (Node-only).
  *
+ * The front-end (driver) side, to use any vhost-user back-end from this
+ * process (Node-only): {@link VhostUserFrontend} (connection, negotiation,
+ * memory, rings), {@link SharedGuestMemory} (memfd guest memory) and
+ * {@link VhostUserBlk} (a virtio-blk disk over both).
+ *
  * Test doubles live in `./fakes.ts` (fd table, mapper, socket).
  *
  * @module
@@ -87,3 +92,19 @@ export {
   type DataplaneWorkerOptions,
   type WorkerPort,
 } from "./worker-dataplane.ts";
+export {
+  FRONTEND_PROTOCOL_FEATURES,
+  FRONTEND_REQUIRED_PROTOCOL_FEATURES,
+  VhostUserFrontend,
+  type FrontendMemoryRegion,
+  type FrontendRing,
+  type FrontendRingAddresses,
+  type StartRingOptions,
+  type VhostUserFrontendOptions,
+} from "./frontend.ts";
+export {
+  FRONTEND_MEMORY_BASE,
+  SharedGuestMemory,
+  type SharedGuestMemoryOptions,
+} from "./frontend-memory.ts";
+export { VhostUserBlk, type GuestBuffer, type VhostUserBlkConnectOptions } from "./frontend-blk.ts";
