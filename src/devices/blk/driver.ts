@@ -1277,7 +1277,11 @@ export class BlkDriver {
    */
   #failQueue(q: QueueState, err: VirtioError, hold: boolean): void {
     const i = this.#bounceWaiters.indexOf(q.index);
-    if (i >= 0) this.#bounceWaiters.splice(i, 1);
+    if (i >= 0) {
+      this.#bounceWaiters.splice(i, 1);
+      // The queues behind it may fit now.
+      this.#bounceFreed = true;
+    }
     q.waitingForBounce = false;
     const ops: BlkOp[] = [];
     for (const slot of q.slots) {
