@@ -70,6 +70,8 @@ for (const call of ["microtask", "sync"] as const) {
       r.memory.read(base, got.subarray(0, 1536));
       r.memory.read(base + 8192, got.subarray(1536));
       assert.deepEqual(got, data.subarray(0, 4096));
+      // GET_ID completes inside the kick (a re-entrant call in "sync" mode).
+      assert.equal(await within(r.driver.getId()), "virtio-ts-disk");
       assert.equal(r.driver.pending, 0);
       assert.equal(r.driver.bounceFreeBytes, 1 << 20, "every bounce page is back");
     });
@@ -599,12 +601,16 @@ test("a transport whose notify throws makes the device broken; nothing hangs", a
   });
 });
 
-test("batchKicks false kicks after every submission", async () => {
-  const r = blkRig({ driver: { batchKicks: false }, exclude: ["RING_EVENT_IDX"] });
-  const ps = [];
-  for (let i = 0; i < 5; i++) ps.push(r.driver.write(i * 512, new Uint8Array(512)));
-  await within(Promise.all(ps));
-  assert.ok(r.driver.stats.kicks + r.driver.stats.kicksSuppressed >= 5);
+test("kicks: one check per turn with batchKicks (default), one per submission without", async () => {
+  for (const batchKicks of [true, false]) {
+    const r = blkRig({ driver: { batchKicks } });
+    const ps = [];
+    for (let i = 0; i < 5; i++) ps.push(r.driver.write(i * 512, new Uint8Array(512)));
+    await within(Promise.all(ps));
+    const checks = r.driver.stats.kicks + r.driver.stats.kicksSuppressed;
+    assert.equal(checks, batchKicks ? 1 : 5, `batchKicks ${batchKicks}`);
+    assert.equal(r.kicks[0], r.driver.stats.kicks);
+  }
 });
 
 test("updateConfig takes a new capacity", async () => {
@@ -654,4 +660,26 @@ test("a transport that decides kicks itself (kick form); exactly one form is req
     () => new BlkDriver({ ...base, transport: { notify: () => {} }, indirectEntries: undefined }),
     RangeError,
   );
+});
+
+test("bounce memory is served first come first served: a small request does not pass a waiting large one", async () => {
+  const backing = controlled();
+  const r = blkRig({ backing, numQueues: 3, bounceBytes: 16 * KiB });
+  assert.equal(r.driver.bounceFreeBytes, 16 * KiB);
+  backing.hold = true;
+  const a = r.driver.write(0, patternBytes(8 * KiB, 1), { queue: 0 });
+  await new Promise((res) => setTimeout(res, 5));
+  assert.equal(r.driver.stats.requests, 1);
+  const b = r.driver.write(64 * KiB, patternBytes(12 * KiB, 2), { queue: 1 }); // 8 KiB free: waits
+  const c = r.driver.write(128 * KiB, patternBytes(4 * KiB, 3), { queue: 2 }); // would fit: waits behind b
+  await new Promise((res) => setTimeout(res, 5));
+  assert.equal(r.driver.stats.requests, 1, "neither b nor c was submitted");
+  assert.ok(r.driver.stats.bounceWaits >= 2);
+  assert.equal(r.deviceQueues[2]!.chains.length, 0);
+  backing.release();
+  await within(Promise.all([a, b, c]));
+  assert.equal(r.driver.stats.requests, 3);
+  const d = backing.inner.snapshot();
+  assert.deepEqual(d.subarray(64 * KiB, 76 * KiB), patternBytes(12 * KiB, 2));
+  assert.deepEqual(d.subarray(128 * KiB, 132 * KiB), patternBytes(4 * KiB, 3));
 });
