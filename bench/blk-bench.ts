@@ -6,8 +6,9 @@
  * dataplane worker per queue, the driver in its own worker. The baseline,
  * measured in the same run and interleaved with it, does the same reads
  * (same offsets, same total concurrency: queues × depth) directly with
- * `FileHandle.read` positioned reads from one thread: the floor the device
- * adds to.
+ * callback `fs.read` positioned reads from one thread: the floor the device
+ * adds to. A second reference does them with `FileHandle.read` (promises),
+ * the API the file backing store uses.
  *
  * Per point: IOPS and CPU time per I/O over every thread of the process
  * (`process.cpuUsage`), for the device split into the driver thread, the
@@ -20,7 +21,7 @@
  *
  * @module
  */
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { mkdirSync, mkdtempSync, read as fsRead, rmSync, writeFileSync } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
@@ -52,6 +53,9 @@ export interface BlkBenchOptions {
   readonly qd1Ops: number;
   readonly qd32Ops: number;
   readonly imageBytes: number;
+  /** Queue counts and depths to run (default [1, 2] and [1, 32]). */
+  readonly queueCounts?: readonly number[];
+  readonly depths?: readonly number[];
 }
 
 /** Median / min / max of repeated measurements. */
@@ -63,7 +67,12 @@ export interface Spread {
 
 /** One benchmark point. */
 export interface BlkPoint {
-  readonly mode: "device" | "fs-direct";
+  /**
+   * "fs-read": the baseline, callback `fs.read` (the cheapest positioned
+   * read Node offers); "filehandle-read": `FileHandle.read` (promises, what
+   * FileBacking's `FileHandle.readv` costs); "device": through virtio-blk.
+   */
+  readonly mode: "device" | "fs-read" | "filehandle-read";
   readonly queues: number;
   /** Requests in flight per queue (the baseline keeps queues × depth reads in flight). */
   readonly depth: number;
@@ -131,8 +140,11 @@ interface Sample {
   readonly sleeps?: number;
 }
 
-/** The baseline: the job's reads with positioned reads from this thread, queues × depth in flight. */
-async function fsDirect(fh: FileHandle, job: BlkBenchJob): Promise<Sample> {
+/**
+ * Direct reads from this thread, queues × depth in flight: the job's
+ * offsets with `FileHandle.read` (promises).
+ */
+async function fileHandleReads(fh: FileHandle, job: BlkBenchJob): Promise<Sample> {
   const next = rng(job.seed);
   const blocks = job.diskBytes / BLOCK;
   const lanes = Array.from({ length: job.queues * job.depth }, () => new Uint8Array(BLOCK));
@@ -148,6 +160,32 @@ async function fsDirect(fh: FileHandle, job: BlkBenchJob): Promise<Sample> {
   const t0 = performance.now();
   await Promise.all(lanes.map(lane));
   return { elapsedMs: performance.now() - t0, cpuUs: processCpuMicros() - cpu0 };
+}
+
+/** The baseline: the same reads with callback `fs.read` (no promise per read). */
+function fsReads(fd: number, job: BlkBenchJob): Promise<Sample> {
+  const next = rng(job.seed);
+  const blocks = job.diskBytes / BLOCK;
+  const lanes = job.queues * job.depth;
+  return new Promise((resolve, reject) => {
+    let issued = 0;
+    let idle = 0;
+    const cpu0 = processCpuMicros();
+    const t0 = performance.now();
+    const go = (buf: Uint8Array): void => {
+      if (issued >= job.ops) {
+        if (++idle === lanes)
+          resolve({ elapsedMs: performance.now() - t0, cpuUs: processCpuMicros() - cpu0 });
+        return;
+      }
+      issued++;
+      fsRead(fd, buf, 0, BLOCK, (next() % blocks) * BLOCK, (err, n) => {
+        if (err !== null || n !== BLOCK) reject(err ?? new Error(`short read: ${n}`));
+        else go(buf);
+      });
+    };
+    for (let i = 0; i < lanes; i++) go(new Uint8Array(BLOCK));
+  });
 }
 
 const isType =
@@ -174,7 +212,7 @@ class DeviceSession {
     this.#driver = driver;
   }
 
-  static async start(path: string, queues: number): Promise<DeviceSession> {
+  static async start(path: string, queues: number, workerModule: URL): Promise<DeviceSession> {
     const memory = GuestMemory.createShared([{ guestPhysAddr: 0, size: GUEST_BYTES }]);
     const registers = createRegisters(queues);
     const blk = await BlkDataplaneDevice.create({
@@ -182,7 +220,7 @@ class DeviceSession {
       numQueues: queues,
       queueSize: QUEUE_SIZE,
       threads: threadHost,
-      workerModule: BLK_DATAPLANE_WORKER,
+      workerModule,
       binding: inprocDataplaneBinding(registers),
       logger: silentBlkLogger,
     });
@@ -252,7 +290,16 @@ function point(
 ): BlkPoint {
   const iops = spread(samples.map((s) => (ops * 1000) / s.elapsedMs));
   const cpu = spread(samples.map((s) => s.cpuUs / ops));
-  if (mode === "fs-direct") return { mode, queues, depth, iops, cpuUsPerIo: cpu };
+  if (mode !== "device") {
+    const ratios =
+      baseline === undefined
+        ? {}
+        : {
+            iopsRatioToBaseline: iops.median / baseline.iops.median,
+            cpuRatioToBaseline: cpu.median / baseline.cpuUsPerIo.median,
+          };
+    return { mode, queues, depth, iops, cpuUsPerIo: cpu, ...ratios };
+  }
   const per = (f: (s: Sample) => number) => spread(samples.map((s) => f(s) / ops));
   return {
     mode,
@@ -277,7 +324,11 @@ function point(
 }
 
 /** Runs the benchmark (an image in a temporary directory, removed afterwards). */
-export async function blkBench(o: BlkBenchOptions, cpus: number): Promise<BlkBenchReport> {
+export async function blkBench(
+  o: BlkBenchOptions,
+  cpus: number,
+  workerModule: URL = BLK_DATAPLANE_WORKER,
+): Promise<BlkBenchReport> {
   const dir = mkdtempSync(join(tmpdir(), "virtio-ts-blk-bench-"));
   const path = join(dir, "disk.img");
   const image = new Uint8Array(o.imageBytes);
@@ -289,12 +340,13 @@ export async function blkBench(o: BlkBenchOptions, cpus: number): Promise<BlkBen
   try {
     // Pre-read: the whole image is in the page cache before any measurement.
     await fh.read(new Uint8Array(o.imageBytes), 0, o.imageBytes, 0);
-    for (const queues of [1, 2]) {
-      const session = await DeviceSession.start(path, queues);
+    for (const queues of o.queueCounts ?? [1, 2]) {
+      const session = await DeviceSession.start(path, queues, workerModule);
       try {
-        for (const depth of [1, 32]) {
+        for (const depth of o.depths ?? [1, 32]) {
           const ops = depth === 1 ? o.qd1Ops : o.qd32Ops;
           const base: Sample[] = [];
+          const handle: Sample[] = [];
           const dev: Sample[] = [];
           // Warm-up (JIT, thread pool), not recorded.
           const warm = {
@@ -304,15 +356,21 @@ export async function blkBench(o: BlkBenchOptions, cpus: number): Promise<BlkBen
             seed: 1,
             diskBytes: o.imageBytes,
           };
-          await fsDirect(fh, warm);
+          await fsReads(fh.fd, warm);
+          await fileHandleReads(fh, warm);
           await session.run(warm);
           for (let rep = 0; rep < o.reps; rep++) {
             const job = { queues, depth, ops, seed: 1000 + rep, diskBytes: o.imageBytes };
-            base.push(await fsDirect(fh, job));
+            base.push(await fsReads(fh.fd, job));
+            handle.push(await fileHandleReads(fh, job));
             dev.push(await session.run(job));
           }
-          const b = point("fs-direct", queues, depth, ops, base);
-          points.push(b, point("device", queues, depth, ops, dev, b));
+          const b = point("fs-read", queues, depth, ops, base);
+          points.push(
+            b,
+            point("filehandle-read", queues, depth, ops, handle, b),
+            point("device", queues, depth, ops, dev, b),
+          );
         }
       } finally {
         await session.close();

@@ -114,15 +114,24 @@ export class InprocQueueDoorbells implements QueueDoorbells {
   /** read count → handle → raise WAITING → wait while the count is unchanged → lower WAITING. */
   async #loop(onKick: () => void, gen: number): Promise<void> {
     const a = this.#a;
+    const kickWord = this.#kickWord;
     while (gen === this.#gen) {
       // Atomics.load (SeqCst): read the kick count before looking for work, so a later kick is seen.
-      const seen = Atomics.load(a, this.#kickWord);
+      const seen = Atomics.load(a, kickWord);
       this.wakeups++;
       onKick();
       if (gen !== this.#gen) return;
       // Atomics.or (SeqCst RMW): raise WAITING before the compare in the wait (Dekker pair with the driver).
       Atomics.or(a, this.#routeWord, KICK_ROUTE_WAITING);
-      const changed = await this.#wait(seen);
+      let changed: boolean;
+      if (waitAsyncImpl !== undefined) {
+        // Atomics.waitAsync: atomically compares KICK with `seen`; resolves on the driver's (or stop's) notify.
+        const w = waitAsyncImpl(a, kickWord, seen);
+        changed = !w.async && w.value === "not-equal";
+        if (w.async) await w.value;
+      } else {
+        changed = (await waitWordAsync(a, kickWord, seen, FALLBACK_SLICE_MS)) === "not-equal";
+      }
       // A newer start owns the route word now; an older loop must not clear its WAITING bit.
       if (gen !== this.#gen) return;
       // Atomics.and (SeqCst RMW): lower WAITING; a driver that sees it clear skips Atomics.notify.
@@ -130,19 +139,5 @@ export class InprocQueueDoorbells implements QueueDoorbells {
       // The count had moved before we could wait: yield a task so completions are not starved.
       if (changed) await new Promise<void>((resolve) => this.#schedule(resolve));
     }
-  }
-
-  /** Waits while KICK still holds `seen`; true if it had already moved (no wait happened). */
-  async #wait(seen: number): Promise<boolean> {
-    if (waitAsyncImpl === undefined) {
-      return (
-        (await waitWordAsync(this.#a, this.#kickWord, seen, FALLBACK_SLICE_MS)) === "not-equal"
-      );
-    }
-    // Atomics.waitAsync: atomically compares KICK with `seen`; resolves on the driver's (or stop's) notify.
-    const w = waitAsyncImpl(this.#a, this.#kickWord, seen);
-    if (!w.async) return w.value === "not-equal";
-    await w.value;
-    return false;
   }
 }
