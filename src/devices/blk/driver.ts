@@ -730,6 +730,8 @@ export class BlkDriver {
     const bs = this.#config.blockSize;
     if (!isCount(offset) || offset % bs !== 0)
       throw new RangeError(`offset ${offset} must be a non-negative multiple of ${bs}`);
+    // §5.2.6.1 "The length of data MUST be a multiple of 512 bytes for VIRTIO_BLK_T_IN and
+    // VIRTIO_BLK_T_OUT requests" (the block size is a multiple of 512).
     if (length % bs !== 0)
       throw new RangeError(`length ${length} must be a multiple of the ${bs}-byte block size`);
     // §5.2.6.1 "A driver MUST NOT submit a request which would cause a read or write beyond capacity."
@@ -938,6 +940,7 @@ export class BlkDriver {
         }
         break;
       case VIRTIO_BLK_T_GET_ID:
+        // §5.2.6.1 "The length of data MUST be 20 bytes for VIRTIO_BLK_T_GET_ID requests."
         bounceBytes = VIRTIO_BLK_ID_BYTES;
         dataSegs = 1;
         break;
@@ -1324,6 +1327,8 @@ function rangeLimits(
     pieceSectors = Math.max(blockSectors, floorTo(maxSectors, blockSectors));
   }
   return {
+    // §5.2.6.1 "VIRTIO_BLK_T_DISCARD requests MUST NOT contain more than max_discard_seg" segments
+    // (likewise max_write_zeroes_seg).
     maxSeg: Math.max(1, Math.min(maxSeg, segCap)),
     maxBytes: pieceSectors * VIRTIO_BLK_SECTOR_SIZE,
     align: align * VIRTIO_BLK_SECTOR_SIZE,
