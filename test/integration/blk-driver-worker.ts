@@ -25,6 +25,7 @@ import {
   type RawReq,
   type RawResult,
 } from "./blk-layout.ts";
+import { BlkDriverSession } from "./blk-driver-session.ts";
 import { runWorkload } from "./blk-workload.ts";
 
 const WAIT_MS = 20_000;
@@ -32,6 +33,7 @@ const WAIT_MS = 20_000;
 let driver: InprocDriverTransport;
 let memory: GuestMemory;
 let queues: DriverQueue<number>[] = [];
+let session: BlkDriverSession | null = null;
 
 const parent = nodeParentEndpoint();
 const off = parent.onMessage((m) => {
@@ -40,13 +42,21 @@ const off = parent.onMessage((m) => {
   driver = new InprocDriverTransport(init.shared, { controlTimeoutMs: WAIT_MS });
   memory = driver.memory;
   parent.onMessage((c) => {
-    let reply: DriverReply;
+    const fail = (e: unknown): DriverReply => ({
+      ok: false,
+      error: e instanceof Error ? `${e.name}: ${e.message}` : String(e),
+    });
+    let value: unknown;
     try {
-      reply = { ok: true, value: handle(c as DriverCommand) };
+      value = handle(c as DriverCommand);
     } catch (e) {
-      reply = { ok: false, error: e instanceof Error ? `${e.name}: ${e.message}` : String(e) };
+      parent.postMessage(fail(e));
+      return;
     }
-    parent.postMessage(reply);
+    Promise.resolve(value).then(
+      (v) => parent.postMessage({ ok: true, value: v } satisfies DriverReply),
+      (e: unknown) => parent.postMessage(fail(e)),
+    );
   });
   parent.postMessage({ ok: true, value: "ready" });
 });
@@ -69,6 +79,17 @@ function handle(c: DriverCommand): unknown {
       return driver.run(driver.readConfig(c.offset, c.length));
     case "write-config":
       return driver.run(driver.writeConfig(c.offset, c.bytes));
+    case "blk-init":
+      return BlkDriverSession.start(driver, memory, c.queues, c.queueSize).then((s) => {
+        session = s;
+        return s.driver.config.capacityBytes;
+      });
+    case "blk-workload":
+      return session!.workload(c.workload);
+    case "blk-reset-in-flight":
+      return session!.resetInFlight(c.count, c.delayMs);
+    case "blk-stop":
+      return session?.stop();
   }
 }
 

@@ -5,13 +5,16 @@
  * without UNMAP; FLUSH) with many requests in flight across 2 queues,
  * every read checked against a reference model of the disk (in the driver
  * worker), and the image file compared with the model afterwards. Run with
- * one dataplane worker per queue and with one shared I/O worker.
+ * one dataplane worker per queue and with one shared I/O worker, through the
+ * project's BlkDriver (promise API, copy and zero-copy buffers) and through
+ * a raw DriverQueue driver that builds every chain itself.
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import type { BackingSpec } from "../../src/devices/blk/dataplane/protocol.ts";
 import { InprocBlkRig, pattern, tempDir, writeImage } from "./blk-harness.ts";
+import type { WorkloadReport } from "./blk-layout.ts";
 
 const DISK_BYTES = 8 << 20;
 const SECTOR = 512;
@@ -20,6 +23,8 @@ after(() => tmp.cleanup());
 
 interface Variant {
   readonly name: string;
+  /** "blk": src/devices/blk/driver.ts; "raw": chains built on DriverQueue directly. */
+  readonly driver: "blk" | "raw";
   readonly ioThreads: "per-queue" | number;
   readonly backing: (initial: Uint8Array) => { spec: BackingSpec; bytes: () => Uint8Array };
   readonly seed: number;
@@ -37,19 +42,22 @@ const fileBacking =
 
 const VARIANTS: readonly Variant[] = [
   {
-    name: "one dataplane worker per queue, file with hole punching",
+    name: "BlkDriver, one dataplane worker per queue, file with hole punching",
+    driver: "blk",
     ioThreads: "per-queue",
     backing: fileBacking(true),
     seed: 0x5eed1,
   },
   {
-    name: "one shared I/O worker for both queues, file with zeroes written",
+    name: "BlkDriver, one shared I/O worker for both queues, file with zeroes written",
+    driver: "blk",
     ioThreads: 1,
     backing: fileBacking(false),
     seed: 0x5eed2,
   },
   {
-    name: "one dataplane worker per queue, shared-memory disk",
+    name: "raw driver, one dataplane worker per queue, shared-memory disk",
+    driver: "raw",
     ioThreads: "per-queue",
     backing: (initial) => {
       const buffer = new SharedArrayBuffer(initial.length);
@@ -91,8 +99,7 @@ for (const v of VARIANTS) {
     });
     try {
       assert.equal(rig.blk.workerCount, v.ioThreads === "per-queue" ? 2 : 1);
-      await rig.init({ queueSize: 128 });
-      const report = await rig.workload({
+      const workload = {
         seed: v.seed,
         ops: 3000,
         inFlight: 32,
@@ -101,7 +108,16 @@ for (const v of VARIANTS) {
         maxIoBytes: 64 * 1024,
         discard: true,
         writeZeroes: true,
-      });
+      };
+      let report: WorkloadReport;
+      if (v.driver === "blk") {
+        await rig.command({ cmd: "blk-init", queues: 2, queueSize: 128 });
+        report = await rig.command({ cmd: "blk-workload", workload });
+        await rig.command({ cmd: "blk-stop" });
+      } else {
+        await rig.init({ queueSize: 128 });
+        report = await rig.workload(workload);
+      }
       assert.deepEqual(report.failures, [], "every request completed OK");
       assert.deepEqual(report.mismatches, [], "every read matched the model");
       for (const kind of [

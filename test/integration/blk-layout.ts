@@ -70,6 +70,11 @@ export type DriverCommand =
       readonly delayBeforeResetMs: number;
     }
   | { readonly cmd: "reset" }
+  /** Initializes the device with the BlkDriver (src/devices/blk/driver.ts) and starts its pump. */
+  | { readonly cmd: "blk-init"; readonly queues: number; readonly queueSize: number }
+  | { readonly cmd: "blk-workload"; readonly workload: WorkloadOptions }
+  | { readonly cmd: "blk-reset-in-flight"; readonly count: number; readonly delayMs: number }
+  | { readonly cmd: "blk-stop" }
   | { readonly cmd: "status" }
   | { readonly cmd: "read-config"; readonly offset: number; readonly length: number }
   | { readonly cmd: "write-config"; readonly offset: number; readonly bytes: Uint8Array };

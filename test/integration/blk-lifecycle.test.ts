@@ -16,6 +16,7 @@ import { VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET as NEEDS_RESET } from "../../src/spe
 import { VIRTQ_USED_OFF_IDX } from "../../src/spec/virtqueue.ts";
 import { InprocBlkRig, pattern, segments, tempDir, writeImage } from "./blk-harness.ts";
 import { QUEUE_STRIDE, RING_BASE, type RawReq } from "./blk-layout.ts";
+import type { ResetReport } from "./blk-driver-session.ts";
 import type { TestFileSpec } from "./blk-test-worker.ts";
 
 const { VIRTIO_BLK_S_OK: OK, VIRTIO_BLK_S_IOERR: IOERR } = blk;
@@ -99,6 +100,40 @@ test("reset with requests in flight on 2 queues: completed before the acknowledg
     // The device works again after a new initialization.
     await rig.init({ queueSize: QUEUE_SIZE });
     assert.equal((await rig.one({ type: IN, sector: 0, inLen: 512 })).status, OK);
+  } finally {
+    await rig.close();
+  }
+});
+
+test("reset under the BlkDriver with requests in flight: pending promises fail with DEVICE_RESET, none hangs, memory then still", async () => {
+  const DELAY = 150;
+  const path = writeImage(tmp.dir, "reset-driver.img", pattern(DISK_BYTES, 6));
+  const rig = await InprocBlkRig.start({
+    backing: { kind: "test-file", path, delayMs: DELAY } satisfies TestFileSpec,
+    workerModule: TEST_WORKER,
+    numQueues: 2,
+    maxInFlight: 4,
+    queueSize: QUEUE_SIZE,
+  });
+  try {
+    await rig.command({ cmd: "blk-init", queues: 2, queueSize: QUEUE_SIZE });
+    const r = await rig.command<ResetReport>({
+      cmd: "blk-reset-in-flight",
+      count: 24,
+      delayMs: DELAY / 3,
+    });
+    assert.deepEqual(r.other, [], "no other failure");
+    assert.equal(r.resolved + r.resetRejected, 24, "every promise settled");
+    assert.ok(r.resetRejected > 0, "requests the device had not taken fail with DEVICE_RESET");
+    const drained = rig.blk.lastStops.reduce((n, s) => n + s.drained, 0);
+    assert.ok(drained > 0, "the reset met requests in flight in the workers");
+    assert.ok(r.resolved >= drained, "requests in flight completed before the acknowledgement");
+    assert.equal(
+      await changedBytesOver(rig, 4 * DELAY),
+      0,
+      "no write to guest memory after the reset",
+    );
+    await rig.command({ cmd: "blk-stop" });
   } finally {
     await rig.close();
   }

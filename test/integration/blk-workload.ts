@@ -44,7 +44,94 @@ export class Rng {
   }
 }
 
-type Kind = "read" | "write" | "discard" | "write-zeroes" | "write-zeroes-unmap" | "flush";
+/** Kinds of operation the workloads issue. */
+export type Kind = "read" | "write" | "discard" | "write-zeroes" | "write-zeroes-unmap" | "flush";
+
+/**
+ * The reference model of the disk, with per-sector locks so that no two
+ * requests in flight conflict (a write-type request overlaps nothing in
+ * flight; a read overlaps no write in flight).
+ */
+export class DiskModel {
+  readonly model: Uint8Array;
+  /** 1 per sector discarded since its last write: it may read as its old data or as zeroes. */
+  readonly maybeZero: Uint8Array;
+  readonly sectors: number;
+  readonly mismatches: string[] = [];
+  readonly #readers: Uint16Array;
+  readonly #writers: Uint16Array;
+
+  constructor(initial: Uint8Array) {
+    this.model = initial.slice();
+    this.sectors = this.model.length / SECTOR;
+    this.maybeZero = new Uint8Array(this.sectors);
+    this.#readers = new Uint16Array(this.sectors);
+    this.#writers = new Uint16Array(this.sectors);
+  }
+
+  /** A start sector for `sectors` sectors that conflicts with nothing in flight, or -1. */
+  pickRange(rng: Rng, kind: Kind, sectors: number): number {
+    const write = kind !== "read";
+    for (let attempt = 0; attempt < 8; attempt++) {
+      const start = rng.int(0, this.sectors - sectors);
+      let free = true;
+      for (let s = start; s < start + sectors && free; s++)
+        free = this.#writers[s] === 0 && (!write || this.#readers[s] === 0);
+      if (free) return start;
+    }
+    return -1;
+  }
+
+  lock(kind: Kind, sector: number, sectors: number, delta: 1 | -1): void {
+    const lock = kind === "read" ? this.#readers : this.#writers;
+    for (let s = sector; s < sector + sectors; s++) lock[s]! += delta;
+  }
+
+  /** Applies a completed (OK) write-type request. */
+  apply(kind: Kind, sector: number, sectors: number, payload: Uint8Array | null): void {
+    const from = sector * SECTOR;
+    switch (kind) {
+      case "write":
+        this.model.set(payload!, from);
+        this.maybeZero.fill(0, sector, sector + sectors);
+        return;
+      case "discard":
+        this.maybeZero.fill(1, sector, sector + sectors);
+        return;
+      case "write-zeroes":
+      case "write-zeroes-unmap":
+        this.model.fill(0, from, from + sectors * SECTOR);
+        this.maybeZero.fill(0, sector, sector + sectors);
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Checks what a completed read returned. */
+  checkRead(what: string, sector0: number, got: Uint8Array): void {
+    for (let i = 0; i < got.length / SECTOR; i++) {
+      const sector = sector0 + i;
+      const g = got.subarray(i * SECTOR, (i + 1) * SECTOR);
+      const m = this.model.subarray(sector * SECTOR, (sector + 1) * SECTOR);
+      if (equal(g, m)) continue;
+      if (this.maybeZero[sector] === 1 && g.every((b) => b === 0)) continue;
+      if (this.mismatches.length < 10) this.mismatches.push(`${what}: sector ${sector} differs`);
+      return;
+    }
+  }
+}
+
+/** Picks an operation kind with the workloads' mix. */
+export function pickKind(rng: Rng, o: { discard: boolean; writeZeroes: boolean }): Kind {
+  const r = rng.int(0, 99);
+  if (r < 40) return "read";
+  if (r < 75) return "write";
+  if (r < 83) return o.discard ? "discard" : "write";
+  if (r < 89) return o.writeZeroes ? "write-zeroes" : "read";
+  if (r < 95) return o.writeZeroes ? "write-zeroes-unmap" : "read";
+  return "flush";
+}
 
 interface Slot {
   readonly base: number;
@@ -54,6 +141,22 @@ interface Slot {
   sectors: number;
   data: Segment[];
   payload: Uint8Array | null;
+}
+
+/** Splits `bytes` at `addr` into 1..4 randomly sized, misaligned, non-adjacent buffers. */
+export function scatter(rng: Rng, addr: number, bytes: number): Segment[] {
+  const pieces = Math.min(rng.int(1, 4), bytes);
+  const cuts = new Set<number>();
+  while (cuts.size < pieces - 1) cuts.add(rng.int(1, bytes - 1));
+  const bounds = [0, ...[...cuts].sort((a, b) => a - b), bytes];
+  const segs: Segment[] = [];
+  let at = addr;
+  for (let i = 0; i + 1 < bounds.length; i++) {
+    const len = bounds[i + 1]! - bounds[i]!;
+    segs.push({ addr: at, len });
+    at += len + rng.int(1, 7); // a gap: the buffers are not one contiguous range
+  }
+  return segs;
 }
 
 /** Runs the workload; the driver's queues are set up and the device is live. */
@@ -73,15 +176,10 @@ class Workload {
   readonly #mem: GuestMemory;
   readonly #o: WorkloadOptions;
   readonly #rng: Rng;
-  readonly #model: Uint8Array;
-  readonly #maybeZero: Uint8Array;
-  readonly #sectors: number;
-  readonly #readers: Uint16Array;
-  readonly #writers: Uint16Array;
+  readonly #disk: DiskModel;
   readonly #slots: Slot[] = [];
   readonly #free: number[][];
   readonly #counts: Record<string, number> = {};
-  readonly #mismatches: string[] = [];
   readonly #failures: string[] = [];
   #outstanding = 0;
   #maxInFlight = 0;
@@ -98,11 +196,7 @@ class Workload {
     this.#mem = memory;
     this.#o = o;
     this.#rng = new Rng(o.seed);
-    this.#model = o.initial.slice();
-    this.#sectors = this.#model.length / SECTOR;
-    this.#maybeZero = new Uint8Array(this.#sectors);
-    this.#readers = new Uint16Array(this.#sectors);
-    this.#writers = new Uint16Array(this.#sectors);
+    this.#disk = new DiskModel(o.initial);
     const slotBytes = o.maxIoBytes + 8192;
     this.#free = queues.map(() => []);
     for (let q = 0; q < o.queues; q++) {
@@ -145,10 +239,10 @@ class Workload {
     }
     return {
       counts: this.#counts,
-      mismatches: this.#mismatches,
+      mismatches: this.#disk.mismatches,
       failures: this.#failures,
-      model: this.#model,
-      maybeZero: this.#maybeZero,
+      model: this.#disk.model,
+      maybeZero: this.#disk.maybeZero,
       maxInFlight: this.#maxInFlight,
     };
   }
@@ -170,34 +264,11 @@ class Workload {
     }
   }
 
-  #pickKind(): Kind {
-    const r = this.#rng.int(0, 99);
-    if (r < 40) return "read";
-    if (r < 75) return "write";
-    if (r < 83) return this.#o.discard ? "discard" : "write";
-    if (r < 89) return this.#o.writeZeroes ? "write-zeroes" : "read";
-    if (r < 95) return this.#o.writeZeroes ? "write-zeroes-unmap" : "read";
-    return "flush";
-  }
-
-  /** Picks a free range for `kind`: no overlap with an in-flight write (or, for a write, with anything). */
-  #pickRange(kind: Kind, sectors: number): number {
-    const write = kind !== "read";
-    for (let attempt = 0; attempt < 8; attempt++) {
-      const start = this.#rng.int(0, this.#sectors - sectors);
-      let free = true;
-      for (let s = start; s < start + sectors && free; s++)
-        free = this.#writers[s] === 0 && (!write || this.#readers[s] === 0);
-      if (free) return start;
-    }
-    return -1;
-  }
-
   #submit(q: number): boolean {
-    const kind = this.#pickKind();
+    const kind = pickKind(this.#rng, this.#o);
     const maxSectors = kind === "read" || kind === "write" ? this.#o.maxIoBytes / SECTOR : 256;
     const sectors = kind === "flush" ? 0 : this.#rng.int(1, maxSectors);
-    const sector = kind === "flush" ? 0 : this.#pickRange(kind, sectors);
+    const sector = kind === "flush" ? 0 : this.#disk.pickRange(this.#rng, kind, sectors);
     if (sector < 0) return false;
     const index = this.#free[q]!.pop()!;
     const slot = this.#slots[index]!;
@@ -210,8 +281,7 @@ class Workload {
       this.#free[q]!.push(index);
       return false;
     }
-    const lock = kind === "read" ? this.#readers : this.#writers;
-    for (let s = sector; s < sector + sectors; s++) lock[s]!++;
+    this.#disk.lock(kind, sector, sectors, 1);
     this.#outstanding++;
     this.#counts[kind] = (this.#counts[kind] ?? 0) + 1;
     return true;
@@ -248,7 +318,11 @@ class Workload {
       );
       readable.push({ addr: seg, len: 16 });
     } else if (slot.kind !== "flush") {
-      slot.data = this.#scatter(slot.base + 4096 + this.#rng.int(0, 511), slot.sectors * SECTOR);
+      slot.data = scatter(
+        this.#rng,
+        slot.base + 4096 + this.#rng.int(0, 511),
+        slot.sectors * SECTOR,
+      );
       if (slot.kind === "write") {
         slot.payload = new Uint8Array(slot.sectors * SECTOR);
         this.#rng.fill(slot.payload);
@@ -267,22 +341,6 @@ class Workload {
     return { readable, writable };
   }
 
-  /** Splits `bytes` at `addr` into 1..4 randomly sized, misaligned, non-adjacent buffers. */
-  #scatter(addr: number, bytes: number): Segment[] {
-    const pieces = Math.min(this.#rng.int(1, 4), bytes);
-    const cuts = new Set<number>();
-    while (cuts.size < pieces - 1) cuts.add(this.#rng.int(1, bytes - 1));
-    const bounds = [0, ...[...cuts].sort((a, b) => a - b), bytes];
-    const segs: Segment[] = [];
-    let at = addr;
-    for (let i = 0; i + 1 < bounds.length; i++) {
-      const len = bounds[i + 1]! - bounds[i]!;
-      segs.push({ addr: at, len });
-      at += len + this.#rng.int(1, 7); // a gap: the buffers are not one contiguous range
-    }
-    return segs;
-  }
-
   #harvest(): number {
     let n = 0;
     for (const dq of this.#queues) {
@@ -299,8 +357,7 @@ class Workload {
     const slot = this.#slots[index]!;
     const status = this.#mem.readU8(slot.base + 16);
     const what = `${slot.kind} q${slot.queue} sector ${slot.sector}+${slot.sectors}`;
-    const lock = slot.kind === "read" ? this.#readers : this.#writers;
-    for (let s = slot.sector; s < slot.sector + slot.sectors; s++) lock[s]!--;
+    this.#disk.lock(slot.kind, slot.sector, slot.sectors, -1);
     this.#outstanding--;
     this.#free[slot.queue]!.push(index);
     const wantLen = slot.kind === "read" ? slot.sectors * SECTOR + 1 : 1;
@@ -308,44 +365,17 @@ class Workload {
       this.#failures.push(`${what}: status ${status} len ${len}`);
       return;
     }
-    const from = slot.sector * SECTOR;
-    switch (slot.kind) {
-      case "read":
-        this.#checkRead(slot, what);
-        return;
-      case "write":
-        this.#model.set(slot.payload!, from);
-        this.#maybeZero.fill(0, slot.sector, slot.sector + slot.sectors);
-        return;
-      case "discard":
-        this.#maybeZero.fill(1, slot.sector, slot.sector + slot.sectors);
-        return;
-      case "write-zeroes":
-      case "write-zeroes-unmap":
-        this.#model.fill(0, from, from + slot.sectors * SECTOR);
-        this.#maybeZero.fill(0, slot.sector, slot.sector + slot.sectors);
-        return;
-      case "flush":
-        return;
+    if (slot.kind !== "read") {
+      this.#disk.apply(slot.kind, slot.sector, slot.sectors, slot.payload);
+      return;
     }
-  }
-
-  #checkRead(slot: Slot, what: string): void {
     const got = new Uint8Array(slot.sectors * SECTOR);
     let o = 0;
     for (const s of slot.data) {
       this.#mem.read(s.addr, got.subarray(o, o + s.len));
       o += s.len;
     }
-    for (let i = 0; i < slot.sectors; i++) {
-      const sector = slot.sector + i;
-      const g = got.subarray(i * SECTOR, (i + 1) * SECTOR);
-      const m = this.#model.subarray(sector * SECTOR, (sector + 1) * SECTOR);
-      if (equal(g, m)) continue;
-      if (this.#maybeZero[sector] === 1 && g.every((b) => b === 0)) continue;
-      if (this.#mismatches.length < 10) this.#mismatches.push(`${what}: sector ${sector} differs`);
-      return;
-    }
+    this.#disk.checkRead(what, slot.sector, got);
   }
 }
 

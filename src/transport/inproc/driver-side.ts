@@ -548,6 +548,22 @@ export class InprocDriverTransport {
     }
   }
 
+  /** {@link waitUsedAny} without blocking the thread. */
+  async waitUsedAnyAsync(timeoutMs: number): Promise<WaitResult> {
+    if (this.#anyUsed()) return "used";
+    const deadline = Date.now() + timeoutMs;
+    const bell = this.#drvBell;
+    for (;;) {
+      const seen = bell.read();
+      const r = this.#beforeSleepAll();
+      if (r !== null) return r;
+      const left = deadline - Date.now();
+      if (left <= 0) return "timeout";
+      this.stats.sleeps++;
+      await bell.sleepAsync(seen, left);
+    }
+  }
+
   #anyUsed(): boolean {
     for (const dq of this.#queues) if (dq !== null && dq.hasUsed()) return true;
     return false;
