@@ -11,6 +11,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { ringBench, type RingBenchReport, type RingPoint } from "./ring-bench.ts";
+import { blkBench, blkBenchOptions, blkTable } from "./blk-bench.ts";
 
 const quick = process.env.BENCH_QUICK === "1";
 const resultsDir = fileURLToPath(new URL("./results/", import.meta.url));
@@ -66,6 +67,12 @@ async function main(): Promise<void> {
     `ring benchmark (${cpus} CPUs, Node ${process.version}); written to bench/results/ring.json`,
   );
   console.log(ringTable(ring));
+
+  const blk = await blkBench(blkBenchOptions(quick), cpus);
+  writeFileSync(`${resultsDir}blk.json`, JSON.stringify(blk, null, 2) + "\n");
+  console.log();
+  console.log(`blk benchmark (${cpus} CPUs); written to bench/results/blk.json`);
+  console.log(blkTable(blk));
 }
 
 await main();
