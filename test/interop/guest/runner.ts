@@ -219,11 +219,14 @@ function qemuArgs(
 ): string[] {
   const mem = o.memMiB ?? 256;
   // rootfstype=ramfs: the initramfs root has no size cap (tmpfs would stop at half of RAM).
+  // no_timer_check: on a loaded host TCG can miss the IO-APIC timer check's window and the
+  // kernel panics ("IO-APIC + timer doesn't work!"); virtual machines commonly skip the check.
   const append = [
     "console=ttyS0",
     "loglevel=4",
     "panic=0",
     "rootfstype=ramfs",
+    "no_timer_check",
     o.extraKernelArgs ?? "",
   ]
     .join(" ")
