@@ -316,7 +316,13 @@ export class BlkDataplaneDevice implements VirtioDeviceBackend {
         }),
       );
     });
-    await Promise.all(starts);
+    try {
+      await Promise.all(starts);
+    } catch (e) {
+      // The framework makes the device broken; the queues that did start must stop consuming too.
+      for (const w of this.#workers) w.post({ type: "halt" });
+      throw e;
+    }
   }
 
   /**
