@@ -45,6 +45,9 @@ import {
 import { threadHost } from "../examples/session.ts";
 import type { BlkBenchDriverInit, BlkBenchJob, BlkBenchJobResult } from "./blk-driver-worker.ts";
 import { processCpuMicros, threadCpuMicros } from "./blk-cpu.ts";
+import { blkTable } from "./blk-table.ts";
+
+export { blkTable };
 
 /** Sizes of the run. */
 export interface BlkBenchOptions {
@@ -388,47 +391,6 @@ export async function blkBench(
     options: o,
     points,
   };
-}
-
-function fmt(n: number): string {
-  return n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(2);
-}
-
-function cell(s: Spread | undefined): string {
-  return s === undefined ? "" : `${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})`;
-}
-
-/** A human table of the report. */
-export function blkTable(r: BlkBenchReport): string {
-  const header = [
-    "path",
-    "queues",
-    "depth",
-    "IOPS median (min–max)",
-    "× fs",
-    "CPU µs/IO median (min–max)",
-    "× fs",
-    "driver / control / other µs/IO",
-    "kicks / calls / wakeups per IO",
-  ];
-  const rows = r.points.map((p) => [
-    p.mode,
-    String(p.queues),
-    String(p.depth),
-    cell(p.iops),
-    p.iopsRatioToBaseline === undefined ? "baseline" : p.iopsRatioToBaseline.toFixed(2),
-    cell(p.cpuUsPerIo),
-    p.cpuRatioToBaseline === undefined ? "baseline" : p.cpuRatioToBaseline.toFixed(2),
-    p.driverCpuUsPerIo === undefined
-      ? ""
-      : `${fmt(p.driverCpuUsPerIo.median)} / ${fmt(p.controlCpuUsPerIo!.median)} / ${fmt(p.otherCpuUsPerIo!.median)}`,
-    p.kicksPerIo === undefined
-      ? ""
-      : `${p.kicksPerIo.toFixed(3)} / ${p.callsPerIo!.toFixed(3)} / ${p.workerWakeupsPerIo!.toFixed(3)}`,
-  ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ");
-  return [line(header), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n");
 }
 
 /** Sizes for `npm run bench` (BENCH_QUICK=1: a smoke run). */

@@ -31,44 +31,19 @@ import type { ActivationContext, VirtioDeviceBackend } from "../../../device/bac
 import { ConfigSpace } from "../../../device/config-space.ts";
 import { BlkConfig, VIRTIO_BLK_F_CONFIG_WCE } from "../../../spec/blk.ts";
 import { hasFeature } from "../../../spec/virtio.ts";
-import type { ThreadHost } from "../../../transport/inproc/threads.ts";
 import { BlkDeviceConfig } from "../config.ts";
 import { VIRTIO_ID_BLOCK } from "../device.ts";
 import { type BlkLogger, consoleBlkLogger, errorText } from "../log.ts";
 import { CacheModeWriter, createCacheModeBuffer } from "./cache-mode.ts";
 import {
-  type BackingSpec,
-  type BlkDataplaneConfig,
-  type DataplaneQueueStats,
-  type InitMessage,
-  type StopResult,
-  fromWireError,
-} from "./protocol.ts";
+  type BlkDataplaneDeviceOptions,
+  initMessage,
+  splitOptions,
+  workerCount,
+} from "./device-options.ts";
+import { type DataplaneQueueStats, type StopResult, fromWireError } from "./protocol.ts";
 import type { DataplaneBinding } from "./seams.ts";
 import { DataplaneWorkerHandle, type WorkerEvent } from "./worker-handle.ts";
-
-/** Options of {@link BlkDataplaneDevice.create}: the blk configuration plus where and how to run. */
-export interface BlkDataplaneDeviceOptions extends BlkDataplaneConfig {
-  /** The disk each worker opens. */
-  readonly backing: BackingSpec;
-  /** Starts the workers (worker_threads or Web Workers). */
-  readonly threads: ThreadHost;
-  /** The worker module (Node: `BLK_DATAPLANE_WORKER` from ./node-worker.ts). */
-  readonly workerModule: URL;
-  /** How memory and doorbells reach the workers (in-process: `inprocDataplaneBinding(registers)`). */
-  readonly binding: DataplaneBinding;
-  /** "per-queue" (default): one worker per queue; n: n shared I/O workers (queue q on worker q mod n). */
-  readonly ioThreads?: "per-queue" | number;
-  /** Requests in flight per queue, 1..32768 (default 32). */
-  readonly maxInFlight?: number;
-  /** Chains popped per run before a worker yields to its event loop (default 256). */
-  readonly budget?: number;
-  readonly logger?: BlkLogger;
-  /** Forward the workers' per-request trace lines to `logger.trace` (default false). */
-  readonly trace?: boolean;
-  /** Bound on a worker's start and on each of its replies, in ms (default 30000). */
-  readonly timeoutMs?: number;
-}
 
 /** How a queue stopped at the last quiesce. */
 export interface QueueStop extends StopResult {
@@ -78,57 +53,6 @@ export interface QueueStop extends StopResult {
 /** Counters of every running queue, from its worker. */
 export interface BlkDataplaneStats {
   readonly queues: readonly DataplaneQueueStats[];
-}
-
-type Parts = Pick<
-  BlkDataplaneDeviceOptions,
-  | "backing"
-  | "threads"
-  | "workerModule"
-  | "binding"
-  | "ioThreads"
-  | "maxInFlight"
-  | "budget"
-  | "logger"
-  | "trace"
-  | "timeoutMs"
->;
-
-/** Splits the options into the worker-side blk configuration and the rest. */
-function splitOptions(o: BlkDataplaneDeviceOptions): { parts: Parts; config: BlkDataplaneConfig } {
-  const {
-    backing,
-    threads,
-    workerModule,
-    binding,
-    ioThreads,
-    maxInFlight,
-    budget,
-    logger,
-    trace,
-    timeoutMs,
-    ...config
-  } = o;
-  return {
-    parts: {
-      backing,
-      threads,
-      workerModule,
-      binding,
-      ioThreads,
-      maxInFlight,
-      budget,
-      logger,
-      trace,
-      timeoutMs,
-    },
-    config,
-  };
-}
-
-function checkInt(name: string, v: number | undefined, min: number, max: number): void {
-  if (v !== undefined && (!Number.isInteger(v) || v < min || v > max))
-    throw new RangeError(`${name} must be an integer in ${min}..${max}, got ${v}`);
 }
 
 /**
@@ -195,15 +119,7 @@ export class BlkDataplaneDevice implements VirtioDeviceBackend {
    */
   static async create(o: BlkDataplaneDeviceOptions): Promise<BlkDataplaneDevice> {
     const { parts, config } = splitOptions(o);
-    checkInt("maxInFlight", parts.maxInFlight, 1, 32768);
-    checkInt("budget", parts.budget, 1, 0x7fff_ffff);
-    checkInt("timeoutMs", parts.timeoutMs, 1, 0x7fff_ffff);
-    // Bad blk options throw here, on the caller's thread, before any worker starts.
-    const probe = new BlkDeviceConfig({ ...config, capacityBytes: 0 });
-    const numQueues = probe.numQueues;
-    const io = parts.ioThreads ?? "per-queue";
-    if (io !== "per-queue") checkInt("ioThreads", io, 1, 0xffff);
-    const nWorkers = io === "per-queue" ? numQueues : Math.min(io, numQueues);
+    const nWorkers = workerCount(parts, config);
     const log = parts.logger ?? consoleBlkLogger;
     const cacheMode = createCacheModeBuffer();
     let device: BlkDataplaneDevice | null = null;
@@ -446,24 +362,6 @@ export class BlkDataplaneDevice implements VirtioDeviceBackend {
   #syncCacheMode(): void {
     this.#cacheMode.store(this.blkConfig.writeThrough);
   }
-}
-
-function initMessage(
-  worker: number,
-  parts: Parts,
-  config: BlkDataplaneConfig,
-  cacheMode: SharedArrayBuffer,
-): InitMessage {
-  return {
-    type: "init",
-    worker,
-    backing: parts.backing,
-    config,
-    cacheMode,
-    ...(parts.maxInFlight === undefined ? {} : { maxInFlight: parts.maxInFlight }),
-    ...(parts.budget === undefined ? {} : { budget: parts.budget }),
-    trace: parts.trace === true,
-  };
 }
 
 function forwardLog(log: BlkLogger, ev: Extract<WorkerEvent, { type: "log" }>): void {

@@ -7,12 +7,8 @@
  * @module
  */
 export { CacheModeWriter, DataplanePolicy, createCacheModeBuffer } from "./cache-mode.ts";
-export {
-  BlkDataplaneDevice,
-  type BlkDataplaneDeviceOptions,
-  type BlkDataplaneStats,
-  type QueueStop,
-} from "./device.ts";
+export { BlkDataplaneDevice, type BlkDataplaneStats, type QueueStop } from "./device.ts";
+export type { BlkDataplaneDeviceOptions } from "./device-options.ts";
 export {
   INPROC_DOORBELLS,
   INPROC_MEMORY,
