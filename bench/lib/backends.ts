@@ -1,0 +1,127 @@
+/**
+ * The vhost-user-blk backends the benchmarks compare, started the same way
+ * for every run: this project's CLI (`virtio-ts vhost-user-blk`) and
+ * qemu-storage-daemon (`--export type=vhost-user-blk`, `aio=io_uring`,
+ * `cache.direct=off` like ours: both go through the host page cache). Both
+ * start with their default write-cache mode (write-through); the guest
+ * switches the disk to write back before measuring, see ../guest-bench.ts.
+ *
+ * Launch and readiness come from the real-guest harness
+ * (test/interop/guest/backends.ts); this module adds what a measurement
+ * needs: the pid of the process that actually serves (found through the
+ * listening socket, so a wrapper such as `npx` is not measured instead) and
+ * extra environment (e.g. NODE_OPTIONS=--cpu-prof for a profile).
+ *
+ * @module
+ */
+import { spawnBackend, virtioTsCommand } from "../../test/interop/guest/backends.ts";
+import type { ExitStatus } from "../../test/interop/guest/process.ts";
+import { listeningSocketOwner } from "./procfs.ts";
+
+/** Which vhost-user-blk backend. */
+export type VhostBackendKind = "virtio-ts" | "qsd";
+
+/** Display names. */
+export const BACKEND_LABELS: Readonly<Record<VhostBackendKind | "qemu-builtin", string>> = {
+  "virtio-ts": "virtio-ts",
+  qsd: "qemu-storage-daemon",
+  "qemu-builtin": "QEMU virtio-blk",
+};
+
+/** Options of {@link startBenchBackend}. */
+export interface BenchBackendOptions {
+  readonly socketPath: string;
+  readonly imagePath: string;
+  readonly numQueues: number;
+  /** Extra environment for the backend (merged over this process's). */
+  readonly env?: Readonly<Record<string, string>>;
+  /** Extra command-line arguments (e.g. `--verbose`). */
+  readonly extraArgs?: readonly string[];
+}
+
+/** A running backend with the pid to measure. */
+export interface BenchBackend {
+  readonly kind: VhostBackendKind;
+  /** The process that holds the listening socket (the one to measure). */
+  readonly pid: number;
+  readonly status: ExitStatus | undefined;
+  diagnostics(): string;
+  stop(): Promise<ExitStatus>;
+}
+
+/** The qemu-storage-daemon arguments of a benchmark run. */
+export function qsdArgs(o: BenchBackendOptions): string[] {
+  return [
+    "--blockdev",
+    `driver=file,node-name=file0,filename=${o.imagePath},cache.direct=off,aio=io_uring`,
+    "--export",
+    [
+      "type=vhost-user-blk",
+      "id=exp0",
+      "node-name=file0",
+      "addr.type=unix",
+      `addr.path=${o.socketPath}`,
+      "writable=on",
+      `num-queues=${o.numQueues}`,
+    ].join(","),
+    ...(o.extraArgs ?? []),
+  ];
+}
+
+/** The `virtio-ts vhost-user-blk` arguments of a benchmark run (after the command itself). */
+export function virtioTsArgs(o: BenchBackendOptions): string[] {
+  return [
+    "vhost-user-blk",
+    "--socket",
+    o.socketPath,
+    "--image",
+    o.imagePath,
+    "--num-queues",
+    String(o.numQueues),
+    ...(o.extraArgs ?? []),
+  ];
+}
+
+/** Starts a backend and resolves once it listens, with the pid of the listening process. */
+export async function startBenchBackend(
+  kind: VhostBackendKind,
+  o: BenchBackendOptions,
+): Promise<BenchBackend> {
+  const env = { ...process.env, ...o.env };
+  let b;
+  if (kind === "qsd") {
+    b = await spawnBackend(
+      "qemu-storage-daemon",
+      "qemu-storage-daemon",
+      qsdArgs(o),
+      o.socketPath,
+      { listening: o.socketPath },
+      env,
+    );
+  } else {
+    const { cmd, args } = virtioTsCommand();
+    b = await spawnBackend(
+      "virtio-ts vhost-user-blk",
+      cmd,
+      [...args, ...virtioTsArgs(o)],
+      o.socketPath,
+      // The CLI prints this once ready; the socket is listening by then.
+      { listening: o.socketPath },
+      env,
+    );
+  }
+  const pid = listeningSocketOwner(o.socketPath);
+  if (pid === undefined) {
+    await b.stop();
+    throw new Error(`no process holds the listening socket ${o.socketPath}\n${b.diagnostics()}`);
+  }
+  return {
+    kind,
+    pid,
+    get status() {
+      return b.status;
+    },
+    diagnostics: () => b.diagnostics(),
+    stop: () => b.stop(),
+  };
+}
