@@ -308,6 +308,17 @@ export class VhostUserBlk {
     return this.#closing;
   }
 
+  /**
+   * Tears the disk down at once: closes the connection without waiting
+   * (every pending operation rejects with `DEVICE_BROKEN`), then releases
+   * everything as {@link close} does. For shutdown paths that must not wait
+   * on the back-end.
+   */
+  destroy(): Promise<void> {
+    this.frontend.destroy();
+    return this.close();
+  }
+
   async #close(): Promise<void> {
     if (this.driver.pending > 0 && this.frontend.error === undefined)
       await new Promise<void>((resolve) => {

@@ -387,6 +387,28 @@ describe("VhostUserFrontend rings", { timeout: 30_000 }, () => {
     );
   });
 
+  test("destroy() hangs up at once: no GET_VRING_BASE, pending requests reject, rings released", async (t) => {
+    const p = pair(t);
+    const fe = await p.connect();
+    const ring = await fe.startRing(0, {
+      size: 8,
+      descAddr: 0,
+      availAddr: 0,
+      usedAddr: 0,
+      onCall() {},
+    });
+    p.backend.responders.set(R.GET_CONFIG, () => true); // never answered
+    const pending = fe.getConfig(0, 4);
+    await until("GET_CONFIG sent", () => p.backend.requests.at(-1) === R.GET_CONFIG);
+    fe.destroy();
+    await assert.rejects(pending, (e) => isVirtioError(e, ErrorCode.VHOST_USER_DISCONNECTED));
+    assert.equal(ring.stopped, true);
+    assert.equal((await fe.closed).code, ErrorCode.VHOST_USER_DISCONNECTED);
+    await until("EOF", () => p.backend.ended);
+    assert.ok(!p.backend.requests.includes(R.GET_VRING_BASE));
+    await fe.close(); // still fine
+  });
+
   test("a failure status (REPLY_ACK != 0) rejects that request only; the connection stays open", async (t) => {
     const p = pair(t);
     const fe = await p.connect();

@@ -484,6 +484,16 @@ export class VhostUserFrontend {
     await this.#closed;
   }
 
+  /**
+   * Closes the connection at once, without stopping the rings first (the
+   * back-end sees end of file and drops them). Idempotent. {@link closed}
+   * resolves with `VIRTIO_ERR_VHOST_USER_DISCONNECTED`.
+   */
+  destroy(): void {
+    this.#closing = true;
+    this.#channel.close();
+  }
+
   #onChannelClosed(error: VirtioError): void {
     for (const ring of this.#rings.values()) ring.release();
     this.#rings.clear();
