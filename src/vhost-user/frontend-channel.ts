@@ -256,8 +256,9 @@ export class ControlChannel {
       try {
         this.#socket.send(op.bytes, op.fds);
       } catch (e) {
-        op.reject(this.#sendError(e));
-        this.close(this.#sendError(e));
+        const err = this.#sendError(e);
+        op.reject(err);
+        this.close(err);
         return;
       }
       if (op.expect === "none") {
