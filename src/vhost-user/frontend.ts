@@ -180,7 +180,8 @@ class Ring implements FrontendRing {
 function createRing(index: number, onCall: () => void): Ring {
   const fds: number[] = [];
   try {
-    fds.push(eventfd(), eventfd());
+    fds.push(eventfd());
+    fds.push(eventfd());
     return new Ring(index, fds[0]!, fds[1]!, onCall);
   } catch (e) {
     fds.forEach(closeQuietly);
@@ -211,20 +212,13 @@ export class VhostUserFrontend {
   #resolveClosed!: (e: VirtioError) => void;
   #closing = false;
 
-  /** Virtio features the back-end offered (GET_FEATURES). */
-  deviceFeatures = 0n;
-  /** Virtio features acknowledged with SET_FEATURES (bit 30 included). */
-  features = 0n;
-  /** Protocol features the back-end offered. */
-  deviceProtocolFeatures = 0n;
-  /** Protocol features acknowledged with SET_PROTOCOL_FEATURES. */
-  protocolFeatures = 0n;
-  /** Rings the back-end supports (GET_QUEUE_NUM with MQ, else 1), at most 256. */
-  maxQueues = 1;
-  /** Memory regions the back-end accepts (GET_MAX_MEM_SLOTS, else 8). */
-  maxMemSlots = VHOST_MEMORY_BASELINE_NREGIONS;
-  /** Config space read during the handshake (`configSize` bytes from offset 0). */
-  config: Uint8Array = NO_PAYLOAD;
+  #deviceFeatures = 0n;
+  #features = 0n;
+  #deviceProtocolFeatures = 0n;
+  #protocolFeatures = 0n;
+  #maxQueues = 1;
+  #maxMemSlots = VHOST_MEMORY_BASELINE_NREGIONS;
+  #config: Uint8Array = NO_PAYLOAD;
 
   private constructor(socket: VhostUserSocket, fds: FdCloser, replyTimeoutMs: number | undefined) {
     this.#closed = new Promise((resolve) => (this.#resolveClosed = resolve));
@@ -276,6 +270,41 @@ export class VhostUserFrontend {
     return fe;
   }
 
+  /** Virtio features the back-end offered (GET_FEATURES). */
+  get deviceFeatures(): bigint {
+    return this.#deviceFeatures;
+  }
+
+  /** Virtio features acknowledged with SET_FEATURES (bit 30 included). */
+  get features(): bigint {
+    return this.#features;
+  }
+
+  /** Protocol features the back-end offered. */
+  get deviceProtocolFeatures(): bigint {
+    return this.#deviceProtocolFeatures;
+  }
+
+  /** Protocol features acknowledged with SET_PROTOCOL_FEATURES. */
+  get protocolFeatures(): bigint {
+    return this.#protocolFeatures;
+  }
+
+  /** Rings the back-end supports (GET_QUEUE_NUM with MQ, else 1), at most 256. */
+  get maxQueues(): number {
+    return this.#maxQueues;
+  }
+
+  /** Memory regions the back-end accepts (GET_MAX_MEM_SLOTS, else 8). */
+  get maxMemSlots(): number {
+    return this.#maxMemSlots;
+  }
+
+  /** Config space read during the handshake (`configSize` bytes from offset 0; a copy). */
+  get config(): Uint8Array {
+    return this.#config.slice();
+  }
+
   /** Resolves with the reason once the connection has closed (for whatever cause). */
   get closed(): Promise<VirtioError> {
     return this.#closed;
@@ -288,46 +317,46 @@ export class VhostUserFrontend {
 
   /** True if protocol feature `bit` (a {@link PF} value) was negotiated. */
   hasProtocolFeature(bitNumber: number): boolean {
-    return (this.protocolFeatures & bit(bitNumber)) !== 0n;
+    return (this.#protocolFeatures & bit(bitNumber)) !== 0n;
   }
 
   async #negotiate(o: VhostUserFrontendOptions): Promise<void> {
     const ch = this.#channel;
     await ch.request(R.SET_OWNER, NO_PAYLOAD);
-    this.deviceFeatures = await ch.request(R.GET_FEATURES, NO_PAYLOAD, U64);
-    if ((this.deviceFeatures & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n)
+    this.#deviceFeatures = await ch.request(R.GET_FEATURES, NO_PAYLOAD, U64);
+    if ((this.#deviceFeatures & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n)
       throw incompatible("the back-end does not offer VHOST_USER_F_PROTOCOL_FEATURES (bit 30)", {
-        features: this.deviceFeatures,
+        features: this.#deviceFeatures,
       });
-    const wanted = typeof o.features === "bigint" ? o.features : o.features(this.deviceFeatures);
+    const wanted = typeof o.features === "bigint" ? o.features : o.features(this.#deviceFeatures);
     if (typeof wanted !== "bigint" || wanted < 0n)
       throw new TypeError("the feature selector must return a non-negative bigint");
-    this.features = this.deviceFeatures & (wanted | bit(VHOST_USER_F_PROTOCOL_FEATURES));
-    await ch.request(R.SET_FEATURES, encodeU64(this.features));
-    this.deviceProtocolFeatures = await ch.request(R.GET_PROTOCOL_FEATURES, NO_PAYLOAD, U64);
-    const missing = FRONTEND_REQUIRED_PROTOCOL_FEATURES & ~this.deviceProtocolFeatures;
+    this.#features = this.#deviceFeatures & (wanted | bit(VHOST_USER_F_PROTOCOL_FEATURES));
+    await ch.request(R.SET_FEATURES, encodeU64(this.#features));
+    this.#deviceProtocolFeatures = await ch.request(R.GET_PROTOCOL_FEATURES, NO_PAYLOAD, U64);
+    const missing = FRONTEND_REQUIRED_PROTOCOL_FEATURES & ~this.#deviceProtocolFeatures;
     if (missing !== 0n)
       throw incompatible(
         `the back-end lacks protocol features 0x${missing.toString(16)} (REPLY_ACK and CONFIG are required)`,
-        { protocolFeatures: this.deviceProtocolFeatures },
+        { protocolFeatures: this.#deviceProtocolFeatures },
       );
-    this.protocolFeatures = this.deviceProtocolFeatures & FRONTEND_PROTOCOL_FEATURES;
-    await ch.request(R.SET_PROTOCOL_FEATURES, encodeU64(this.protocolFeatures));
+    this.#protocolFeatures = this.#deviceProtocolFeatures & FRONTEND_PROTOCOL_FEATURES;
+    await ch.request(R.SET_PROTOCOL_FEATURES, encodeU64(this.#protocolFeatures));
     // From here on every request asks for a reply (REPLY_ACK), as libblkio does.
     ch.needReply = true;
     if (this.hasProtocolFeature(PF.MQ)) {
       const n = await ch.request(R.GET_QUEUE_NUM, NO_PAYLOAD, U64);
       if (n === 0n) throw incompatible("the back-end supports 0 queues");
       // A vring index is 8 bits in SET_VRING_KICK/CALL/ERR: more rings cannot be addressed.
-      this.maxQueues = n > 256n ? 256 : Number(n);
+      this.#maxQueues = n > 256n ? 256 : Number(n);
     }
     if (this.hasProtocolFeature(PF.CONFIGURE_MEM_SLOTS)) {
       const n = await ch.request(R.GET_MAX_MEM_SLOTS, NO_PAYLOAD, U64);
       if (n === 0n) throw incompatible("the back-end accepts 0 memory slots");
-      this.maxMemSlots = n > 0xffffn ? 0xffff : Number(n);
+      this.#maxMemSlots = n > 0xffffn ? 0xffff : Number(n);
     }
     if (o.configSize !== undefined && o.configSize > 0)
-      this.config = await this.getConfig(0, o.configSize);
+      this.#config = await this.getConfig(0, o.configSize);
   }
 
   /**
