@@ -11,7 +11,9 @@ import {
   truncateSync,
   writeFileSync,
 } from "node:fs";
+import fs from "node:fs";
 import { open } from "node:fs/promises";
+import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ErrorCode, isVirtioError } from "../../errors.ts";
@@ -119,15 +121,12 @@ describe("vectored I/O", () => {
   });
 
   test("short reads and writes continue where they stopped", async () => {
-    const probe = await open(image(512), "r");
-    type Vec = (
-      b: Uint8Array[],
-      pos: number,
-    ) => Promise<{ bytesRead?: number; bytesWritten?: number }>;
-    const proto = Object.getPrototypeOf(probe) as { readv: Vec; writev: Vec };
-    await probe.close();
-    const { readv, writev } = proto;
-    // At most 700 bytes per call, cut anywhere (also inside a view).
+    // FileBacking uses the callback preadv/pwritev; make every call transfer at most 700 bytes,
+    // cut anywhere (also inside a view), through Node's own hook for patching built-in modules.
+    type Cb = (err: NodeJS.ErrnoException | null, n: number) => void;
+    type Vec = (fd: number, b: Uint8Array[], pos: number, cb: Cb) => void;
+    const fsm = fs as unknown as { readv: Vec; writev: Vec };
+    const { readv, writev } = fsm;
     const cut = (bufs: Uint8Array[]): Uint8Array[] => {
       const out: Uint8Array[] = [];
       let left = 700;
@@ -139,14 +138,15 @@ describe("vectored I/O", () => {
       return out;
     };
     let calls = 0;
-    proto.readv = function (this: unknown, b, pos) {
+    fsm.readv = (fd, b, pos, cb) => {
       calls++;
-      return readv.call(this, cut(b), pos);
+      readv(fd, cut(b), pos, cb);
     };
-    proto.writev = function (this: unknown, b, pos) {
+    fsm.writev = (fd, b, pos, cb) => {
       calls++;
-      return writev.call(this, cut(b), pos);
+      writev(fd, cut(b), pos, cb);
     };
+    syncBuiltinESMExports();
     try {
       const p = image(16384);
       const f = await openImg(p);
@@ -163,8 +163,9 @@ describe("vectored I/O", () => {
       assert.deepEqual(back[2], data.subarray(5000));
       assert.ok(calls >= 24, `${calls} calls`);
     } finally {
-      proto.readv = readv;
-      proto.writev = writev;
+      fsm.readv = readv;
+      fsm.writev = writev;
+      syncBuiltinESMExports();
     }
   });
 

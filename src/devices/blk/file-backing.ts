@@ -4,7 +4,7 @@
  * WRITE_ZEROES return zeroes); CONFORMANCE.md "Lifecycle" (FLUSH reaches
  * stable storage; read-only devices never write the file).
  *
- * - I/O is positioned and vectored (preadv/pwritev through FileHandle) straight
+ * - I/O is positioned and vectored (preadv/pwritev, callback API) straight
  *   into / out of the views of guest memory the request gives. Each call
  *   covers at most {@link IOV_MAX} views and `maxIoBytes` bytes; short
  *   transfers continue where they stopped (every loop makes progress or ends).
@@ -28,7 +28,7 @@
  *
  * @module
  */
-import { constants as fsConstants } from "node:fs";
+import { constants as fsConstants, readv as fsReadv, writev as fsWritev } from "node:fs";
 import { open, type FileHandle } from "node:fs/promises";
 import { ErrorCode, VirtioError } from "../../errors.ts";
 import { type BlkBacking, checkBackingRange, iovLength } from "./backing.ts";
@@ -40,6 +40,25 @@ import {
   loadNativeFallocate,
 } from "./fallocate.ts";
 import { type BlkLogger, consoleBlkLogger, errorText } from "./log.ts";
+
+/**
+ * One positioned preadv/pwritev through the callback API: about half the CPU
+ * per call of FileHandle.readv/writev, which allocate a result object and
+ * go through extra promise machinery for every call.
+ */
+function vectored(
+  fd: number,
+  iov: Uint8Array[],
+  position: number,
+  write: boolean,
+): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const done = (err: NodeJS.ErrnoException | null, n: number): void =>
+      err ? reject(err) : resolve(n);
+    if (write) fsWritev(fd, iov, position, done);
+    else fsReadv(fd, iov, position, done);
+  });
+}
 
 /** Most views passed to one preadv/pwritev (Linux IOV_MAX). */
 export const IOV_MAX = 1024;
@@ -248,9 +267,7 @@ export class FileBacking implements BlkBacking {
         batch.push(v);
         bytes += v.length;
       }
-      const n = write
-        ? (await this.#fh.writev(batch, offset + done)).bytesWritten
-        : (await this.#fh.readv(batch, offset + done)).bytesRead;
+      const n = await vectored(this.#fh.fd, batch, offset + done, write);
       if (n === 0) {
         if (write) throw new Error(`write at ${offset + done} made no progress`);
         zeroFrom(iov, idx, skip); // end of file: the rest reads as zeroes
