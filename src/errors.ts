@@ -15,7 +15,7 @@ export const ErrorCode = {
   // memory/
   MEM_OUT_OF_RANGE: "VIRTIO_ERR_MEM_OUT_OF_RANGE",
   MEM_MISALIGNED: "VIRTIO_ERR_MEM_MISALIGNED",
-  // ring/ device side (CONFORMANCE.md "Ring violations")
+  // ring/ device side (docs/conformance.md "Ring violations")
   QUEUE_CONFIG: "VIRTIO_ERR_QUEUE_CONFIG",
   QUEUE_NOT_READY: "VIRTIO_ERR_QUEUE_NOT_READY",
   AVAIL_IDX_JUMP: "VIRTIO_ERR_AVAIL_IDX_JUMP",

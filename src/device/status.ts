@@ -3,7 +3,7 @@
  * does. VIRTIO 1.2 §2.1 (Device Status Field), §2.1.1 (driver requirements),
  * §3.1.1 (driver initialization order), §2.4 (reset).
  *
- * Policy (virtio-ts decision, after CONFORMANCE.md and anchors §A.6 item 29):
+ * Policy (virtio-ts decision; rust-vmm's virtio-device and Firecracker's MMIO transport use similar transition tables):
  *
  * | write | effect |
  * |---|---|

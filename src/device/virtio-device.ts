@@ -550,7 +550,7 @@ export class VirtioDevice {
     return true;
   }
 
-  // ---- broken (CONFORMANCE.md "Ring violations") ----
+  // ---- broken (docs/conformance.md "Ring violations") ----
 
   /**
    * Makes the device broken (sticky until reset): every queue stops and
@@ -630,7 +630,7 @@ function freshSetup(max: number): QueueSetup {
   return { size: max, descAddr: 0, availAddr: 0, usedAddr: 0, ready: false };
 }
 
-/** Why a ring cannot start, or null if it can (CONFORMANCE.md queue configuration row). */
+/** Why a ring cannot start, or null if it can (docs/conformance.md queue configuration row). */
 function ringProblem(memory: GuestMemory, q: QueueSetup): string | null {
   const parts: [string, number, number, number][] = [
     ["descriptor table", q.descAddr, descTableSize(q.size), VIRTQ_DESC_ALIGN],

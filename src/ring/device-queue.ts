@@ -4,14 +4,14 @@
  * §2.7.8, notification suppression §2.7.7 (used buffer notifications) and
  * §2.7.10 (available buffer notifications).
  *
- * Everything the driver wrote is untrusted (CONFORMANCE.md "Ring
+ * Everything the driver wrote is untrusted (docs/conformance.md "Ring
  * violations"): every guest-written field is read once, validated, and the
  * copy is used; every loop is bounded by the queue size or a table length; a
  * violation makes the queue *broken* (sticky until a new queue is configured),
  * calls `onBroken` once and throws a {@link VirtioError} with a stable code.
  * While broken the queue reads and writes nothing.
  *
- * Decisions where the spec leaves room (documented in CONFORMANCE.md style):
+ * Decisions where the spec leaves room (see docs/conformance.md):
  * - Chain length: at most `size` buffer descriptors per chain, direct and
  *   indirect entries counted together (§2.7.5.3.1 "A driver MUST NOT create a
  *   descriptor chain longer than the Queue Size of the device"); the

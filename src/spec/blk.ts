@@ -28,7 +28,7 @@ export const VIRTIO_BLK_T_GET_LIFETIME = 10;
 export const VIRTIO_BLK_T_DISCARD = 11;
 export const VIRTIO_BLK_T_WRITE_ZEROES = 13;
 export const VIRTIO_BLK_T_SECURE_ERASE = 14;
-/** Legacy barrier bit that Linux may set in `type`; masked off (CONFORMANCE.md). */
+/** Legacy barrier bit that Linux may set in `type`; masked off (docs/conformance.md). */
 export const VIRTIO_BLK_T_BARRIER = 0x80000000;
 
 /** §5.2.6 status values. */

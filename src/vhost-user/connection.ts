@@ -1,7 +1,7 @@
 /**
  * One vhost-user connection: socket → framing → handlers, strictly in order,
  * replies back. qemu/qemu docs/interop/vhost-user.rst "Communication",
- * "REPLY_ACK"; virtio-ts CONFORMANCE.md "vhost-user frontend violations →
+ * "REPLY_ACK"; docs/conformance.md "vhost-user frontend violations →
  * that connection closes".
  *
  * - Messages are handled one at a time, in arrival order; a handler may wait

@@ -5,7 +5,7 @@
  * memory itself (fds are process-wide), watches the kick eventfds on its own
  * event loop and signals the call eventfds, so disk I/O and ring processing
  * never run on the thread that answers vhost-user messages
- * (shared/design/ARCHITECTURE.md "Threading and data flow").
+ * (docs/architecture.md "Threading and data flow").
  *
  * Messages (all structured-cloneable; bigints and typed arrays included):
  * requests `{ id, op, ... }` → replies `{ id, ok, value | error }`; events

@@ -2,7 +2,7 @@
  * Incremental vhost-user message reader: bytes and file descriptors arrive in
  * arbitrary fragments (one `recvmsg` each); complete, validated messages come
  * out. qemu/qemu docs/interop/vhost-user.rst "Message Specification",
- * virtio-ts CONFORMANCE.md "vhost-user frontend violations".
+ * docs/conformance.md "vhost-user frontend violations".
  *
  * Which message owns the fds of a fragment: a Unix stream socket never joins
  * data written after an SCM_RIGHTS-carrying write into the same `recvmsg`

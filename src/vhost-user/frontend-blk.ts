@@ -5,7 +5,7 @@
  * (devices/blk/driver.ts) builds and completes the requests. VIRTIO 1.2
  * §5.2 (block device), §3.1.1 (driver initialization: features, then config,
  * then queues); qemu/qemu docs/interop/vhost-user.rst "Starting and stopping
- * rings"; shared/reference/vhost-user.md section 7 (what libblkio does).
+ * rings"; docs/vhost-user.md.
  *
  * Setup: connect and negotiate (the driver's feature selection; VERSION_1
  * required), read the 60-byte `struct virtio_blk_config`, lay out rings,

@@ -3,7 +3,7 @@
  * is validated strictly before anything uses it. qemu/qemu
  * docs/interop/vhost-user.rst "Message Specification" (header, reply flag),
  * "Communication" (which requests have replies), "REPLY_ACK";
- * shared/reference/vhost-user.md sections 1.1 (QEMU's reply checks) and 6.3.
+ * docs/vhost-user.md
  *
  * The back-end is untrusted. A reply is accepted only if its flags are
  * exactly 0x5 (version 1 + REPLY; "the back-end MUST ... set the reply bit"),

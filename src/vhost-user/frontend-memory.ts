@@ -2,7 +2,7 @@
  * Guest memory the front-end creates and shares with a vhost-user back-end:
  * an anonymous memory file (memfd) mapped into this process, described to
  * the back-end as one region. qemu/qemu docs/interop/vhost-user.rst "Memory
- * region description", "Memory access"; shared/reference/vhost-user.md sections 3.1
+ * region description", "Memory access"; docs/vhost-user.md
  * and 7 (libblkio's identity addressing). Node-only.
  *
  * Addressing. A region carries a guest-physical address (descriptors use it)

@@ -3,7 +3,7 @@
  * any vhost-user back-end (qemu-storage-daemon, this project's daemon, ...)
  * directly, the way libblkio does. qemu/qemu docs/interop/vhost-user.rst
  * "Communication", "Starting and stopping rings", "Memory access", "REPLY_ACK",
- * "Front-end message types"; shared/reference/vhost-user.md sections 1, 3 and 7.
+ * "Front-end message types"; docs/vhost-user.md
  *
  * Connection and negotiation follow libblkio's order: SET_OWNER,
  * GET_FEATURES (bit 30 VHOST_USER_F_PROTOCOL_FEATURES required),

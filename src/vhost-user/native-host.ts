@@ -3,7 +3,7 @@
  * eventfds watched on this thread's loop, shared-memory mapping in windows
  * of at most 4 GiB, and a Unix stream socket with fd passing. Node-only.
  * qemu/qemu docs/interop/vhost-user.rst "Introduction" (fds in ancillary
- * data), "Memory access"; shared/reference/vhost-user.md sections 3.1
+ * data), "Memory access"; docs/vhost-user.md
  * (mapping) and 6.14 (fd hygiene).
  *
  * @module

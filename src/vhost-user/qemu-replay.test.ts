@@ -1,7 +1,6 @@
 /**
  * Replays the QEMU 7.2 vhost-user-blk-pci message sequences recorded in
- * shared/reference/vhost-user.md (§1.3 realize, §1.4 start, §1.5 stop,
- * §1.6 reconnect, Appendix B) against the back-end, with a recording device
+ * docs/vhost-user.md against the back-end, with a recording device
  * and real DeviceQueues over fake-mapped memory. Every reply is checked
  * byte for byte against literal wire bytes (flags 0x5, sizes).
  */

@@ -5,8 +5,7 @@
  * front-end can reconnect (QEMU `-chardev socket,reconnect=N`).
  * qemu/qemu docs/interop/vhost-user.rst "Introduction" (the back-end may be
  * the server), "Backend program conventions" (`--socket-path` / `--fd`);
- * shared/reference/vhost-user.md section 2.4 ("On socket EOF ... keep the listening
- * socket, accept the next connection"). Node-only.
+ * docs/vhost-user.md. Node-only.
  *
  * @module
  */

@@ -6,7 +6,7 @@
  * Ring `i` runs on worker `i mod n`; every worker maps every region; config
  * writes and device resets reach every worker's device instance. The
  * control thread only answers vhost-user messages, so disk I/O never delays
- * them (shared/design/ARCHITECTURE.md "Threading and data flow").
+ * them (docs/architecture.md "Threading and data flow").
  *
  * fd ownership across threads: fds are process-wide. The control thread
  * keeps owning every fd it passes and closes it only after the worker's reply

@@ -1,5 +1,5 @@
 /**
- * virtio-blk requests, one CONFORMANCE.md "virtio-blk requests" case per
+ * virtio-blk requests, one docs/conformance.md "virtio-blk requests" case per
  * test, end to end in one thread: the mock driver builds the chain, the
  * DeviceQueue pops it, the queue engine parses and executes it on a
  * MemoryBacking and on a FileBacking (temporary directory), and the result

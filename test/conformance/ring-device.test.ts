@@ -1,5 +1,5 @@
 /**
- * CONFORMANCE.md "Ring violations": every case of the table, on the device
+ * docs/conformance.md "Ring violations": every case of the table, on the device
  * side of the split virtqueue, plus the configuration rejections and the
  * cases that must be accepted. Each violation is checked for the documented
  * code, a broken and inert queue, one onBroken call, and untouched memory

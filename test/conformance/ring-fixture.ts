@@ -1,5 +1,5 @@
 /**
- * Shared fixture for the ring conformance tests (CONFORMANCE.md "Ring
+ * Shared fixture for the ring conformance tests (docs/conformance.md "Ring
  * violations"): a guest memory where every ring part and the data area sit
  * in their own region with holes around them (a stray access surfaces as
  * MEM_OUT_OF_RANGE instead of the documented code), interleaved with guard
@@ -165,7 +165,7 @@ export class Fixture {
 
   /**
    * Runs `trigger` (default `popAvail`) on a ring already holding a
-   * violation and checks the whole CONFORMANCE.md contract: the documented
+   * violation and checks the whole docs/conformance.md contract: the documented
    * code (never MEM_OUT_OF_RANGE), the numbers in the message, the queue
    * broken and inert, onBroken called once, and not one byte of memory
    * changed, neither by the violation nor by any queue operation after it.

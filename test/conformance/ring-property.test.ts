@@ -1,7 +1,7 @@
 /**
  * Property: for ANY descriptor table, indirect tables and available ring a
  * driver can write, `DeviceQueue.popAvail` terminates and either yields a
- * valid chain or throws one of the documented codes (CONFORMANCE.md "Ring
+ * valid chain or throws one of the documented codes (docs/conformance.md "Ring
  * violations"), never another exception, never an access outside guest
  * memory, never a write. The result is compared with a reference walker
  * written from the policy (64-bit exact addresses via bigint).

@@ -2,7 +2,7 @@
  * virtio-blk end to end through the in-process transport: the driver in a
  * worker, the device's control (VirtioDevice) on the test thread, the queues
  * on a dataplane worker, the image in a temporary directory. Each request
- * type and each CONFORMANCE.md "virtio-blk requests" case (the shapes of
+ * type and each docs/conformance.md "virtio-blk requests" case (the shapes of
  * test/conformance/blk-requests.test.ts), read back from the used ring, the
  * status byte, guest memory and the file on disk.
  */

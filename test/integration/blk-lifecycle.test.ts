@@ -4,7 +4,7 @@
  * rings before the reset is acknowledged; afterwards nothing in guest memory
  * changes, and the driver fails what is left), a ring violation on one queue
  * halting the other queue's worker, and a read-only device that never
- * touches its file. CONFORMANCE.md "Lifecycle".
+ * touches its file. docs/conformance.md "Lifecycle".
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";

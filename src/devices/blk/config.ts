@@ -152,7 +152,7 @@ function settings(o: BlkDeviceOptions): Settings {
   return {
     blockSectors,
     queueSize,
-    // vhost-user.md §6 item 8: seg_max must be ≤ queue size − 2.
+    // seg_max ≤ queue size − 2 (as QEMU reports): a driver that honours it never builds a chain the ring refuses.
     segMax: checkInt("segMax", o.segMax ?? queueSize - 2, 1, queueSize - 2),
     sizeMax: checkInt("sizeMax", o.sizeMax ?? 1 << 20, 512, 0xffffffff),
     numQueues: checkInt("numQueues", o.numQueues ?? 1, 1, 0xffff),

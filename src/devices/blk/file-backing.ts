@@ -1,7 +1,7 @@
 /**
  * A raw disk image file as a virtio-blk backing store. Node-only (fs).
  * VIRTIO 1.2 §5.2.6 (requests) and §5.2.6.2 (stable writes; reads after
- * WRITE_ZEROES return zeroes); CONFORMANCE.md "Lifecycle" (FLUSH reaches
+ * WRITE_ZEROES return zeroes); docs/conformance.md "Lifecycle" (FLUSH reaches
  * stable storage; read-only devices never write the file).
  *
  * - I/O is positioned and vectored (preadv/pwritev, callback API) straight

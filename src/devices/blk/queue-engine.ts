@@ -2,7 +2,7 @@
  * Per-queue virtio-blk processing with a bounded number of requests in
  * flight. VIRTIO 1.2 §2.7.10 (notification suppression: disable → drain →
  * enable → re-check), §2.7.8 (used ring), §5.2.6 (requests), and
- * CONFORMANCE.md "Lifecycle".
+ * docs/conformance.md "Lifecycle".
  *
  * On a kick: disable notifications → pop chains while fewer than
  * `maxInFlight` are in flight → parse → submit to the backing store

@@ -1,6 +1,6 @@
 /**
  * Parse a virtio-blk request out of a descriptor chain. VIRTIO 1.2 §5.2.6
- * (Device Operation) and CONFORMANCE.md "virtio-blk requests".
+ * (Device Operation) and docs/conformance.md "virtio-blk requests".
  *
  * Parsing is pure: it reads the device-readable part of the chain through a
  * {@link ChainReader} and decides, without touching guest memory or the
@@ -173,7 +173,7 @@ const handleOut: Handler = (req, chain, p) => {
 };
 
 const handleFlush: Handler = (req, _chain, p) => {
-  // The sector of a FLUSH is ignored (CONFORMANCE.md: accepted whatever it is).
+  // The sector of a FLUSH is ignored (docs/conformance.md: accepted whatever it is).
   if (!p.flushNegotiated) finish(req, VIRTIO_BLK_S_UNSUPP, "FLUSH not negotiated");
 };
 
@@ -260,7 +260,7 @@ export function parseBlkRequest(
   req.iov.length = 0;
   req.error = undefined;
   req.reader.read(scratch);
-  // Linux may set the legacy BARRIER bit; it is masked off (CONFORMANCE.md).
+  // Linux may set the legacy BARRIER bit; it is masked off (docs/conformance.md).
   req.type = (scratchView.getUint32(0, true) & ~VIRTIO_BLK_T_BARRIER) >>> 0;
   req.sector = scratchU64(8);
   req.status = BLK_STATUS_PENDING;

@@ -2,7 +2,7 @@
  * virtio-blk with its queues on dataplane workers: the device-framework
  * adapter on the control thread. VIRTIO 1.2 §5.2 (Block Device), §2.4
  * (reset), §2.5 (config space; a capacity change is a config change) and
- * CONFORMANCE.md "Lifecycle" and "Ring violations".
+ * docs/conformance.md "Lifecycle" and "Ring violations".
  *
  * The control thread keeps what the driver reads and negotiates (features,
  * config space, status: {@link BlkDeviceConfig} under a VirtioDevice); the

@@ -4,7 +4,7 @@
  * the queues' kicks, and stops them for reset. Portable: the thread, the
  * disk, guest memory and doorbells come from a {@link DataplaneWorkerEnv}.
  * VIRTIO 1.2 §5.2 (Block Device), §2.7 (split virtqueues), §2.4 (reset) and
- * CONFORMANCE.md "Lifecycle" (reset with I/O in flight).
+ * docs/conformance.md "Lifecycle" (reset with I/O in flight).
  *
  * Lifecycle of a queue in a worker:
  *
