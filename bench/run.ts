@@ -1,20 +1,72 @@
 /**
  * `npm run bench`: runs every benchmark, writes each report as JSON to
- * bench/results/<name>.json (git-ignored), prints the JSON and a table.
- * Not a test: nothing here asserts timing.
+ * bench/results/<name>.json (git-ignored), prints progress and a table per
+ * benchmark, and regenerates docs/benchmarks.md (with its SVG charts in
+ * docs/benchmarks/) from all the results there. Not a test: nothing here
+ * asserts timing.
  *
- *   BENCH_QUICK=1   smaller runs (a smoke check of the harness)
+ *   --only LIST     run only these sections: ring, blk, guest, guestless (comma-separated)
+ *   --quick         smaller runs (a smoke check of the harness); also BENCH_QUICK=1
+ *   --reps N        repetitions of the guest and guest-less runs (default 3)
+ *   --report        run nothing, only regenerate docs/benchmarks.md from the results
+ *   --cpu-prof DIR  run the virtio-ts backend under `node --cpu-prof`, profiles in DIR
  *
  * @module
  */
-import { mkdirSync, writeFileSync } from "node:fs";
-import { availableParallelism } from "node:os";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { availableParallelism, tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
 import { ringBench, type RingBenchReport, type RingPoint } from "./ring-bench.ts";
 import { blkBench, blkBenchOptions, blkTable } from "./blk-bench.ts";
+import { guestBench } from "./guest-bench.ts";
+import { guestlessBench } from "./guestless-bench.ts";
+import { createImage } from "./lib/image.ts";
+import { machineInfo } from "./lib/machine.ts";
+import { textTable } from "./lib/table.ts";
+import {
+  checkTargets,
+  guestlessMemoryTable,
+  guestlessTable,
+  guestMemoryTable,
+  guestTable,
+  renderCharts,
+  renderMarkdown,
+  targetsTable,
+  type BenchMeta,
+  type BenchResults,
+} from "./report.ts";
 
-const quick = process.env.BENCH_QUICK === "1";
+const SECTIONS = ["ring", "blk", "guest", "guestless"] as const;
+type Section = (typeof SECTIONS)[number];
+
+const { values: flags } = parseArgs({
+  options: {
+    only: { type: "string" },
+    quick: { type: "boolean", default: false },
+    reps: { type: "string" },
+    report: { type: "boolean", default: false },
+    "cpu-prof": { type: "string" },
+    help: { type: "boolean", short: "h", default: false },
+  },
+});
+if (flags.help) {
+  console.log(readFileSync(fileURLToPath(import.meta.url), "utf8").split("*/")[0]);
+  process.exit(0);
+}
+const quick = flags.quick || process.env.BENCH_QUICK === "1";
+const only = new Set<string>(flags.only ? flags.only.split(",").map((s) => s.trim()) : SECTIONS);
+for (const s of only)
+  if (!(SECTIONS as readonly string[]).includes(s))
+    throw new RangeError(`--only: unknown section ${s} (known: ${SECTIONS.join(", ")})`);
+const reps = flags.reps === undefined ? (quick ? 1 : 3) : Number(flags.reps);
+if (!(Number.isInteger(reps) && reps >= 1))
+  throw new RangeError("--reps must be a positive integer");
+const wanted = (s: Section): boolean => !flags.report && only.has(s);
+
 const resultsDir = fileURLToPath(new URL("./results/", import.meta.url));
+const docsDir = fileURLToPath(new URL("../docs/", import.meta.url));
 
 function fmt(n: number): string {
   return n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(2);
@@ -50,8 +102,22 @@ function ringTable(r: RingBenchReport): string {
   return [line(header), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n");
 }
 
-async function main(): Promise<void> {
-  const cpus = availableParallelism();
+function writeResult(name: string, report: unknown): void {
+  mkdirSync(resultsDir, { recursive: true });
+  writeFileSync(`${resultsDir}${name}.json`, JSON.stringify(report, null, 2) + "\n");
+}
+
+function readResult<T>(name: string): T | undefined {
+  try {
+    return JSON.parse(readFileSync(`${resultsDir}${name}.json`, "utf8")) as T;
+  } catch {
+    return undefined;
+  }
+}
+
+const progress = (line: string): void => console.log(line);
+
+async function runRing(cpus: number): Promise<void> {
   const ring = await ringBench(
     quick
       ? { reps: 3, throughputTotal: 100_000, pingpongTotal: 5_000, pollSpin: 20_000 }
@@ -67,12 +133,125 @@ async function main(): Promise<void> {
     `ring benchmark (${cpus} CPUs, Node ${process.version}); written to bench/results/ring.json`,
   );
   console.log(ringTable(ring));
+}
 
+async function runBlk(cpus: number): Promise<void> {
   const blk = await blkBench(blkBenchOptions(quick), cpus);
   writeFileSync(`${resultsDir}blk.json`, JSON.stringify(blk, null, 2) + "\n");
   console.log();
   console.log(`blk benchmark (${cpus} CPUs); written to bench/results/blk.json`);
   console.log(blkTable(blk));
+}
+
+/** The image the guest and guest-less runs share (created once per run). */
+interface SharedImage {
+  readonly path: string;
+  readonly bytes: number;
+}
+
+async function runGuest(
+  image: SharedImage,
+  env: Record<string, string> | undefined,
+): Promise<void> {
+  console.log(`\nreal-guest benchmark (${reps} repetitions; progress per QEMU run)`);
+  const r = await guestBench({
+    imagePath: image.path,
+    imageBytes: image.bytes,
+    reps,
+    runtimeSeconds: quick ? 3 : 8,
+    queues: [1, 2],
+    backends: ["virtio-ts", "qsd", "qemu-builtin"],
+    log: progress,
+    failureDir: join(resultsDir, "failures"),
+    ...(env ? { virtioTsEnv: env } : {}),
+  });
+  writeResult("guest", r);
+  console.log(`\nreal guest; written to bench/results/guest.json`);
+  console.log(textTable(guestTable(r)));
+  console.log();
+  console.log(textTable(guestMemoryTable(r)));
+}
+
+async function runGuestless(
+  image: SharedImage,
+  env: Record<string, string> | undefined,
+): Promise<void> {
+  console.log(`\nguest-less benchmark (${reps} repetitions; progress per session)`);
+  const r = await guestlessBench({
+    imagePath: image.path,
+    reps,
+    seconds: quick ? 1 : 4,
+    warmupSeconds: quick ? 0.2 : 1,
+    depths: [1, 32, 128],
+    queues: [1, 2],
+    backends: ["virtio-ts", "qsd"],
+    log: progress,
+    ...(env ? { virtioTsEnv: env } : {}),
+  });
+  writeResult("guestless", r);
+  console.log(`\nguest-less; written to bench/results/guestless.json`);
+  console.log(textTable(guestlessTable(r)));
+  console.log();
+  console.log(textTable(guestlessMemoryTable(r)));
+}
+
+/** Regenerates docs/benchmarks.md and its charts from bench/results/*.json. */
+function writeReport(): void {
+  const results: BenchResults = {
+    meta: readResult("meta"),
+    ring: readResult("ring"),
+    blk: readResult("blk"),
+    guest: readResult("guest"),
+    guestless: readResult("guestless"),
+  };
+  const charts = renderCharts(results);
+  const chartDir = join(docsDir, "benchmarks");
+  rmSync(chartDir, { recursive: true, force: true });
+  mkdirSync(chartDir, { recursive: true });
+  for (const [file, svg] of Object.entries(charts)) writeFileSync(join(chartDir, file), svg);
+  writeFileSync(join(docsDir, "benchmarks.md"), renderMarkdown(results, charts));
+  console.log(`\ntargets (issue 5):`);
+  console.log(textTable(targetsTable(checkTargets(results))));
+  console.log(`\ndocs/benchmarks.md and docs/benchmarks/*.svg regenerated`);
+}
+
+async function main(): Promise<void> {
+  const cpus = availableParallelism();
+  const seconds: Record<string, number> = {};
+  const timed = async (name: string, f: () => Promise<void>): Promise<void> => {
+    const t = Date.now();
+    await f();
+    seconds[name] = (Date.now() - t) / 1000;
+  };
+  if (wanted("ring")) await timed("ring", () => runRing(cpus));
+  if (wanted("blk")) await timed("blk", () => runBlk(cpus));
+  if (wanted("guest") || wanted("guestless")) {
+    const dir = mkdtempSync(join(tmpdir(), "vts-bench-"));
+    const image = { path: join(dir, "disk.img"), bytes: (quick ? 256 : 1024) << 20 };
+    const profDir = flags["cpu-prof"] === undefined ? undefined : resolve(flags["cpu-prof"]);
+    if (profDir) mkdirSync(profDir, { recursive: true });
+    const env = profDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` } : undefined;
+    try {
+      console.log(`\ncreating a fully written ${image.bytes >> 20} MiB raw image in ${dir}`);
+      createImage(image.path, image.bytes);
+      if (wanted("guest")) await timed("guest", () => runGuest(image, env));
+      if (wanted("guestless")) await timed("guestless", () => runGuestless(image, env));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }
+  if (!flags.report) {
+    const meta: BenchMeta = {
+      machine: machineInfo(),
+      date: new Date().toISOString(),
+      command: `npm run bench${process.argv.length > 2 ? ` -- ${process.argv.slice(2).join(" ")}` : ""}`,
+      // Sections not run this time keep their last duration.
+      seconds: { ...readResult<BenchMeta>("meta")?.seconds, ...seconds },
+      quick,
+    };
+    writeResult("meta", meta);
+  }
+  writeReport();
 }
 
 await main();

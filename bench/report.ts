@@ -1,0 +1,580 @@
+/**
+ * The benchmark report: terminal tables for each benchmark, the targets of
+ * issue 5 checked against the measurements, and docs/benchmarks.md with its
+ * SVG charts (docs/benchmarks/*.svg), generated from the JSON results in
+ * bench/results/.
+ *
+ * @module
+ */
+import type { BlkBenchReport } from "./blk-bench.ts";
+import type { GuestBenchReport, GuestPoint } from "./guest-bench.ts";
+import type { GuestlessBenchReport, GuestlessPoint } from "./guestless-bench.ts";
+import type { RingBenchReport } from "./ring-bench.ts";
+import { BACKEND_LABELS } from "./lib/backends.ts";
+import type { MachineInfo } from "./lib/machine.ts";
+import { renderBarChart, SERIES_COLORS, type BarSeries } from "./lib/svg.ts";
+import type { Spread } from "./lib/stats.ts";
+import { fmt, markdownTable, ratioCell, spreadCell, type Table } from "./lib/table.ts";
+
+/** How and where the benchmarks ran (bench/results/meta.json). */
+export interface BenchMeta {
+  readonly machine: MachineInfo;
+  /** When the last run finished. */
+  readonly date: string;
+  /** The command line of the last run. */
+  readonly command: string;
+  /** Wall seconds per section of the last run. */
+  readonly seconds: Readonly<Record<string, number>>;
+  /** Whether the last run was a --quick run. */
+  readonly quick: boolean;
+}
+
+/** Everything a report can show; absent parts are skipped. */
+export interface BenchResults {
+  readonly meta?: BenchMeta;
+  readonly ring?: RingBenchReport;
+  readonly blk?: BlkBenchReport;
+  readonly guest?: GuestBenchReport;
+  readonly guestless?: GuestlessBenchReport;
+}
+
+const label = (b: string): string => BACKEND_LABELS[b as keyof typeof BACKEND_LABELS] ?? b;
+const us = (n: number): string => (n >= 1000 ? fmt(n) : n.toFixed(1));
+
+// ---------------------------------------------------------------- tables
+
+/** Real-guest results: one row per queue count × workload × backend. */
+export function guestTable(r: GuestBenchReport): Table {
+  const rows = r.points.map((p) => [
+    p.label,
+    String(p.queues),
+    label(p.backend),
+    spreadCell(p.iops),
+    spreadCell(p.mibPerSec),
+    spreadCell(p.meanLatUs, us),
+    spreadCell(p.p99LatUs, us),
+    spreadCell(p.backendCpuUsPerIo),
+    ratioCell(p.iopsRatio),
+    ratioCell(p.cpuPerIoRatio),
+  ]);
+  const order = new Map(r.options.workloads.map((w, i) => [w.id, i]));
+  const keyed = rows.map((row, i) => ({ row, p: r.points[i]! }));
+  keyed.sort(
+    (a, b) => a.p.queues - b.p.queues || order.get(a.p.workload)! - order.get(b.p.workload)!,
+  );
+  return {
+    header: [
+      "workload",
+      "queues",
+      "backend",
+      "IOPS",
+      "MiB/s",
+      "mean lat µs",
+      "p99 lat µs",
+      "backend CPU µs/IO",
+      "IOPS × qsd",
+      "CPU/IO × qsd",
+    ],
+    rows: keyed.map((k) => k.row),
+  };
+}
+
+/** Backend peak memory during the guest runs. */
+export function guestMemoryTable(r: GuestBenchReport): Table {
+  return {
+    header: ["backend", "queues", "peak RSS MiB (VmHWM)", "anon MiB", "guest RAM pages MiB"],
+    rows: r.memory.map((m) => [
+      label(m.backend),
+      String(m.queues),
+      spreadCell(m.hwmMiB),
+      spreadCell(m.anonMiB),
+      spreadCell(m.shmemMiB),
+    ]),
+  };
+}
+
+/** Guest-less results: one row per job × queue count × backend. */
+export function guestlessTable(r: GuestlessBenchReport): Table {
+  const sorted = [...r.points].sort(
+    (a, b) =>
+      a.rw.localeCompare(b.rw) ||
+      a.depth - b.depth ||
+      a.queues - b.queues ||
+      a.backend.localeCompare(b.backend),
+  );
+  return {
+    header: [
+      "job",
+      "QD",
+      "queues",
+      "backend",
+      "IOPS",
+      "p50 µs",
+      "p99 µs",
+      "p99.9 µs",
+      "backend CPU µs/IO",
+      "frontend CPU µs/IO",
+      "IOPS × qsd",
+      "CPU/IO × qsd",
+    ],
+    rows: sorted.map((p) => [
+      `4K ${p.rw}`,
+      String(p.depth),
+      String(p.queues),
+      label(p.backend),
+      spreadCell(p.iops),
+      spreadCell(p.p50LatUs, us),
+      spreadCell(p.p99LatUs, us),
+      spreadCell(p.p999LatUs, us),
+      spreadCell(p.backendCpuUsPerIo),
+      spreadCell(p.frontendCpuUsPerIo),
+      ratioCell(p.iopsRatio),
+      ratioCell(p.cpuPerIoRatio),
+    ]),
+  };
+}
+
+/** Backend peak memory during the guest-less sessions. */
+export function guestlessMemoryTable(r: GuestlessBenchReport): Table {
+  return {
+    header: ["backend", "queues", "peak RSS MiB (VmHWM)"],
+    rows: r.memory.map((m) => [label(m.backend), String(m.queues), spreadCell(m.hwmMiB)]),
+  };
+}
+
+/** Ring benchmark results (bench/ring-bench.ts). */
+export function ringTable(r: RingBenchReport): Table {
+  return {
+    header: [
+      "transport",
+      "job",
+      "round trips/s",
+      "× postMessage",
+      "latency µs",
+      "p99 µs",
+      "kicks/rt",
+      "sleeps/rt",
+    ],
+    rows: r.points.map((p) => [
+      p.transport,
+      p.job,
+      spreadCell(p.roundTripsPerSec as Spread),
+      p.ratioToBaseline === undefined ? "baseline" : p.ratioToBaseline.toFixed(1),
+      spreadCell(p.medianLatencyUs as Spread | undefined),
+      spreadCell(p.p99LatencyUs as Spread | undefined),
+      p.kicksPerRoundTrip === undefined ? "" : p.kicksPerRoundTrip.toFixed(3),
+      p.sleepsPerRoundTrip === undefined ? "" : p.sleepsPerRoundTrip.toFixed(3),
+    ]),
+  };
+}
+
+/** blk benchmark results (bench/blk-bench.ts). */
+export function blkTable(r: BlkBenchReport): Table {
+  return {
+    header: ["path", "queues", "depth", "IOPS", "× fs.read", "CPU µs/IO", "× fs.read"],
+    rows: r.points.map((p) => [
+      p.mode,
+      String(p.queues),
+      String(p.depth),
+      spreadCell(p.iops as Spread),
+      p.iopsRatioToBaseline === undefined ? "baseline" : p.iopsRatioToBaseline.toFixed(2),
+      spreadCell(p.cpuUsPerIo as Spread),
+      p.cpuRatioToBaseline === undefined ? "baseline" : p.cpuRatioToBaseline.toFixed(2),
+    ]),
+  };
+}
+
+// ---------------------------------------------------------------- targets
+
+/** One target of issue 5 and how the measurements compare. */
+export interface TargetCheck {
+  readonly target: string;
+  readonly measured: string;
+  readonly met: boolean | undefined;
+}
+
+function worst<T>(
+  items: readonly T[],
+  value: (t: T) => number | undefined,
+  pick: "min" | "max",
+): { item: T; value: number } | undefined {
+  let best: { item: T; value: number } | undefined;
+  for (const item of items) {
+    const v = value(item);
+    if (v === undefined) continue;
+    if (!best || (pick === "min" ? v < best.value : v > best.value)) best = { item, value: v };
+  }
+  return best;
+}
+
+const gName = (p: GuestPoint): string => `${p.label}, ${p.queues}q`;
+const glName = (p: GuestlessPoint): string => `${p.rw} QD${p.depth}, ${p.queues}q`;
+
+/** The targets of issue 5, checked on medians of the paired ratios. */
+export function checkTargets(r: BenchResults): TargetCheck[] {
+  const out: TargetCheck[] = [];
+  const ours = r.guest?.points.filter((p) => p.backend === "virtio-ts") ?? [];
+  const gl = r.guestless?.points.filter((p) => p.backend === "virtio-ts") ?? [];
+  const describe = <T>(
+    items: readonly T[],
+    value: (t: T) => number | undefined,
+    name: (t: T) => string,
+    pick: "min" | "max",
+    ok: (v: number) => boolean,
+  ): Pick<TargetCheck, "measured" | "met"> => {
+    const w = worst(items, value, pick);
+    if (!w) return { measured: "not measured", met: undefined };
+    const misses = items.filter((t) => {
+      const v = value(t);
+      return v !== undefined && !ok(v);
+    }).length;
+    const counted = items.filter((t) => value(t) !== undefined).length;
+    return {
+      measured: `${pick === "min" ? "lowest" : "highest"} ${w.value.toFixed(2)}× (${name(w.item)}); ${counted - misses} of ${counted} met`,
+      met: misses === 0,
+    };
+  };
+  out.push({
+    target: "Real guest: IOPS ≥ qemu-storage-daemon in every workload",
+    ...describe(
+      ours,
+      (p) => p.iopsRatio?.median,
+      gName,
+      "min",
+      (v) => v >= 1,
+    ),
+  });
+  out.push({
+    target: "Real guest: backend CPU per I/O ≤ 1.0× qemu-storage-daemon",
+    ...describe(
+      ours,
+      (p) => p.cpuPerIoRatio?.median,
+      gName,
+      "max",
+      (v) => v <= 1,
+    ),
+  });
+  out.push({
+    target: "Guest-less: IOPS ≥ qemu-storage-daemon at QD 32 and 128",
+    ...describe(
+      gl.filter((p) => p.depth >= 32),
+      (p) => p.iopsRatio?.median,
+      glName,
+      "min",
+      (v) => v >= 1,
+    ),
+  });
+  const rss = [
+    ...(r.guest?.memory ?? []).map((m) => ({ where: `guest, ${m.queues}q`, m })),
+    ...(r.guestless?.memory ?? []).map((m) => ({ where: `guest-less, ${m.queues}q`, m })),
+  ].filter((x) => x.m.backend === "virtio-ts");
+  const peak = worst(rss, (x) => x.m.hwmMiB.max, "max");
+  out.push({
+    target: "Backend RSS under load ≤ 64 MiB",
+    measured: peak
+      ? `highest peak ${peak.value.toFixed(1)} MiB (${peak.item.where}; VmHWM)`
+      : "not measured",
+    met: peak ? peak.value <= 64 : undefined,
+  });
+  return out;
+}
+
+/** The targets as a table. */
+export function targetsTable(checks: readonly TargetCheck[]): Table {
+  return {
+    header: ["target", "measured (virtio-ts / qemu-storage-daemon, medians)", "met"],
+    rows: checks.map((c) => [
+      c.target,
+      c.measured,
+      c.met === undefined ? "–" : c.met ? "yes" : "**no**",
+    ]),
+  };
+}
+
+// ---------------------------------------------------------------- charts
+
+function seriesFor<P extends { backend: string }>(
+  points: readonly P[],
+  backends: readonly string[],
+  categories: readonly ((p: P) => boolean)[],
+  value: (p: P) => Spread | undefined,
+): BarSeries[] {
+  return backends.map((b, i) => ({
+    name: label(b),
+    color: SERIES_COLORS[i % SERIES_COLORS.length]!,
+    values: categories.map((match) => {
+      const p = points.find((x) => x.backend === b && match(x));
+      return p ? value(p) : undefined;
+    }),
+  }));
+}
+
+/** The SVG charts of the report, by file name. */
+export function renderCharts(r: BenchResults): Record<string, string> {
+  const charts: Record<string, string> = {};
+  if (r.guest) {
+    const g = r.guest;
+    for (const queues of g.options.queues) {
+      const cats = g.options.workloads.map((w) => ({
+        name: w.label,
+        match: (p: GuestPoint) => p.workload === w.id && p.queues === queues,
+      }));
+      const mk = (
+        title: string,
+        unit: string,
+        backends: readonly string[],
+        v: (p: GuestPoint) => Spread | undefined,
+      ): string =>
+        renderBarChart({
+          title,
+          unit,
+          categories: cats.map((c) => c.name),
+          series: seriesFor(
+            g.points,
+            backends,
+            cats.map((c) => c.match),
+            v,
+          ),
+        });
+      charts[`guest-iops-${queues}q.svg`] = mk(
+        `Real guest (QEMU TCG), ${queues} queue${queues > 1 ? "s" : ""}: IOPS (median, min–max)`,
+        "IOPS",
+        g.options.backends,
+        (p) => p.iops,
+      );
+      charts[`guest-cpu-${queues}q.svg`] = mk(
+        `Real guest, ${queues} queue${queues > 1 ? "s" : ""}: backend CPU µs per I/O (lower is better)`,
+        "µs per I/O",
+        g.options.backends.filter((b) => b !== "qemu-builtin"),
+        (p) => p.backendCpuUsPerIo,
+      );
+    }
+  }
+  if (r.guestless) {
+    const gl = r.guestless;
+    for (const queues of gl.options.queues) {
+      const cats = (["randread", "randwrite"] as const).flatMap((rw) =>
+        gl.options.depths.map((depth) => ({
+          name: `${rw === "randread" ? "read" : "write"} QD${depth}`,
+          match: (p: GuestlessPoint) => p.rw === rw && p.depth === depth && p.queues === queues,
+        })),
+      );
+      const mk = (
+        title: string,
+        unit: string,
+        v: (p: GuestlessPoint) => Spread | undefined,
+      ): string =>
+        renderBarChart({
+          title,
+          unit,
+          categories: cats.map((c) => c.name),
+          series: seriesFor(
+            gl.points,
+            gl.options.backends,
+            cats.map((c) => c.match),
+            v,
+          ),
+        });
+      charts[`guestless-iops-${queues}q.svg`] = mk(
+        `Guest-less (vhost-user front-end), ${queues} queue${queues > 1 ? "s" : ""}: 4 KiB IOPS`,
+        "IOPS",
+        (p) => p.iops,
+      );
+      charts[`guestless-cpu-${queues}q.svg`] = mk(
+        `Guest-less, ${queues} queue${queues > 1 ? "s" : ""}: backend CPU µs per I/O (lower is better)`,
+        "µs per I/O",
+        (p) => p.backendCpuUsPerIo,
+      );
+    }
+  }
+  return charts;
+}
+
+// ---------------------------------------------------------------- markdown
+
+const GiB = 1 << 30;
+
+function machineSection(m: BenchMeta | undefined): string[] {
+  if (!m) return ["Machine: not recorded (run `npm run bench`)."];
+  const mi = m.machine;
+  return [
+    `| | |`,
+    `| --- | --- |`,
+    `| date | ${m.date} |`,
+    `| command | \`${m.command}\`${m.quick ? " (quick: smoke-test sizes, not for comparison)" : ""} |`,
+    `| CPU | ${mi.cpuModel}, ${mi.cpus} logical CPUs available |`,
+    `| memory | ${(mi.memoryBytes / GiB).toFixed(1)} GiB |`,
+    `| kernel | Linux ${mi.kernel} |`,
+    `| Node | ${mi.node} |`,
+    `| QEMU | ${mi.qemu} |`,
+    `| qemu-storage-daemon | ${mi.qsd} |`,
+    `| wall time | ${Object.entries(m.seconds)
+      .map(([k, v]) => `${k} ${(v / 60).toFixed(1)} min`)
+      .join(", ")} |`,
+  ];
+}
+
+/** docs/benchmarks.md; charts are referenced as benchmarks/<file>. */
+export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, string>>): string {
+  const L: string[] = [];
+  const chart = (file: string, alt: string): void => {
+    if (charts[file]) L.push(`![${alt}](benchmarks/${file})`, "");
+  };
+  L.push(
+    "# Benchmarks",
+    "",
+    "<!-- Generated by `npm run bench` (bench/run.ts, bench/report.ts) from bench/results/*.json. Do not edit by hand. -->",
+    "",
+    "virtio-ts's vhost-user-blk backend measured side by side with what one would use instead —",
+    "qemu-storage-daemon's vhost-user-blk export and QEMU's built-in virtio-blk — in the same run, on the",
+    "same image, plus the in-process ring and virtio-blk benchmarks. Every figure is the **median of the",
+    "repetitions, with min–max in parentheses**; every ratio is virtio-ts / qemu-storage-daemon of the same",
+    "repetition (adjacent in time), summarized the same way.",
+    "",
+    "## How to run",
+    "",
+    "```sh",
+    "npm run bench                      # everything (~25-30 min on 2 cores); rewrites this file",
+    "npm run bench -- --only guest      # a subset: ring, blk, guest, guestless (comma-separated)",
+    "npm run bench -- --quick           # smoke-test sizes (1 repetition, short runs)",
+    "npm run bench -- --reps 5          # more repetitions of the guest and guest-less runs",
+    "npm run bench -- --report          # only regenerate this file from bench/results/*.json",
+    "npm run bench -- --cpu-prof DIR    # also write V8 CPU profiles of the virtio-ts backend to DIR",
+    "```",
+    "",
+    "The real-guest part installs what it needs on first use (like the interop tests: QEMU, fio, a",
+    "Debian kernel; root on Debian bookworm). Results: `bench/results/{ring,blk,guest,guestless,meta}.json`",
+    "(git-ignored); a run with `--only` keeps the other sections' last results, each with its own date.",
+    "",
+    "## Machine",
+    "",
+    ...machineSection(r.meta),
+    "",
+  );
+  const checks = checkTargets(r);
+  L.push(
+    "## Targets",
+    "",
+    "Measured, not asserted (issue 5). Medians of the paired ratios; a workload meets an IOPS target at",
+    "ratio ≥ 1.00 and a CPU target at ≤ 1.00.",
+    "",
+    markdownTable(targetsTable(checks)),
+    "",
+  );
+  if (r.guest) {
+    const g = r.guest;
+    const o = g.options;
+    L.push(
+      "## Real guest (Linux under QEMU TCG, fio)",
+      "",
+      `Run ${g.date}. A Linux 6.1 guest (q35, TCG \`-cpu max\`, 256 MiB shared-memfd RAM, one vCPU per queue)`,
+      `runs fio against \`/dev/vda\`: ${o.workloads.map((w) => w.label).join(", ")}; each`,
+      `\`--time_based --runtime=${o.runtimeSeconds}\` with no ramp, \`libaio\`, \`--direct=1\`, random offsets`,
+      "over the whole disk. With 2 queues the guest has 2 vCPUs and fio runs 2 jobs (one per vCPU, each on",
+      "its half of the disk) at the stated depth each. One QEMU boot per backend × queues × repetition runs",
+      `all workloads in order (random writes last); ${o.reps} repetitions, interleaved across backends.`,
+      "",
+      `- **Image**: one raw file of ${(o.imageBytes / GiB).toFixed(o.imageBytes % GiB ? 2 : 0)} GiB, every block written (no holes, no unwritten`,
+      "  extents). **Host page cache: not dropped** — before every run the image is flushed (`fdatasync`,",
+      "  no dirty pages left from the previous run's writes) and read once, so every backend starts with",
+      "  the whole image cached and the runs compare data paths, not the host disk.",
+      "- **Backends**: `virtio-ts vhost-user-blk --writeback`; `qemu-storage-daemon --blockdev",
+      "  driver=file,cache.direct=off,aio=io_uring --export type=vhost-user-blk` (default",
+      "  `writethrough=off`); QEMU's `-drive ...,aio=io_uring,cache=writeback` + `virtio-blk-pci`. All",
+      "  use the host page cache and complete a write once it is there; the guest also sets the disk's",
+      "  `cache_type` to `write back`. fio issues no flushes.",
+      "- **Backend CPU per I/O**: user + system time of the backend process, all threads",
+      "  (`/proc/PID/stat`), between the step's start and end markers on the serial console, divided by",
+      "  fio's completed I/Os. QEMU's built-in virtio-blk runs inside the process that also emulates the",
+      "  guest, so it has no separate figure. Under TCG the guest is the bottleneck: IOPS mostly measure",
+      "  the guest, CPU per I/O measures the backend.",
+      "",
+      markdownTable(guestTable(g)),
+      "",
+    );
+    for (const q of o.queues) {
+      chart(`guest-iops-${q}q.svg`, `real-guest IOPS, ${q} queue(s)`);
+      chart(`guest-cpu-${q}q.svg`, `real-guest backend CPU per I/O, ${q} queue(s)`);
+    }
+    L.push(
+      "Backend memory over the runs (`VmHWM` of `/proc/PID/status`, read just before the backend",
+      "stops; the split is the largest RSS sample taken every 100 ms: anonymous memory, and shared",
+      "memory = guest RAM pages the backend touched through its mapping):",
+      "",
+      markdownTable(guestMemoryTable(g)),
+      "",
+    );
+    const failed = g.runs.filter((x) => x.error);
+    if (failed.length)
+      L.push(
+        "Failed runs (their finished workloads are counted):",
+        "",
+        ...failed.map((x) => `- ${label(x.backend)}, ${x.queues}q, rep ${x.rep}: ${x.error}`),
+        "",
+      );
+  }
+  if (r.guestless) {
+    const gl = r.guestless;
+    const o = gl.options;
+    L.push(
+      "## Guest-less (the vhost-user front-end drives the backend directly)",
+      "",
+      `Run ${gl.date}. A separate Node process (bench/guestless/driver.ts) connects with the project's`,
+      "vhost-user front-end (`VhostUserBlk`: memfd guest memory shared with the backend, the virtio-blk",
+      "driver, queue size 256, EVENT_IDX and indirect descriptors when offered) and keeps QD requests in",
+      "flight — one async loop per slot, each with its own zero-copy 4 KiB buffer, spread round-robin",
+      "over the queues (QD is the total). Offsets are uniform and 4 KiB aligned over the same image as",
+      `above. Per session: a fresh backend, ${o.warmupSeconds} s of warm-up reads, then each job for ${o.seconds} s;`,
+      `${o.reps} repetitions, interleaved across backends. Latency is per request as the front-end sees it;`,
+      "CPU per I/O is the backend's (`/proc/PID/stat`, all threads) and the front-end process's own",
+      "(`process.cpuUsage`) over the job. A front-end CPU per I/O close to 1 s / IOPS means the front-end",
+      "was the bottleneck.",
+      "",
+      markdownTable(guestlessTable(gl)),
+      "",
+    );
+    for (const q of o.queues) {
+      chart(`guestless-iops-${q}q.svg`, `guest-less IOPS, ${q} queue(s)`);
+      chart(`guestless-cpu-${q}q.svg`, `guest-less backend CPU per I/O, ${q} queue(s)`);
+    }
+    L.push("Backend peak memory per session:", "", markdownTable(guestlessMemoryTable(gl)), "");
+    const failed = gl.sessions.filter((x) => x.error);
+    if (failed.length)
+      L.push(
+        "Failed sessions (their finished jobs are counted):",
+        "",
+        ...failed.map(
+          (x) => `- ${label(x.backend)}, ${x.queues}q, rep ${x.rep}: ${x.error!.split("\n")[0]}`,
+        ),
+        "",
+      );
+  }
+  if (r.blk) {
+    const o = r.blk.options;
+    L.push(
+      "## In-process virtio-blk (bench/blk-bench.ts)",
+      "",
+      `Run ${r.blk.date}. 4 KiB random reads from a page-cached ${(o.imageBytes / (1 << 20)).toFixed(0)} MiB image through the`,
+      "device (control on the main thread, one dataplane worker per queue, the driver in its own worker),",
+      "against the same reads done directly with `fs.read` (the floor) and `FileHandle.read`, in the same",
+      `run; ${o.reps} repetitions. CPU is per I/O over every thread of the process.`,
+      "",
+      markdownTable(blkTable(r.blk)),
+      "",
+    );
+  }
+  if (r.ring) {
+    L.push(
+      "## In-process ring (bench/ring-bench.ts)",
+      "",
+      `Run ${r.ring.date}. Round trips of 1-descriptor chains between a driver worker and a device worker`,
+      "over the in-process transport (split ring of 256, EVENT_IDX, device in null mode), sleeping",
+      "(`Atomics.wait`) or busy-polling, against postMessage between two workers in the same run;",
+      `${r.ring.options.reps} repetitions.`,
+      "",
+      markdownTable(ringTable(r.ring)),
+      "",
+    );
+  }
+  return L.join("\n");
+}
