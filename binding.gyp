@@ -7,6 +7,7 @@
       "sources": [
         "native/addon.cc",
         "native/files.cc",
+        "native/io.cc",
         "native/memory.cc",
         "native/sockets.cc",
         "native/watch.cc"

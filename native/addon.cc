@@ -128,6 +128,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitMemory(env, exports);
   InitFiles(env, exports);
   InitWatch(env, exports);
+  InitIo(env, exports);
   return exports;
 }
 

@@ -71,6 +71,7 @@ void InitSockets(Napi::Env env, Napi::Object exports);
 void InitMemory(Napi::Env env, Napi::Object exports);
 void InitFiles(Napi::Env env, Napi::Object exports);
 void InitWatch(Napi::Env env, Napi::Object exports);
+void InitIo(Napi::Env env, Napi::Object exports);
 
 // Sets exports.constants[name] = value (Linux ABI values, checked by the
 // TypeScript tests against the literals src/native declares).

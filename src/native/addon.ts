@@ -83,6 +83,12 @@ export interface NativeAddon {
   addSeals(fd: number, seals: number): void;
   getSeals(fd: number): number;
   fallocate(fd: number, mode: number, offset: number, length: number): void;
+  ioNowait(
+    fd: number,
+    buffers: readonly Uint8Array[],
+    position: number,
+    write: boolean,
+  ): number | null;
   blockDeviceInfo(fd: number): BlockDeviceInfo;
   directIoAlignment(fd: number): DirectIoAlignment | null;
   // watch.cc

@@ -62,3 +62,4 @@ export {
   punchHole,
   zeroRange,
 } from "./files.ts";
+export { IO_NOWAIT_MAX_VIEWS, preadvNowait, pwritevNowait } from "./io.ts";
