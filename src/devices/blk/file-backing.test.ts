@@ -6,6 +6,7 @@ import {
   mkdirSync,
   mkdtempSync,
   readFileSync,
+  readSync,
   rmSync,
   statSync,
   truncateSync,
@@ -17,7 +18,7 @@ import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ErrorCode, isVirtioError } from "../../errors.ts";
-import { FileBacking, IOV_MAX } from "./file-backing.ts";
+import { FileBacking, IOV_MAX, type NowaitIo } from "./file-backing.ts";
 import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
@@ -149,7 +150,7 @@ describe("vectored I/O", () => {
     syncBuiltinESMExports();
     try {
       const p = image(16384);
-      const f = await openImg(p);
+      const f = await openImg(p, { nowait: null }); // every transfer through the thread pool
       const data = bytes(8192, 12);
       await f.writev(1024, [
         data.subarray(0, 3000),
@@ -167,6 +168,47 @@ describe("vectored I/O", () => {
       fsm.writev = writev;
       syncBuiltinESMExports();
     }
+  });
+
+  test("non-blocking I/O goes first; partial, declined and refused attempts fall back to the thread pool", async () => {
+    const p = image(16384);
+    const data = bytes(16384, 5);
+    writeFileSync(p, data);
+    const log: string[] = [];
+    let readAnswer: "half" | "null" | "refuse" = "half";
+    const nowait: NowaitIo = {
+      read(fd, iov, pos) {
+        log.push(`r${readAnswer}`);
+        if (readAnswer === "null") return null;
+        if (readAnswer === "refuse")
+          throw Object.assign(new Error("x"), { errnoCode: "EOPNOTSUPP" });
+        // A partly cached read: half of a fresh 4 KiB view inline, then "would block".
+        if (iov[0]!.length !== 4096) return null;
+        const v = iov[0]!.subarray(0, 2048);
+        return readSync(fd, v, 0, v.length, pos);
+      },
+      write() {
+        log.push("w");
+        throw Object.assign(new Error("x"), { errnoCode: "EOPNOTSUPP" });
+      },
+    };
+    const f = await openImg(p, { nowait });
+    const back = new Uint8Array(4096);
+    await f.readv(4096, [back]);
+    assert.deepEqual(back, data.subarray(4096, 8192), "half inline, the rest through the pool");
+    readAnswer = "null";
+    await f.readv(0, [back]);
+    assert.deepEqual(back, data.subarray(0, 4096));
+    readAnswer = "refuse";
+    await f.readv(8192, [back]);
+    await f.readv(8192, [back]);
+    assert.deepEqual(back, data.subarray(8192, 12288));
+    await f.writev(0, [bytes(512, 9)]);
+    await f.writev(512, [bytes(512, 9)]);
+    assert.deepEqual(new Uint8Array(readFileSync(p)).subarray(0, 512), bytes(512, 9));
+    // Refused (EOPNOTSUPP) directions are not tried again.
+    assert.deepEqual(log, ["rhalf", "rhalf", "rnull", "rrefuse", "w"]);
+    await f.close();
   });
 
   test("views aliasing a SharedArrayBuffer (guest memory) work both ways", async () => {

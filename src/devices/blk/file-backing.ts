@@ -83,7 +83,30 @@ export interface FileBackingOptions {
    * undefined to load the native addon on first use.
    */
   readonly fallocate?: FallocateFn | null;
+  /**
+   * Non-blocking preadv2/pwritev2 (RWF_NOWAIT) tried before the thread pool,
+   * so that page-cache hits complete inline: functions, null to never use it,
+   * or undefined to load the native addon (not used with O_DIRECT).
+   */
+  readonly nowait?: NowaitIo | null;
   readonly logger?: BlkLogger;
+}
+
+/** Non-blocking vectored I/O: bytes transferred, or null if it would block. */
+export interface NowaitIo {
+  readonly read: (fd: number, iov: readonly Uint8Array[], position: number) => number | null;
+  readonly write: (fd: number, iov: readonly Uint8Array[], position: number) => number | null;
+}
+
+let nativeNowait: Promise<NowaitIo | null> | undefined;
+
+/** The native RWF_NOWAIT I/O, or null when the addon is not built (imported on first use). */
+function loadNativeNowait(): Promise<NowaitIo | null> {
+  nativeNowait ??= import("../../native/index.ts").then(
+    (m) => (m.nativeAvailable() ? { read: m.preadvNowait, write: m.pwritevNowait } : null),
+    () => null,
+  );
+  return nativeNowait;
 }
 
 function imageError(path: string, what: string, details: Record<string, string | number> = {}) {
@@ -142,6 +165,9 @@ export class FileBacking implements BlkBacking {
   #syncQueued: Promise<void> | null = null;
   #syncFailed: Error | undefined = undefined;
   #closed = false;
+  /** RWF_NOWAIT reads / writes; null once the file system refused them (or never). */
+  #nowaitRead: NowaitIo["read"] | null;
+  #nowaitWrite: NowaitIo["write"] | null;
   /** fallocate modes the file system refused with EOPNOTSUPP: not tried again. */
   readonly #unsupportedModes = new Set<number>();
   #bounceCount = 0;
@@ -152,8 +178,11 @@ export class FileBacking implements BlkBacking {
     size: number,
     o: FileBackingOptions,
     bounce: BouncePool | null,
+    nowait: NowaitIo | null,
   ) {
     this.path = path;
+    this.#nowaitRead = nowait === null ? null : nowait.read;
+    this.#nowaitWrite = nowait === null || o.readOnly === true ? null : nowait.write;
     this.#fh = fh;
     this.#size = size;
     this.readOnly = o.readOnly ?? false;
@@ -206,7 +235,11 @@ export class FileBacking implements BlkBacking {
           },
         );
       const bounce = options.direct === true ? await probeBounce(path, fh, st.size, lbs) : null;
-      return new FileBacking(path, fh, st.size, options, bounce);
+      const nowait =
+        options.direct === true || options.nowait === null
+          ? null
+          : (options.nowait ?? (await loadNativeNowait()));
+      return new FileBacking(path, fh, st.size, options, bounce, nowait);
     } catch (e) {
       await fh.close().catch(() => {});
       throw e;
@@ -267,7 +300,8 @@ export class FileBacking implements BlkBacking {
         batch.push(v);
         bytes += v.length;
       }
-      const n = await vectored(this.#fh.fd, batch, offset + done, write);
+      let n = this.#tryNowait(batch, offset + done, write);
+      if (n === null) n = await vectored(this.#fh.fd, batch, offset + done, write);
       if (n === 0) {
         if (write) throw new Error(`write at ${offset + done} made no progress`);
         zeroFrom(iov, idx, skip); // end of file: the rest reads as zeroes
@@ -288,6 +322,27 @@ export class FileBacking implements BlkBacking {
         }
       }
       while (idx < iov.length && iov[idx]!.length === 0) idx++;
+    }
+  }
+
+  /**
+   * One non-blocking attempt: the bytes moved (> 0), or null to go through
+   * the thread pool (would block, end of file, not supported, or an error the
+   * asynchronous call will report properly).
+   */
+  #tryNowait(iov: Uint8Array[], position: number, write: boolean): number | null {
+    const fn = write ? this.#nowaitWrite : this.#nowaitRead;
+    if (fn === null) return null;
+    try {
+      const n = fn(this.#fh.fd, iov, position);
+      return n !== null && n > 0 ? n : null;
+    } catch (e) {
+      const { errnoCode: code } = (e ?? {}) as { errnoCode?: string };
+      if (code === "EOPNOTSUPP" || code === "EINVAL" || code === "ENOSYS") {
+        if (write) this.#nowaitWrite = null;
+        else this.#nowaitRead = null;
+      }
+      return null;
     }
   }
 
