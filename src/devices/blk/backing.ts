@@ -75,6 +75,11 @@ function settle(fn: () => void): Promise<void> {
 export interface MemoryBackingOptions {
   /** Refuse every write (default false). */
   readonly readOnly?: boolean;
+  /**
+   * Use the given bytes in place instead of copying them (e.g. a view of a
+   * SharedArrayBuffer several workers serve); the size is then fixed.
+   */
+  readonly inPlace?: boolean;
 }
 
 /**
@@ -90,16 +95,23 @@ export class MemoryBacking implements BlkBacking {
   #data: Uint8Array;
   #closed = false;
   readonly readOnly: boolean;
+  readonly #inPlace: boolean;
 
   /**
-   * @param content a size in bytes (zero-filled) or the initial bytes (copied).
-   *   The size must be a multiple of 512.
+   * @param content a size in bytes (zero-filled) or the initial bytes (copied,
+   *   unless `inPlace`). The size must be a multiple of 512.
    */
   constructor(content: number | Uint8Array, options: MemoryBackingOptions = {}) {
     const size = typeof content === "number" ? content : content.length;
     if (!Number.isSafeInteger(size) || size < 0 || size % 512 !== 0)
       throw new RangeError(`memory disk size must be a multiple of 512, got ${size}`);
-    this.#data = typeof content === "number" ? new Uint8Array(size) : content.slice();
+    this.#inPlace = options.inPlace === true && typeof content !== "number";
+    this.#data =
+      typeof content === "number"
+        ? new Uint8Array(size)
+        : this.#inPlace
+          ? content
+          : content.slice();
     this.readOnly = options.readOnly ?? false;
   }
 
@@ -156,6 +168,7 @@ export class MemoryBacking implements BlkBacking {
   }
 
   resize(size: number): Promise<void> {
+    if (this.#inPlace) return Promise.reject(new Error("a disk used in place cannot be resized"));
     if (!Number.isSafeInteger(size) || size < 0 || size % 512 !== 0)
       return Promise.reject(new RangeError(`memory disk size must be a multiple of 512`));
     const next = new Uint8Array(size);
