@@ -400,10 +400,12 @@ export class BlkDeviceConfig implements BlkRequestPolicy {
   }
 
   /**
-   * Sets a new capacity (bytes, a multiple of the logical block size). The
-   * caller bumps the config generation and sends a config-change notification.
+   * Checks a new disk size before anything is resized.
+   *
+   * @throws {RangeError} unless `capacityBytes` is a non-negative multiple of
+   *   the logical block size.
    */
-  resize(capacityBytes: number): void {
+  checkCapacity(capacityBytes: number): void {
     const blockBytes = this.blockSectors * 512;
     if (
       !Number.isSafeInteger(capacityBytes) ||
@@ -413,6 +415,14 @@ export class BlkDeviceConfig implements BlkRequestPolicy {
       throw new RangeError(
         `capacity must be a non-negative multiple of ${blockBytes} bytes, got ${capacityBytes}`,
       );
+  }
+
+  /**
+   * Sets a new capacity (bytes, a multiple of the logical block size). The
+   * caller bumps the config generation and sends a config-change notification.
+   */
+  resize(capacityBytes: number): void {
+    this.checkCapacity(capacityBytes);
     this.#capacity = capacityBytes / 512;
     this.#dv.setUint32(BlkConfig.capacity, this.#capacity >>> 0, true);
     this.#dv.setUint32(BlkConfig.capacity + 4, Math.floor(this.#capacity / 0x1_0000_0000), true);

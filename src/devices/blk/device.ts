@@ -136,15 +136,7 @@ export class BlkDevice implements VirtioDeviceBackend {
    * capacity; the framework bumps the config generation and notifies.
    */
   async resize(capacityBytes: number): Promise<void> {
-    const blockBytes = this.blkConfig.blockSectors * 512;
-    if (
-      !Number.isSafeInteger(capacityBytes) ||
-      capacityBytes < 0 ||
-      capacityBytes % blockBytes !== 0
-    )
-      throw new RangeError(
-        `capacity must be a multiple of ${blockBytes} bytes, got ${capacityBytes}`,
-      );
+    this.blkConfig.checkCapacity(capacityBytes);
     if (capacityBytes !== this.backing.size) {
       if (this.backing.resize === undefined)
         throw new TypeError("this backing store cannot be resized");

@@ -281,15 +281,7 @@ export class BlkDataplaneDevice implements VirtioDeviceBackend {
    * @throws {TypeError} if the disk cannot be resized (e.g. shared memory, read-only).
    */
   async resize(capacityBytes: number): Promise<void> {
-    const blockBytes = this.blkConfig.blockSectors * 512;
-    if (
-      !Number.isSafeInteger(capacityBytes) ||
-      capacityBytes < 0 ||
-      capacityBytes % blockBytes !== 0
-    )
-      throw new RangeError(
-        `capacity must be a multiple of ${blockBytes} bytes, got ${capacityBytes}`,
-      );
+    this.blkConfig.checkCapacity(capacityBytes);
     const [first, ...rest] = this.#workers;
     await first!.request({ type: "resize", bytes: capacityBytes });
     await Promise.all(rest.map((w) => w.request({ type: "resize", bytes: capacityBytes })));
