@@ -93,6 +93,10 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
     assert.deepEqual(await p.exit(), { code: 0, signal: null }, p.dump());
     assert.equal(existsSync(sock), false, "socket file removed");
     const err = lines(p.stderr);
+    assert.equal(
+      err[0],
+      `virtio-ts: serving ${image} (1 MiB) as virtio-blk: 2 queues of 128, read-only`,
+    );
     assert.ok(err.includes("virtio-ts: conn 1: front-end connected"), p.dump());
     assert.ok(err.includes("virtio-ts: conn 2: front-end connected"), p.dump());
     assert.ok(err.includes("virtio-ts: conn 2: vhost-user: front-end disconnected"), p.dump());
@@ -147,12 +151,20 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
     t.after(() => close(listener));
     // The child gets the listener as its fd 3.
     const p = new CliProcess(
-      ["vhost-user-blk", "--fd", "3", "--image", image, "--serial", "vts-fd-disk"],
+      [
+        "vhost-user-blk",
+        ...["--fd", "3", "--image", image, "--serial", "vts-fd-disk"],
+        ...["--logical-block-size", "4096", "--writeback", "--direct"],
+      ],
       ["ignore", "pipe", "pipe", listener],
     );
     t.after(() => p.kill());
     await p.waitStdout(/listening on /);
     assert.equal(p.stdout, "listening on fd 3\n");
+    assert.equal(
+      lines(p.stderr)[0],
+      `virtio-ts: serving ${image} (1 MiB) as virtio-blk: 1 queue of 128, writeback cache, 4096-byte blocks, O_DIRECT, serial vts-fd-disk`,
+    );
     assert.ok(hasFeature(await probeFeatures(sock), VIRTIO_F_VERSION_1));
     p.proc.kill("SIGTERM");
     assert.equal((await p.exit()).code, 0, p.dump());

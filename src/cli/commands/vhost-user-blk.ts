@@ -93,6 +93,19 @@ function listen(s: Settings, backend: VhostUserBlkBackend, log: CliLog): VhostUs
   }
 }
 
+/** The start-up line: what is served and how. */
+function describe(s: Settings, size: number): string {
+  const mib = size / 2 ** 20;
+  const queues = `${s.numQueues} ${s.numQueues === 1 ? "queue" : "queues"} of ${s.queueSize}`;
+  const cache = s.readOnly ? "read-only" : s.writeback ? "writeback cache" : "write-through";
+  const extra = [
+    ...(s.logicalBlockSize === 512 ? [] : [`${s.logicalBlockSize}-byte blocks`]),
+    ...(s.direct ? ["O_DIRECT"] : []),
+    ...(s.serial === undefined ? [] : [`serial ${s.serial}`]),
+  ];
+  return `serving ${s.image} (${Number.isInteger(mib) ? mib : mib.toFixed(1)} MiB) as virtio-blk: ${[queues, cache, ...extra].join(", ")}`;
+}
+
 /** Resolves with the first stop signal; `second` is called on any later one. */
 function stopSignals(io: CliIo, second: () => void): { first: Promise<string>; off: () => void } {
   let seen = false;
@@ -127,11 +140,7 @@ async function serve(s: Settings, ctx: CommandContext): Promise<number> {
     await backing.close();
     throw e;
   }
-  const sizeMiB = (backing.size / 2 ** 20).toFixed(backing.size % 2 ** 20 === 0 ? 0 : 1);
-  log.debug(
-    `${s.image}: ${sizeMiB} MiB, ${s.numQueues} queue(s) of ${s.queueSize}, ` +
-      `${s.readOnly ? "read-only" : s.writeback ? "writeback" : "write-through"}${s.direct ? ", O_DIRECT" : ""}`,
-  );
+  log.line(describe(s, backing.size));
   let forced!: (code: number) => void;
   const forcedExit = new Promise<number>((r) => (forced = r));
   const signals = stopSignals(io, () => {
