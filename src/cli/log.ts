@@ -49,6 +49,11 @@ export class CliLog {
     this.#io.err(`virtio-ts: ${conn}${message}`);
   }
 
+  /** One ordinary line about the whole process (never names a connection). */
+  process(message: string): void {
+    this.#io.err(`virtio-ts: ${message}`);
+  }
+
   /** One line on stderr only with `--verbose`. */
   debug(message: string): void {
     if (this.#verbose) this.line(message);

@@ -10,6 +10,7 @@
 import { fstatSync } from "node:fs";
 import { ErrorCode, isVirtioError } from "../../errors.ts";
 import { FileBacking } from "../../devices/blk/file-backing.ts";
+import { errorText } from "../../devices/blk/log.ts";
 import { isNativeError } from "../../native/index.ts";
 import { VhostUserBlkBackend } from "../../vhost-user/blk-backend.ts";
 import { VhostUserServer } from "../../vhost-user/server.ts";
@@ -119,6 +120,21 @@ function stopSignals(io: CliIo, second: () => void): { first: Promise<string>; o
   return { first, off };
 }
 
+/** Stops the server (rings drain), then flushes and closes the image. */
+async function stop(server: VhostUserServer, backing: FileBacking): Promise<number> {
+  await server.close();
+  try {
+    await backing.flush();
+  } catch (e) {
+    throw new CommandError(
+      `disk image ${backing.path}: flush failed while stopping: ${errorText(e)}`,
+    );
+  } finally {
+    await backing.close();
+  }
+  return 0;
+}
+
 async function serve(s: Settings, ctx: CommandContext): Promise<number> {
   const { io, log } = ctx;
   const backing = await openImage(s, log);
@@ -140,27 +156,18 @@ async function serve(s: Settings, ctx: CommandContext): Promise<number> {
     await backing.close();
     throw e;
   }
-  log.line(describe(s, backing.size));
+  log.process(describe(s, backing.size));
   let forced!: (code: number) => void;
   const forcedExit = new Promise<number>((r) => (forced = r));
   const signals = stopSignals(io, () => {
-    log.line("second stop signal: exiting without draining");
+    log.process("second stop signal: exiting without draining");
     forced(1);
   });
   io.out(`listening on ${s.socket ?? `fd ${s.fd}`}`);
   const signal = await signals.first;
-  log.connection = undefined;
-  log.line(`${signal}: stopping (draining requests in flight)`);
-  const stopped = (async (): Promise<number> => {
-    await server.close();
-    try {
-      await backing.flush();
-    } finally {
-      await backing.close();
-    }
-    log.line("stopped");
-    return 0;
-  })();
+  log.process(`${signal}: stopping (draining requests in flight)`);
+  const stopped = stop(server, backing);
+  stopped.then(() => log.process("stopped")).catch(() => {});
   try {
     return await Promise.race([stopped, forcedExit]);
   } finally {
