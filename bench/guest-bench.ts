@@ -52,8 +52,8 @@ export interface GuestBenchOptions {
   readonly workloads?: readonly FioWorkload[];
   /** Progress lines. */
   readonly log: (line: string) => void;
-  /** Extra environment for virtio-ts (e.g. NODE_OPTIONS for a CPU profile). */
-  readonly virtioTsEnv?: Readonly<Record<string, string>>;
+  /** Node options for the virtio-ts backend (e.g. `--cpu-prof`). */
+  readonly virtioTsNodeArgs?: readonly string[];
   /** Extra arguments for virtio-ts (e.g. `--verbose`). */
   readonly virtioTsArgs?: readonly string[];
   /** Where a failed run's message, backend output and serial log are written. */
@@ -115,7 +115,7 @@ export interface GuestBenchReport {
   readonly date: string;
   readonly options: Omit<
     GuestBenchOptions,
-    "log" | "virtioTsEnv" | "virtioTsArgs" | "imagePath" | "failureDir"
+    "log" | "virtioTsNodeArgs" | "virtioTsArgs" | "imagePath" | "failureDir"
   > & {
     readonly workloads: readonly FioWorkload[];
   };
@@ -215,7 +215,7 @@ async function guestRun(
         socketPath: socket,
         imagePath: o.imagePath,
         numQueues: queues,
-        ...(backend === "virtio-ts" && o.virtioTsEnv ? { env: o.virtioTsEnv } : {}),
+        ...(backend === "virtio-ts" && o.virtioTsNodeArgs ? { nodeArgs: o.virtioTsNodeArgs } : {}),
         ...(backend === "virtio-ts" && o.virtioTsArgs ? { extraArgs: o.virtioTsArgs } : {}),
       });
       sampler = new BackendSampler(server.pid);

@@ -31,11 +31,13 @@ export interface GuestlessBenchOptions {
   readonly seconds: number;
   readonly warmupSeconds: number;
   readonly depths: readonly number[];
+  /** Which jobs (default both). */
+  readonly rws?: readonly DriverJob["rw"][];
   readonly queues: readonly number[];
   readonly backends: readonly VhostBackendKind[];
   readonly log: (line: string) => void;
-  /** Extra environment / arguments for virtio-ts (profiling). */
-  readonly virtioTsEnv?: Readonly<Record<string, string>>;
+  /** Node options / CLI arguments for virtio-ts (profiling, tracing). */
+  readonly virtioTsNodeArgs?: readonly string[];
   readonly virtioTsArgs?: readonly string[];
 }
 
@@ -77,7 +79,7 @@ export interface GuestlessBenchReport {
   readonly date: string;
   readonly options: Omit<
     GuestlessBenchOptions,
-    "log" | "virtioTsEnv" | "virtioTsArgs" | "imagePath"
+    "log" | "virtioTsNodeArgs" | "virtioTsArgs" | "imagePath"
   >;
   readonly sessions: readonly GuestlessSession[];
   readonly points: readonly GuestlessPoint[];
@@ -119,7 +121,7 @@ function runDriver(input: DriverInput, timeoutMs: number): Promise<DriverOutput>
 
 function jobsOf(o: GuestlessBenchOptions): DriverJob[] {
   const jobs: DriverJob[] = [];
-  for (const rw of ["randread", "randwrite"] as const)
+  for (const rw of o.rws ?? (["randread", "randwrite"] as const))
     for (const depth of o.depths) jobs.push({ rw, depth, seconds: o.seconds });
   return jobs;
 }
@@ -144,7 +146,7 @@ async function session(
       socketPath: socket,
       imagePath: o.imagePath,
       numQueues: queues,
-      ...(backend === "virtio-ts" && o.virtioTsEnv ? { env: o.virtioTsEnv } : {}),
+      ...(backend === "virtio-ts" && o.virtioTsNodeArgs ? { nodeArgs: o.virtioTsNodeArgs } : {}),
       ...(backend === "virtio-ts" && o.virtioTsArgs ? { extraArgs: o.virtioTsArgs } : {}),
     });
     const timeoutMs = 60_000 + (o.warmupSeconds + jobs.length * (o.seconds + 10)) * 1000;

@@ -151,7 +151,7 @@ interface SharedImage {
 
 async function runGuest(
   image: SharedImage,
-  env: Record<string, string> | undefined,
+  nodeArgs: readonly string[] | undefined,
 ): Promise<void> {
   console.log(`\nreal-guest benchmark (${reps} repetitions; progress per QEMU run)`);
   const r = await guestBench({
@@ -163,7 +163,7 @@ async function runGuest(
     backends: ["virtio-ts", "qsd", "qemu-builtin"],
     log: progress,
     failureDir: join(resultsDir, "failures"),
-    ...(env ? { virtioTsEnv: env } : {}),
+    ...(nodeArgs ? { virtioTsNodeArgs: nodeArgs } : {}),
   });
   writeResult("guest", r);
   console.log(`\nreal guest; written to bench/results/guest.json`);
@@ -174,7 +174,7 @@ async function runGuest(
 
 async function runGuestless(
   image: SharedImage,
-  env: Record<string, string> | undefined,
+  nodeArgs: readonly string[] | undefined,
 ): Promise<void> {
   console.log(`\nguest-less benchmark (${reps} repetitions; progress per session)`);
   const r = await guestlessBench({
@@ -186,7 +186,7 @@ async function runGuestless(
     queues: [1, 2],
     backends: ["virtio-ts", "qsd"],
     log: progress,
-    ...(env ? { virtioTsEnv: env } : {}),
+    ...(nodeArgs ? { virtioTsNodeArgs: nodeArgs } : {}),
   });
   writeResult("guestless", r);
   console.log(`\nguest-less; written to bench/results/guestless.json`);
@@ -230,12 +230,12 @@ async function main(): Promise<void> {
     const image = { path: join(dir, "disk.img"), bytes: (quick ? 256 : 1024) << 20 };
     const profDir = flags["cpu-prof"] === undefined ? undefined : resolve(flags["cpu-prof"]);
     if (profDir) mkdirSync(profDir, { recursive: true });
-    const env = profDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profDir}` } : undefined;
+    const nodeArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : undefined;
     try {
       console.log(`\ncreating a fully written ${image.bytes >> 20} MiB raw image in ${dir}`);
       createImage(image.path, image.bytes);
-      if (wanted("guest")) await timed("guest", () => runGuest(image, env));
-      if (wanted("guestless")) await timed("guestless", () => runGuestless(image, env));
+      if (wanted("guest")) await timed("guest", () => runGuest(image, nodeArgs));
+      if (wanted("guestless")) await timed("guestless", () => runGuestless(image, nodeArgs));
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -43,6 +43,12 @@ export interface BenchBackendOptions {
   readonly env?: Readonly<Record<string, string>>;
   /** Extra command-line arguments (e.g. `--verbose`). */
   readonly extraArgs?: readonly string[];
+  /**
+   * virtio-ts only: Node options for the backend process (e.g. `--cpu-prof`,
+   * which NODE_OPTIONS does not accept); the CLI's bin then runs as
+   * `node <nodeArgs> <bin>`.
+   */
+  readonly nodeArgs?: readonly string[];
 }
 
 /** A running backend with the pid to measure. */
@@ -106,7 +112,11 @@ export async function startBenchBackend(
       env,
     );
   } else {
-    const { cmd, args } = virtioTsCommand();
+    let { cmd, args } = virtioTsCommand();
+    if (o.nodeArgs?.length) {
+      if (args.length > 0) throw new Error("nodeArgs need the CLI's package.json bin");
+      [cmd, args] = [process.execPath, [...o.nodeArgs, cmd]];
+    }
     b = await spawnBackend(
       "virtio-ts vhost-user-blk",
       cmd,

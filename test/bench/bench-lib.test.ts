@@ -148,3 +148,30 @@ test("parseFioJson: missing markers, a job error or missing figures throw", () =
     /lacks its randread figures/,
   );
 });
+
+test("summarizeProfile: self time per function and file, idle left out of the shares", async () => {
+  const { summarizeProfile } = await import("../../bench/profile-summary.ts");
+  const frame = (functionName: string, url: string) => ({ functionName, url, lineNumber: 0 });
+  const s = summarizeProfile({
+    nodes: [
+      { id: 1, callFrame: frame("(root)", "") },
+      { id: 2, callFrame: frame("(idle)", "") },
+      { id: 3, callFrame: frame("read", "file:///x/a.ts") },
+      { id: 4, callFrame: frame("write", "file:///x/a.ts") },
+      { id: 5, callFrame: frame("", "file:///x/b.ts") },
+    ],
+    samples: [2, 3, 3, 4, 5, 2],
+    timeDeltas: [100, 10, 10, 20, 60, 100],
+  });
+  assert.equal(s.totalMicros, 300);
+  assert.equal(s.idleMicros, 200);
+  assert.deepEqual(
+    s.byFile.map((f) => [f.name, f.share]),
+    [
+      ["/x/b.ts", 0.6],
+      ["/x/a.ts", 0.4],
+    ],
+  );
+  assert.equal(s.byFunction[0]!.name, "(anonymous) /x/b.ts:1");
+  assert.equal(s.byFunction.find((f) => f.name.startsWith("read"))!.micros, 20);
+});
