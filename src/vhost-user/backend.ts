@@ -84,4 +84,6 @@ export interface VhostUserBackend {
   stopQueue(index: number): Promise<void>;
   /** VHOST_USER_RESET_DEVICE, after every ring stopped: forget device state. */
   reset?(): void | Promise<void>;
+  /** Releases what the device holds (e.g. its disk image) when it is no longer served. */
+  close?(): void | Promise<void>;
 }

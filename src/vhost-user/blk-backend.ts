@@ -115,6 +115,11 @@ export class VhostUserBlkBackend implements VhostUserBackend {
     }
   }
 
+  /** Closes the backing store. */
+  async close(): Promise<void> {
+    await this.backing.close();
+  }
+
   reset(): void {
     this.blkConfig.reset();
     this.#storeWriteback(this.config);

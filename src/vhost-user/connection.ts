@@ -109,6 +109,11 @@ export class VhostUserConnection {
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
   }
 
+  /** True once the connection is closing (the peer hung up, a violation, or close()). */
+  get closing(): boolean {
+    return this.#closing;
+  }
+
   /** The connection's state (read-only use: tests, stats). */
   get session(): VhostUserSession {
     return this.#session;

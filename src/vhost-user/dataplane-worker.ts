@@ -17,6 +17,7 @@
 import { ErrorCode, VirtioError, isVirtioError, type ErrorCodeValue } from "../errors.ts";
 import type { VhostUserBackend } from "./backend.ts";
 import { LocalDataplane, type RingStart } from "./dataplane.ts";
+import type { BlkLogger } from "../devices/blk/log.ts";
 import type { RegionInfo } from "./memory-table.ts";
 import { NativeEventFds, NativeMapper } from "./native-host.ts";
 
@@ -30,6 +31,13 @@ export interface DataplaneWorkerInit {
   readonly backendOptions: unknown;
   /** Window limit of the worker's mappings (tests; default 4 GiB). */
   readonly maxWindow?: number;
+  /** Give the device a trace hook whose lines travel to the control thread as `log` events. */
+  readonly trace?: boolean;
+}
+
+/** What the factory gets besides its options: a logger whose lines reach the control thread. */
+export interface DataplaneWorkerEnv {
+  readonly logger: BlkLogger;
 }
 
 /** A VirtioError (or any error) as it crosses threads. */
@@ -86,7 +94,11 @@ export type DataplaneEvent =
       readonly session: number;
       readonly index: number;
       readonly error: WireError;
-    };
+    }
+  | { readonly event: "log"; readonly level: LogLevel; readonly message: string };
+
+/** The level of a device log line sent from a worker. */
+export type LogLevel = "error" | "warn" | "trace";
 
 /** The other end of a message channel (a worker's parentPort, or a test double). */
 export interface WorkerEndpoint {
@@ -124,9 +136,22 @@ export async function serveDataplaneWorker(
     const factory = mod[init.backendExport];
     if (typeof factory !== "function")
       throw new TypeError(`${init.backendModule} has no function export ${init.backendExport}`);
-    backend = await (factory as (o: unknown) => VhostUserBackend | Promise<VhostUserBackend>)(
-      init.backendOptions,
-    );
+    const log =
+      (level: LogLevel) =>
+      (message: string): void =>
+        endpoint.postMessage({ event: "log", level, message } satisfies DataplaneEvent);
+    const env: DataplaneWorkerEnv = {
+      logger: {
+        error: log("error"),
+        warn: log("warn"),
+        trace: init.trace ? log("trace") : undefined,
+      },
+    };
+    type Factory = (
+      o: unknown,
+      env: DataplaneWorkerEnv,
+    ) => VhostUserBackend | Promise<VhostUserBackend>;
+    backend = await (factory as Factory)(init.backendOptions, env);
   } catch (e) {
     endpoint.postMessage({ event: "failed", error: toWireError(e) } satisfies DataplaneEvent);
     return;
@@ -198,6 +223,7 @@ class WorkerState {
         return void (await this.#backend.reset?.());
       case "shutdown":
         for (const session of [...this.#sessions.keys()]) await this.#dispose(session);
+        await this.#backend.close?.();
         return undefined;
     }
   }

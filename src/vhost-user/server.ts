@@ -62,6 +62,8 @@ export class VhostUserServer {
   readonly #eventFds = new NativeEventFds();
   #watch: FdWatch | undefined;
   #current: VhostUserConnection | undefined;
+  /** A front-end that connected while the previous connection was still releasing its resources. */
+  #next: number | undefined;
   #closing: Promise<void> | undefined;
 
   /**
@@ -104,6 +106,8 @@ export class VhostUserServer {
     this.#watch = undefined;
     close(this.#fd);
     if (this.path !== undefined) unlinkQuietly(this.path);
+    if (this.#next !== undefined) close(this.#next);
+    this.#next = undefined;
     await this.#current?.close();
   }
 
@@ -117,13 +121,28 @@ export class VhostUserServer {
         return;
       }
       if (fd === null) return;
-      if (this.#current !== undefined || this.#closing !== undefined) {
+      const current = this.#current;
+      if (current === undefined && this.#closing === undefined) {
+        this.#serve(fd);
+      } else if (
+        current?.closing === true &&
+        this.#next === undefined &&
+        this.#closing === undefined
+      ) {
+        // The previous front-end hung up and its rings are still draining: serve this one right after.
+        this.#next = fd;
+        void current.closed.then(() => this.#serveNext(fd));
+      } else {
         this.#log("vhost-user: refusing a second front-end connection (one at a time)");
         close(fd);
-        continue;
       }
-      this.#serve(fd);
     }
+  }
+
+  #serveNext(fd: number): void {
+    if (this.#next !== fd) return; // the server closed meanwhile (and closed the fd)
+    this.#next = undefined;
+    this.#serve(fd);
   }
 
   #serve(fd: number): void {

@@ -27,6 +27,7 @@ import {
   type DataplaneReply,
   type DataplaneRequest,
   type DataplaneWorkerInit,
+  type LogLevel,
 } from "./dataplane-worker.ts";
 import type { RegionInfo } from "./memory-table.ts";
 
@@ -46,6 +47,10 @@ export interface DataplaneWorkerOptions {
   readonly loaderRegister?: string;
   /** Window limit of the worker's mappings (tests; default 4 GiB). */
   readonly maxWindow?: number;
+  /** Turn on the device's trace hook in the worker (lines arrive through `onLog`). */
+  readonly trace?: boolean;
+  /** Receives the device's log lines from the worker (default: dropped). */
+  readonly onLog?: (level: LogLevel, message: string) => void;
 }
 
 /** The message channel to a worker (a Node Worker, or a test double). */
@@ -67,14 +72,16 @@ export class DataplaneWorker {
   readonly #port: WorkerPort;
   readonly #pending = new Map<number, Pending>();
   readonly #events = new Map<string, RingEvents>();
+  readonly #onLog: ((level: LogLevel, message: string) => void) | undefined;
   #nextId = 1;
   #dead: VirtioError | undefined;
   /** Resolves once the device is built in the worker; rejects if that failed. */
   readonly ready: Promise<void>;
 
   /** Wraps a port; see {@link DataplaneWorker.spawn} for a real worker. */
-  constructor(port: WorkerPort) {
+  constructor(port: WorkerPort, onLog?: (level: LogLevel, message: string) => void) {
     this.#port = port;
+    this.#onLog = onLog;
     let ready!: () => void;
     let failed!: (e: VirtioError) => void;
     this.ready = new Promise<void>((resolve, reject) => {
@@ -101,6 +108,7 @@ export class DataplaneWorker {
       backendExport: o.backendExport ?? "createBackend",
       backendOptions: o.backendOptions,
       ...(o.maxWindow === undefined ? {} : { maxWindow: o.maxWindow }),
+      ...(o.trace === true ? { trace: true } : {}),
     };
     // The entry has this module's extension: .ts in the sources, .js once built.
     const entry = new URL(
@@ -115,15 +123,18 @@ export class DataplaneWorker {
               `.then((m) => { m.register(); return import(${JSON.stringify(entry.href)}); })`,
             { eval: true, workerData: init },
           );
-    return new DataplaneWorker({
-      postMessage: (m) => worker.postMessage(m),
-      onMessage: (h) => void worker.on("message", h),
-      onExit(h) {
-        worker.once("error", (e) => h(e.message));
-        worker.once("exit", (code) => h(`exit code ${code}`));
+    return new DataplaneWorker(
+      {
+        postMessage: (m) => worker.postMessage(m),
+        onMessage: (h) => void worker.on("message", h),
+        onExit(h) {
+          worker.once("error", (e) => h(e.message));
+          worker.once("exit", (code) => h(`exit code ${code}`));
+        },
+        terminate: async () => void (await worker.terminate()),
       },
-      terminate: async () => void (await worker.terminate()),
-    });
+      o.onLog,
+    );
   }
 
   /** A dataplane for one connection, with its rings on this worker. */
@@ -169,6 +180,7 @@ export class DataplaneWorker {
     if ("event" in m) {
       if (m.event === "ready") ready();
       else if (m.event === "failed") failed(fromWireError(m.error));
+      else if (m.event === "log") this.#onLog?.(m.level, m.message);
       else this.#events.get(`${m.session}/${m.index}`)?.broken(fromWireError(m.error));
       return;
     }

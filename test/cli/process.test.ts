@@ -95,7 +95,7 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
     const err = lines(p.stderr);
     assert.equal(
       err[0],
-      `virtio-ts: serving ${image} (1 MiB) as virtio-blk: 2 queues of 128, read-only`,
+      `virtio-ts: serving ${image} (1 MiB) as virtio-blk: 2 queues of 128, read-only, 1 I/O thread`,
     );
     assert.ok(err.includes("virtio-ts: conn 1: front-end connected"), p.dump());
     assert.ok(err.includes("virtio-ts: conn 2: front-end connected"), p.dump());
@@ -163,7 +163,7 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
     assert.equal(p.stdout, "listening on fd 3\n");
     assert.equal(
       lines(p.stderr)[0],
-      `virtio-ts: serving ${image} (1 MiB) as virtio-blk: 1 queue of 128, writeback cache, 4096-byte blocks, O_DIRECT, serial vts-fd-disk`,
+      `virtio-ts: serving ${image} (1 MiB) as virtio-blk: 1 queue of 128, writeback cache, 1 I/O thread, 4096-byte blocks, O_DIRECT, serial vts-fd-disk`,
     );
     assert.ok(hasFeature(await probeFeatures(sock), VIRTIO_F_VERSION_1));
     p.proc.kill("SIGTERM");

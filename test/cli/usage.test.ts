@@ -189,7 +189,7 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
     assert.equal(await run, ExitStatus.OK, io.dump());
     assert.equal(existsSync(sock), false, "socket removed");
     assert.deepEqual(io.stderr, [
-      `virtio-ts: serving ${image} (1 MiB) as virtio-blk: 1 queue of 128, write-through`,
+      `virtio-ts: serving ${image} (1 MiB) as virtio-blk: 1 queue of 128, write-through, 1 I/O thread`,
       "virtio-ts: SIGTERM: stopping (draining requests in flight)",
       "virtio-ts: stopped",
     ]);

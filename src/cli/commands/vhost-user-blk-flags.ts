@@ -104,6 +104,15 @@ export const FLAGS: readonly FlagSpec[] = [
     group: "I/O",
     help: "Requests each queue has in flight on the image,\n1..32768 (default 32).",
   },
+  {
+    name: "io-threads",
+    kind: "integer",
+    metavar: "N",
+    min: 0,
+    max: 64,
+    group: "I/O",
+    help: "Dataplane worker threads that run the queues (queue i\non thread i mod N; default 1). 0 runs the queues on\nthe thread that answers the VMM.",
+  },
 ];
 
 /** Help text after the flag list. */
@@ -137,6 +146,7 @@ export interface Settings {
   readonly writeback: boolean;
   readonly direct: boolean;
   readonly maxInFlight: number | undefined;
+  readonly ioThreads: number;
 }
 
 /**
@@ -159,5 +169,6 @@ export function settings(f: ParsedFlags): Settings {
     writeback: f.has("writeback"),
     direct: f.has("direct"),
     maxInFlight: f.get("max-in-flight") as number | undefined,
+    ioThreads: (f.get("io-threads") as number | undefined) ?? 1,
   };
 }

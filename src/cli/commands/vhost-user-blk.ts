@@ -13,7 +13,9 @@ import { FileBacking } from "../../devices/blk/file-backing.ts";
 import { errorText } from "../../devices/blk/log.ts";
 import { isNativeError } from "../../native/index.ts";
 import { VhostUserBlkBackend } from "../../vhost-user/blk-backend.ts";
+import type { BlkFileBackendOptions } from "../../vhost-user/blk-file-backend.ts";
 import { VhostUserServer } from "../../vhost-user/server.ts";
+import { DataplaneWorker, WorkerDataplane } from "../../vhost-user/worker-dataplane.ts";
 import type { CliIo, CliLog } from "../log.ts";
 import { type Command, type CommandContext, CommandError } from "./command.ts";
 import { EPILOG, FLAGS, type Settings, settings } from "./vhost-user-blk-flags.ts";
@@ -72,12 +74,69 @@ function checkListenFd(fd: number): void {
   if (!socket) throw new CommandError(`fd ${fd} is not a socket`);
 }
 
-function listen(s: Settings, backend: VhostUserBlkBackend, log: CliLog): VhostUserServer {
+/** Options every device instance is built with (on the control thread and in each worker). */
+function deviceOptions(s: Settings): Omit<BlkFileBackendOptions, "imagePath" | "direct"> {
+  return {
+    numQueues: s.numQueues,
+    queueSize: s.queueSize,
+    readOnly: s.readOnly,
+    logicalBlockSize: s.logicalBlockSize,
+    writeback: s.writeback,
+    ...(s.serial === undefined ? {} : { serial: s.serial }),
+    ...(s.maxInFlight === undefined ? {} : { maxInFlight: s.maxInFlight }),
+  };
+}
+
+/**
+ * Starts the dataplane workers: each opens the image itself and runs the
+ * rings given to it; its device's log lines come back to this thread's log.
+ */
+async function startWorkers(s: Settings, log: CliLog): Promise<DataplaneWorker[]> {
+  const workers: DataplaneWorker[] = [];
+  // Running from the TypeScript sources: a worker's entry needs tsx too.
+  const loader = import.meta.url.endsWith(".ts")
+    ? { loaderRegister: import.meta.resolve("tsx/esm/api") }
+    : {};
+  for (let i = 0; i < s.ioThreads; i++) {
+    workers.push(
+      DataplaneWorker.spawn({
+        backendModule: import.meta.resolve("../../vhost-user/blk-file-backend.ts"),
+        backendOptions: {
+          ...deviceOptions(s),
+          imagePath: s.image,
+          direct: s.direct,
+        } satisfies BlkFileBackendOptions,
+        trace: log.verbose,
+        onLog: (level, message) => (level === "trace" ? log.trace(message) : log.line(message)),
+        ...loader,
+      }),
+    );
+  }
+  const started = await Promise.allSettled(workers.map((w) => w.ready));
+  const failed = started.find((r) => r.status === "rejected");
+  if (failed !== undefined) {
+    await stopWorkers(workers);
+    throw new CommandError(`dataplane worker: ${errorText(failed.reason)}`);
+  }
+  return workers;
+}
+
+async function stopWorkers(workers: readonly DataplaneWorker[]): Promise<void> {
+  await Promise.all(workers.map((w) => w.terminate().catch(() => {})));
+}
+
+function listen(
+  s: Settings,
+  backend: VhostUserBlkBackend,
+  workers: readonly DataplaneWorker[],
+  log: CliLog,
+): VhostUserServer {
   let connections = 0;
   if (s.fd !== undefined) checkListenFd(s.fd);
   try {
     return new VhostUserServer({
       backend,
+      ...(workers.length === 0 ? {} : { createDataplane: () => new WorkerDataplane(workers) }),
       ...(s.socket === undefined ? { listenFd: s.fd! } : { path: s.socket }),
       log: (line) => log.line(line),
       onConnection: (conn) => {
@@ -104,7 +163,11 @@ function describe(s: Settings, size: number): string {
     ...(s.direct ? ["O_DIRECT"] : []),
     ...(s.serial === undefined ? [] : [`serial ${s.serial}`]),
   ];
-  return `serving ${s.image} (${Number.isInteger(mib) ? mib : mib.toFixed(1)} MiB) as virtio-blk: ${[queues, cache, ...extra].join(", ")}`;
+  const threads =
+    s.ioThreads === 0
+      ? "queues on the main thread"
+      : `${s.ioThreads} I/O ${s.ioThreads === 1 ? "thread" : "threads"}`;
+  return `serving ${s.image} (${Number.isInteger(mib) ? mib : mib.toFixed(1)} MiB) as virtio-blk: ${[queues, cache, threads, ...extra].join(", ")}`;
 }
 
 /** Resolves with the first stop signal; `second` is called on any later one. */
@@ -120,10 +183,16 @@ function stopSignals(io: CliIo, second: () => void): { first: Promise<string>; o
   return { first, off };
 }
 
-/** Stops the server (rings drain), then flushes and closes the image. */
-async function stop(server: VhostUserServer, backing: FileBacking): Promise<number> {
+/** Stops the server (rings drain), the workers, then flushes and closes the image. */
+async function stop(
+  server: VhostUserServer,
+  workers: readonly DataplaneWorker[],
+  backing: FileBacking,
+): Promise<number> {
   await server.close();
+  await stopWorkers(workers);
   try {
+    // fdatasync covers the file, whichever thread's descriptor wrote the data.
     await backing.flush();
   } catch (e) {
     throw new CommandError(
@@ -139,20 +208,17 @@ async function serve(s: Settings, ctx: CommandContext): Promise<number> {
   const { io, log } = ctx;
   const backing = await openImage(s, log);
   let server: VhostUserServer;
+  let workers: DataplaneWorker[] = [];
   try {
     const backend = new VhostUserBlkBackend({
+      ...deviceOptions(s),
       backing,
-      numQueues: s.numQueues,
-      queueSize: s.queueSize,
-      readOnly: s.readOnly,
-      logicalBlockSize: s.logicalBlockSize,
-      writeback: s.writeback,
-      ...(s.serial === undefined ? {} : { serial: s.serial }),
-      ...(s.maxInFlight === undefined ? {} : { maxInFlight: s.maxInFlight }),
       logger: log.blkLogger(),
     });
-    server = listen(s, backend, log);
+    workers = await startWorkers(s, log);
+    server = listen(s, backend, workers, log);
   } catch (e) {
+    await stopWorkers(workers);
     await backing.close();
     throw e;
   }
@@ -166,7 +232,7 @@ async function serve(s: Settings, ctx: CommandContext): Promise<number> {
   io.out(`listening on ${s.socket ?? `fd ${s.fd}`}`);
   const signal = await signals.first;
   log.process(`${signal}: stopping (draining requests in flight)`);
-  const stopped = stop(server, backing);
+  const stopped = stop(server, workers, backing);
   stopped.then(() => log.process("stopped")).catch(() => {});
   try {
     return await Promise.race([stopped, forcedExit]);
