@@ -74,8 +74,10 @@ export interface GuestRunMeasure {
   readonly backend: GuestBackendKind;
   readonly queues: number;
   readonly rep: number;
-  /** Why the run failed (the workloads that finished before are kept). */
+  /** Why a boot of this run failed (the workloads that finished are kept). */
   readonly error?: string;
+  /** Workloads without a result, and why (e.g. a hung step). */
+  readonly failed?: Readonly<Record<string, string>>;
   readonly workloads: Readonly<Record<string, GuestWorkloadMeasure>>;
   /** Backend peak RSS (VmHWM) and the largest RSS sample's split, bytes. */
   readonly backendMemory?: ProcMemory;
@@ -144,30 +146,37 @@ function runTimeoutMs(o: GuestBenchOptions, workloads: number): number {
 }
 
 /**
- * Samples the backend while the guest runs: CPU at each step's start and end
- * marker (the runner polls the serial log every 100 ms; every step sleeps
- * 0.5 s before fio starts, so the start sample precedes its I/O), and memory
- * at every poll.
+ * Watches the serial console while the guest runs: which step is running
+ * and since when (host time), and — with a backend pid — samples the
+ * backend: CPU at each step's start and end marker (the runner polls the
+ * serial log every 100 ms; every step sleeps 0.5 s before fio starts, so the
+ * start sample precedes its I/O), and memory at every poll.
  */
-class BackendSampler {
+class ConsoleWatch {
   readonly begin = new Map<string, number>();
   readonly end = new Map<string, number>();
   peak: ProcMemory | undefined;
+  /** The step running now and the host time its start marker was seen. */
+  current: { name: string; since: number } | undefined;
   #scanned = 0;
 
-  constructor(readonly pid: number) {}
+  constructor(readonly pid: number | undefined) {}
 
   onSerial(log: string): void {
     const fresh = log.slice(this.#scanned);
     const last = fresh.lastIndexOf("\n");
-    if (last < 0) return;
-    this.#scanned += last + 1;
-    for (const m of fresh.slice(0, last).matchAll(/^VTS-(BEGIN|END) (\S+)/gm)) {
-      const map = m[1] === "BEGIN" ? this.begin : this.end;
-      const cpu = cpuSeconds(this.pid);
-      if (cpu !== undefined && !map.has(m[2]!)) map.set(m[2]!, cpu);
+    if (last >= 0) {
+      this.#scanned += last + 1;
+      for (const m of fresh.slice(0, last).matchAll(/^VTS-(BEGIN|END) (\S+)/gm)) {
+        const name = m[2]!;
+        const isBegin = m[1] === "BEGIN";
+        this.current = isBegin ? { name, since: Date.now() } : undefined;
+        const map = isBegin ? this.begin : this.end;
+        const cpu = this.pid === undefined ? undefined : cpuSeconds(this.pid);
+        if (cpu !== undefined && !map.has(name)) map.set(name, cpu);
+      }
     }
-    const mem = processMemory(this.pid);
+    const mem = this.pid === undefined ? undefined : processMemory(this.pid);
     if (mem && (this.peak === undefined || mem.rss > this.peak.rss)) this.peak = mem;
   }
 
@@ -177,26 +186,45 @@ class BackendSampler {
     const b = this.end.get(name);
     return a === undefined || b === undefined ? undefined : b - a;
   }
+
+  /** Why the run should stop now: a step running far longer than it can. */
+  hung(limitMs: (step: string) => number): string | undefined {
+    const c = this.current;
+    if (c === undefined || Date.now() - c.since <= limitMs(c.name)) return undefined;
+    return `step ${c.name} hung: no end marker ${((Date.now() - c.since) / 1000).toFixed(0)} s after its start`;
+  }
 }
 
 function fmtK(n: number): string {
   return n >= 10_000 ? `${(n / 1000).toFixed(1)}k` : n.toFixed(0);
 }
 
-/** Runs one backend × queues × rep; never rejects (a failure is recorded in the result). */
-async function guestRun(
+/** What one QEMU boot produced. */
+interface BootOutcome {
+  readonly workloads: Record<string, GuestWorkloadMeasure>;
+  /** The workloads that failed (hung, or fio failed), with the reason. */
+  readonly failed: Record<string, string>;
+  readonly error?: string;
+  readonly backendMemory?: ProcMemory;
+  readonly guestView?: string;
+}
+
+/** Slack of a workload step beyond fio's runtime (fio start-up, JSON output). */
+const STEP_SLACK_MS = 30_000;
+
+/** One QEMU boot running `workloads` in order; never rejects. */
+async function guestBoot(
   o: GuestBenchOptions,
   backend: GuestBackendKind,
   queues: number,
-  rep: number,
+  label: string,
   workloads: readonly FioWorkload[],
-): Promise<GuestRunMeasure> {
-  const started = Date.now();
+): Promise<BootOutcome> {
   flushAndWarm(o.imagePath);
   const dir = mkdtempSync(join(o.imagePath, "..", "run-"));
   const socket = join(dir, "vhost-user.sock");
   let server: BenchBackend | undefined;
-  let sampler: BackendSampler | undefined;
+  let watch = new ConsoleWatch(undefined);
   let serialLog = "";
   let error: string | undefined;
   const steps: GuestStep[] = [
@@ -206,6 +234,8 @@ async function guestRun(
       sh: `sleep 0.5\n${fioCommand(w, { runtimeSeconds: o.runtimeSeconds, numJobs: queues, diskBytes: o.imageBytes })}`,
     })),
   ];
+  const stepLimit = (step: string): number =>
+    (step === PREP_STEP.name ? 0 : o.runtimeSeconds * 1000) + STEP_SLACK_MS;
   try {
     let disk: GuestDisk;
     if (backend === "qemu-builtin") {
@@ -218,7 +248,7 @@ async function guestRun(
         ...(backend === "virtio-ts" && o.virtioTsNodeArgs ? { nodeArgs: o.virtioTsNodeArgs } : {}),
         ...(backend === "virtio-ts" && o.virtioTsArgs ? { extraArgs: o.virtioTsArgs } : {}),
       });
-      sampler = new BackendSampler(server.pid);
+      watch = new ConsoleWatch(server.pid);
       disk = { kind: "vhost-user", socket, numQueues: queues };
     }
     const s = server;
@@ -229,13 +259,10 @@ async function guestRun(
       timeoutMs: runTimeoutMs(o, workloads.length),
       steps,
       keepOnFailure: false,
-      onSerial: (log) => sampler?.onSerial(log),
-      ...(s
-        ? {
-            diagnostics: () => s.diagnostics(),
-            abortIf: () => (s.status ? `${s.kind} exited during the run` : undefined),
-          }
-        : {}),
+      onSerial: (log) => watch.onSerial(log),
+      abortIf: () =>
+        (s?.status ? `${s.kind} exited during the run` : undefined) ?? watch.hung(stepLimit),
+      ...(s ? { diagnostics: () => s.diagnostics() } : {}),
     });
     serialLog = r.serialLog;
   } catch (e) {
@@ -243,24 +270,32 @@ async function guestRun(
     if (e instanceof GuestRunError) serialLog = e.serialLog;
     if (o.failureDir) {
       mkdirSync(o.failureDir, { recursive: true });
-      const file = join(o.failureDir, `guest-${backend}-${queues}q-rep${rep}.log`);
+      const file = join(o.failureDir, `guest-${label}.log`);
       writeFileSync(file, `${(e as Error).message}\n--- serial log ---\n${serialLog}`);
       error += ` (details in ${file})`;
     }
   }
   // Markers the runner read after its last poll; the backend is idle now, so late samples are exact.
-  sampler?.onSerial(serialLog + "\n");
+  watch.onSerial(serialLog + "\n");
   const hwm = server ? processMemory(server.pid)?.hwm : undefined;
   if (server) await server.stop();
   rmSync(dir, { recursive: true, force: true });
   const parsed = parseSerialLog(serialLog);
   const results: Record<string, GuestWorkloadMeasure> = {};
+  const failed: Record<string, string> = {};
   for (const w of workloads) {
     const step = parsed.steps.find((x) => x.name === w.id);
-    if (step?.rc !== 0) continue;
+    if (step === undefined) continue;
+    if (step.rc !== 0) {
+      failed[w.id] =
+        step.rc === null
+          ? (error ?? "did not finish")
+          : `exit status ${step.rc}: ${step.output.slice(-200)}`;
+      continue;
+    }
     try {
       const fio = parseFioJson(w, step.output);
-      const cpu = sampler?.cpuOver(w.id);
+      const cpu = watch.cpuOver(w.id);
       results[w.id] = {
         fio,
         ...(cpu !== undefined
@@ -268,18 +303,64 @@ async function guestRun(
           : {}),
       };
     } catch (e) {
-      error ??= (e as Error).message.split("\n")[0];
+      failed[w.id] = (e as Error).message.split("\n")[0]!;
     }
   }
-  const peak = sampler?.peak;
+  const peak = watch.peak;
+  const view = parsed.steps.find((x) => x.name === "prep")?.output.replace(/\r/g, "");
+  return {
+    workloads: results,
+    failed,
+    ...(error ? { error } : {}),
+    ...(peak ? { backendMemory: { ...peak, hwm: hwm ?? peak.hwm } } : {}),
+    ...(view !== undefined ? { guestView: view } : {}),
+  };
+}
+
+/**
+ * One backend × queues × repetition. A workload that fails or hangs (the
+ * step watchdog stops the boot) is recorded and skipped; the workloads after
+ * it run in a fresh boot with a fresh backend. Never rejects.
+ */
+async function guestRun(
+  o: GuestBenchOptions,
+  backend: GuestBackendKind,
+  queues: number,
+  rep: number,
+  workloads: readonly FioWorkload[],
+): Promise<GuestRunMeasure> {
+  const started = Date.now();
+  const results: Record<string, GuestWorkloadMeasure> = {};
+  const failed: Record<string, string> = {};
+  const errors: string[] = [];
+  let memory: ProcMemory | undefined;
+  let guestView: string | undefined;
+  let remaining = workloads;
+  for (let boot = 1; remaining.length > 0 && boot <= workloads.length; boot++) {
+    const label = `${backend}-${queues}q-rep${rep}-boot${boot}`;
+    const b = await guestBoot(o, backend, queues, label, remaining);
+    Object.assign(results, b.workloads);
+    Object.assign(failed, b.failed);
+    if (b.error) errors.push(b.error);
+    if (b.backendMemory && (!memory || b.backendMemory.hwm > memory.hwm)) memory = b.backendMemory;
+    guestView ??= b.guestView;
+    // Resume after the first workload that produced nothing (a boot that never
+    // reached its first workload ends the repetition).
+    const stuck = remaining.findIndex((w) => results[w.id] === undefined);
+    if (stuck < 0 || (b.error === undefined && Object.keys(b.failed).length === 0)) break;
+    if (stuck === 0 && failed[remaining[0]!.id] === undefined) break;
+    failed[remaining[stuck]!.id] ??= b.error ?? "no result";
+    remaining = remaining.slice(stuck + 1);
+  }
   return {
     backend,
     queues,
     rep,
-    ...(error ? { error } : {}),
+    ...(errors.length ? { error: errors.join("; ") } : {}),
+    ...(Object.keys(failed).length ? { failed } : {}),
     workloads: results,
-    ...(peak ? { backendMemory: { ...peak, hwm: hwm ?? peak.hwm } } : {}),
-    guestView: parsed.steps.find((x) => x.name === "prep")?.output.replace(/\r/g, ""),
+    ...(memory ? { backendMemory: memory } : {}),
+    ...(guestView !== undefined ? { guestView } : {}),
     wallMs: Date.now() - started,
   };
 }

@@ -95,6 +95,8 @@ function runDriver(input: DriverInput, timeoutMs: number): Promise<DriverOutput>
     const child = spawn(process.execPath, ["--import", "tsx", DRIVER, JSON.stringify(input)], {
       stdio: ["ignore", "pipe", "pipe"],
     });
+    const kill = (): void => void child.kill("SIGKILL");
+    process.once("exit", kill);
     let out = "";
     let err = "";
     child.stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
@@ -105,6 +107,7 @@ function runDriver(input: DriverInput, timeoutMs: number): Promise<DriverOutput>
     }, timeoutMs);
     child.on("close", (code, signal) => {
       clearTimeout(timer);
+      process.off("exit", kill);
       const line = out.trim().split("\n").pop() ?? "";
       if (code === 0 && line.startsWith("{")) {
         try {

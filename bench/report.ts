@@ -504,12 +504,17 @@ export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, 
       markdownTable(guestMemoryTable(g)),
       "",
     );
-    const failed = g.runs.filter((x) => x.error);
+    const failed = g.runs.flatMap((x) =>
+      Object.entries(x.failed ?? {}).map(
+        ([w, why]) => `- ${label(x.backend)}, ${x.queues}q, rep ${x.rep}, ${w}: ${why}`,
+      ),
+    );
     if (failed.length)
       L.push(
-        "Failed runs (their finished workloads are counted):",
+        "Workloads without a result (a hung workload is stopped by a watchdog; the ones after it",
+        "run in a fresh boot with a fresh backend):",
         "",
-        ...failed.map((x) => `- ${label(x.backend)}, ${x.queues}q, rep ${x.rep}: ${x.error}`),
+        ...failed,
         "",
       );
   }

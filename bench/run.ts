@@ -216,6 +216,9 @@ function writeReport(): void {
 }
 
 async function main(): Promise<void> {
+  // A signal exits through process.exit, so that exit handlers stop the backends and QEMU.
+  process.once("SIGINT", () => process.exit(130));
+  process.once("SIGTERM", () => process.exit(143));
   const cpus = availableParallelism();
   const seconds: Record<string, number> = {};
   const timed = async (name: string, f: () => Promise<void>): Promise<void> => {
@@ -227,6 +230,8 @@ async function main(): Promise<void> {
   if (wanted("blk")) await timed("blk", () => runBlk(cpus));
   if (wanted("guest") || wanted("guestless")) {
     const dir = mkdtempSync(join(tmpdir(), "vts-bench-"));
+    const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
+    process.once("exit", removeDir);
     const image = { path: join(dir, "disk.img"), bytes: (quick ? 256 : 1024) << 20 };
     const profDir = flags["cpu-prof"] === undefined ? undefined : resolve(flags["cpu-prof"]);
     if (profDir) mkdirSync(profDir, { recursive: true });
@@ -237,7 +242,7 @@ async function main(): Promise<void> {
       if (wanted("guest")) await timed("guest", () => runGuest(image, nodeArgs));
       if (wanted("guestless")) await timed("guestless", () => runGuestless(image, nodeArgs));
     } finally {
-      rmSync(dir, { recursive: true, force: true });
+      removeDir();
     }
   }
   if (!flags.report) {
