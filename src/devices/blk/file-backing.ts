@@ -4,6 +4,9 @@
  * WRITE_ZEROES return zeroes); docs/conformance.md "Lifecycle" (FLUSH reaches
  * stable storage; read-only devices never write the file).
  *
+ * - Fast path: a request that fits one call and moves entirely without
+ *   blocking (a page-cache hit, see `nowait`) completes inside readv/writev,
+ *   which then return a settled promise: no async frames, no batch array.
  * - I/O is positioned and vectored (preadv/pwritev, callback API) straight
  *   into / out of the views of guest memory the request gives. Each call
  *   covers at most {@link IOV_MAX} views and `maxIoBytes` bytes; short
@@ -64,6 +67,13 @@ function vectored(
 export const IOV_MAX = 1024;
 
 const ZEROES = new Uint8Array(1 << 20);
+/** Settled result of a request the fast path completed (awaiting it costs one microtask). */
+const RESOLVED: Promise<void> = Promise.resolve();
+/** {@link FileBacking} fast path outcomes besides a byte count or null (would block). */
+const DONE = -1;
+const NOT_TRIED = -2;
+/** Bytes the first non-blocking attempt moved, null (would block), DONE or NOT_TRIED. */
+type Attempt = number | null;
 const PROBE_BYTES = 8192;
 const BOUNCE_SLOT_BYTES = 256 * 1024;
 const BOUNCE_SLOTS = 4;
@@ -261,20 +271,30 @@ export class FileBacking implements BlkBacking {
     checkBackingRange(offset, length, this.#size);
   }
 
-  async readv(offset: number, iov: readonly Uint8Array[]): Promise<void> {
+  readv(offset: number, iov: readonly Uint8Array[]): Promise<void> {
+    const first = this.#firstAttempt(offset, iov, false);
+    return first === DONE ? RESOLVED : this.#readvAsync(offset, iov, first);
+  }
+
+  async #readvAsync(offset: number, iov: readonly Uint8Array[], first: Attempt): Promise<void> {
     this.#check(offset, iovLength(iov), false);
     try {
-      await this.#transfer(offset, iov, false);
+      await this.#transfer(offset, iov, false, first);
     } catch (e) {
       if (this.#bounce === null || errnoCode(e) !== "EINVAL") throw e;
       await this.#bounced(offset, iov, false);
     }
   }
 
-  async writev(offset: number, iov: readonly Uint8Array[]): Promise<void> {
+  writev(offset: number, iov: readonly Uint8Array[]): Promise<void> {
+    const first = this.#firstAttempt(offset, iov, true);
+    return first === DONE ? RESOLVED : this.#writevAsync(offset, iov, first);
+  }
+
+  async #writevAsync(offset: number, iov: readonly Uint8Array[], first: Attempt): Promise<void> {
     this.#check(offset, iovLength(iov), true);
     try {
-      await this.#transfer(offset, iov, true);
+      await this.#transfer(offset, iov, true, first);
     } catch (e) {
       if (this.#bounce === null || errnoCode(e) !== "EINVAL") throw e;
       await this.#bounced(offset, iov, true);
@@ -282,10 +302,38 @@ export class FileBacking implements BlkBacking {
   }
 
   /**
+   * The fast path of a valid request that fits one system call: its
+   * non-blocking attempt, made here, synchronously — the very attempt
+   * {@link #transfer} would start with. {@link DONE} when it moved every byte
+   * (a page-cache hit: the caller returns a settled promise, with no async
+   * frames and no batch array); otherwise its result for #transfer to go on
+   * from; NOT_TRIED when the request is not eligible (invalid, too large, no
+   * non-blocking I/O), leaving validation and errors to the usual path.
+   */
+  #firstAttempt(offset: number, iov: readonly Uint8Array[], write: boolean): Attempt {
+    if ((write ? this.#nowaitWrite : this.#nowaitRead) === null || iov.length > IOV_MAX)
+      return NOT_TRIED;
+    if (this.#closed || (write && this.readOnly)) return NOT_TRIED;
+    const total = iovLength(iov);
+    if (total === 0 || total > this.#maxIo) return NOT_TRIED;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset + total > this.#size)
+      return NOT_TRIED;
+    const n = this.#tryNowait(iov as Uint8Array[], offset, write);
+    return n === total ? DONE : n;
+  }
+
+  /**
    * Moves all bytes of `iov` from/to the file at `offset`, in calls of at most
    * IOV_MAX views and maxIoBytes bytes, continuing after short transfers.
+   * `first` is the outcome of the first non-blocking attempt when
+   * {@link #firstAttempt} already made it (same views, same position).
    */
-  async #transfer(offset: number, iov: readonly Uint8Array[], write: boolean): Promise<void> {
+  async #transfer(
+    offset: number,
+    iov: readonly Uint8Array[],
+    write: boolean,
+    first: Attempt = NOT_TRIED,
+  ): Promise<void> {
     const total = iovLength(iov);
     let done = 0;
     let idx = 0; // first view not fully transferred
@@ -300,7 +348,8 @@ export class FileBacking implements BlkBacking {
         batch.push(v);
         bytes += v.length;
       }
-      let n = this.#tryNowait(batch, offset + done, write);
+      let n = first === NOT_TRIED ? this.#tryNowait(batch, offset + done, write) : first;
+      first = NOT_TRIED;
       if (n === null) n = await vectored(this.#fh.fd, batch, offset + done, write);
       if (n === 0) {
         if (write) throw new Error(`write at ${offset + done} made no progress`);
