@@ -21,7 +21,7 @@
  * @module
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import { GuestRunError, parseSerialLog, runGuest } from "../test/interop/guest/runner.ts";
 import type { GuestDisk, GuestStep } from "../test/interop/guest/runner.ts";
 import { startBenchBackend, type BenchBackend, type VhostBackendKind } from "./lib/backends.ts";
@@ -272,7 +272,7 @@ async function guestBoot(
       mkdirSync(o.failureDir, { recursive: true });
       const file = join(o.failureDir, `guest-${label}.log`);
       writeFileSync(file, `${(e as Error).message}\n--- serial log ---\n${serialLog}`);
-      error += ` (details in ${file})`;
+      error += ` (details in ${relative(process.cwd(), file)})`;
     }
   }
   // Markers the runner read after its last poll; the backend is idle now, so late samples are exact.

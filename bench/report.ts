@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { fileURLToPath } from "node:url";
 import type { BlkBenchReport } from "./blk-bench.ts";
 import type { GuestBenchReport, GuestPoint } from "./guest-bench.ts";
 import type { GuestlessBenchReport, GuestlessPoint } from "./guestless-bench.ts";
@@ -37,6 +38,9 @@ export interface BenchResults {
   readonly guest?: GuestBenchReport;
   readonly guestless?: GuestlessBenchReport;
 }
+
+/** Results written by older runs name files by absolute path; the report shows them from the repository. */
+const REPO_PREFIX = fileURLToPath(new URL("../", import.meta.url));
 
 const label = (b: string): string => BACKEND_LABELS[b as keyof typeof BACKEND_LABELS] ?? b;
 const us = (n: number): string => (n >= 1000 ? fmt(n) : n.toFixed(1));
@@ -506,7 +510,8 @@ export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, 
     );
     const failed = g.runs.flatMap((x) =>
       Object.entries(x.failed ?? {}).map(
-        ([w, why]) => `- ${label(x.backend)}, ${x.queues}q, rep ${x.rep}, ${w}: ${why}`,
+        ([w, why]) =>
+          `- ${label(x.backend)}, ${x.queues}q, rep ${x.rep}, ${w}: ${why.replaceAll(REPO_PREFIX, "")}`,
       ),
     );
     if (failed.length)

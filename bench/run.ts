@@ -154,6 +154,9 @@ async function runGuest(
   nodeArgs: readonly string[] | undefined,
 ): Promise<void> {
   console.log(`\nreal-guest benchmark (${reps} repetitions; progress per QEMU run)`);
+  // Failure logs of earlier runs would be mistaken for this run's.
+  const failureDir = join(resultsDir, "failures");
+  rmSync(failureDir, { recursive: true, force: true });
   const r = await guestBench({
     imagePath: image.path,
     imageBytes: image.bytes,
@@ -162,7 +165,7 @@ async function runGuest(
     queues: [1, 2],
     backends: ["virtio-ts", "qsd", "qemu-builtin"],
     log: progress,
-    failureDir: join(resultsDir, "failures"),
+    failureDir,
     ...(nodeArgs ? { virtioTsNodeArgs: nodeArgs } : {}),
   });
   writeResult("guest", r);

@@ -62,7 +62,7 @@ export function renderBarChart(c: BarChart): string {
   const n = c.series.length;
   const barW = 18;
   const gap = 4;
-  const groupW = n * (barW + gap) + 24;
+  const groupW = Math.max(n * (barW + gap) + 24, 92); // room for two-line labels
   const left = 64;
   const top = 44;
   const plotH = 220;
@@ -106,7 +106,7 @@ export function renderBarChart(c: BarChart): string {
   );
   // Bars.
   c.categories.forEach((cat, ci) => {
-    const gx = left + 12 + ci * groupW;
+    const gx = left + 12 + ci * groupW + (groupW - 24 - n * (barW + gap)) / 2;
     c.series.forEach((s, si) => {
       const v = s.values[ci];
       const x = gx + si * (barW + gap);
