@@ -89,6 +89,8 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
       assert.ok(hasFeature(features, VIRTIO_BLK_F_MQ));
       assert.ok(hasFeature(features, VIRTIO_BLK_F_RO), "--read-only offers VIRTIO_BLK_F_RO");
     }
+    // The second front-end's rings drain on the dataplane worker: stop only once it is gone.
+    await p.waitStderr(/conn 2: vhost-user: front-end disconnected/);
     p.proc.kill("SIGTERM");
     assert.deepEqual(await p.exit(), { code: 0, signal: null }, p.dump());
     assert.equal(existsSync(sock), false, "socket file removed");

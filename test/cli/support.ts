@@ -72,13 +72,22 @@ export class CliProcess {
   }
 
   /** Resolves once stdout matches; fails if the process exits first or after `ms`. */
-  async waitStdout(re: RegExp, ms = 20_000): Promise<void> {
+  waitStdout(re: RegExp, ms = 20_000): Promise<void> {
+    return this.#wait("stdout", re, ms);
+  }
+
+  /** Resolves once stderr matches; fails if the process exits first or after `ms`. */
+  waitStderr(re: RegExp, ms = 20_000): Promise<void> {
+    return this.#wait("stderr", re, ms);
+  }
+
+  async #wait(stream: "stdout" | "stderr", re: RegExp, ms: number): Promise<void> {
     let exited = false;
     void this.exited.then(() => (exited = true));
     const end = Date.now() + ms;
-    while (!re.test(this.stdout)) {
+    while (!re.test(this[stream])) {
       if (exited) assert.fail(`exited before printing ${re}${this.dump()}`);
-      if (Date.now() > end) assert.fail(`no ${re} on stdout within ${ms} ms${this.dump()}`);
+      if (Date.now() > end) assert.fail(`no ${re} on ${stream} within ${ms} ms${this.dump()}`);
       await sleep(20);
     }
   }
