@@ -27,13 +27,10 @@ import { availableParallelism, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { VirtioDevice } from "../src/device/virtio-device.ts";
-import {
-  BlkDataplaneDevice,
-  inprocDataplaneBinding,
-  type BlkDataplaneStats,
-} from "../src/devices/blk/dataplane/index.ts";
-import { BLK_DATAPLANE_WORKER } from "../src/devices/blk/dataplane/node-worker.ts";
-import { silentBlkLogger } from "../src/devices/blk/log.ts";
+import { BlkDataplaneDevice, type BlkDataplaneStats } from "../src/devices/blk/index.ts";
+import { DATAPLANE_WORKER } from "../src/devices/node-dataplane.ts";
+import { inprocDataplaneBinding } from "../src/transport/inproc/dataplane-binding.ts";
+import { silentLogger } from "../src/log.ts";
 import { GuestMemory } from "../src/memory/guest-memory.ts";
 import {
   InprocDeviceTransport,
@@ -225,7 +222,7 @@ class DeviceSession {
       threads: threadHost,
       workerModule,
       binding: inprocDataplaneBinding(registers),
-      logger: silentBlkLogger,
+      logger: silentLogger,
     });
     const device = new VirtioDevice(blk, { memory, log: () => {} });
     const loop = new InprocDeviceTransport(registers, device).run({ wait: "async" });
@@ -330,7 +327,7 @@ function point(
 export async function blkBench(
   o: BlkBenchOptions,
   cpus: number,
-  workerModule: URL = BLK_DATAPLANE_WORKER,
+  workerModule: URL = DATAPLANE_WORKER,
 ): Promise<BlkBenchReport> {
   const dir = mkdtempSync(join(tmpdir(), "virtio-ts-blk-bench-"));
   const path = join(dir, "disk.img");

@@ -15,7 +15,7 @@ import {
   type DriverTransportStats,
   type InprocShared,
 } from "../src/transport/inproc/index.ts";
-import { nodeParentEndpoint } from "../src/transport/inproc/node-threads.ts";
+import { nodeParentEndpoint } from "../src/dataplane/node-threads.ts";
 import { processCpuMicros, threadCpuMicros } from "./blk-cpu.ts";
 
 export interface BlkBenchDriverInit {

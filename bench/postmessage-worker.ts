@@ -8,7 +8,7 @@
  * @module
  */
 import type { MessagePort } from "node:worker_threads";
-import { nodeParentEndpoint } from "../src/transport/inproc/node-threads.ts";
+import { nodeParentEndpoint } from "../src/dataplane/node-threads.ts";
 import type { RingJob } from "./ring-driver-worker.ts";
 
 export interface PostMessageInit {

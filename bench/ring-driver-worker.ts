@@ -14,7 +14,7 @@ import {
   type DriverTransportStats,
   type InprocShared,
 } from "../src/transport/inproc/index.ts";
-import { nodeParentEndpoint } from "../src/transport/inproc/node-threads.ts";
+import { nodeParentEndpoint } from "../src/dataplane/node-threads.ts";
 
 /** A timed loop. */
 export type RingJob =

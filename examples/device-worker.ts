@@ -15,7 +15,7 @@ import {
   type DeviceTransportStats,
   type InprocShared,
 } from "../src/transport/inproc/index.ts";
-import { nodeParentEndpoint } from "../src/transport/inproc/node-threads.ts";
+import { nodeParentEndpoint } from "../src/dataplane/node-threads.ts";
 import { ChecksumDevice, type ChecksumDeviceStats } from "./checksum-device.ts";
 import type { DeviceStats } from "../src/device/virtio-device.ts";
 

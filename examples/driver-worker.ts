@@ -12,7 +12,7 @@ import {
   type DriverTransportStats,
   type InprocShared,
 } from "../src/transport/inproc/index.ts";
-import { nodeParentEndpoint } from "../src/transport/inproc/node-threads.ts";
+import { nodeParentEndpoint } from "../src/dataplane/node-threads.ts";
 import { SlotPool, pumpChecksum, type PumpOptions, type PumpResult } from "./checksum-driver.ts";
 
 /** First message to the worker. */

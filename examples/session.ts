@@ -17,7 +17,7 @@ import {
   type InprocShared,
   type WorkerThread,
 } from "../src/transport/inproc/index.ts";
-import { nodeThreadHost } from "../src/transport/inproc/node-threads.ts";
+import { nodeThreadHost } from "../src/dataplane/node-threads.ts";
 import { SlotPool, type PumpOptions } from "./checksum-driver.ts";
 import type { DeviceWorkerDone, DeviceWorkerInit } from "./device-worker.ts";
 import type { DriverWorkerDone, DriverWorkerError, DriverWorkerInit } from "./driver-worker.ts";

@@ -18,7 +18,7 @@
  * @module
  */
 import { performance } from "node:perf_hooks";
-import { VhostUserBlk } from "../../src/vhost-user/frontend-blk.ts";
+import { VhostUserBlk } from "../../src/devices/blk/vhost-user-frontend.ts";
 import type { BlkSegment } from "../../src/devices/blk/driver-plan.ts";
 import { cpuSeconds } from "../lib/procfs.ts";
 import { percentileSorted } from "../lib/stats.ts";

@@ -12,7 +12,7 @@
  *
  * @module
  */
-import type { BlkLogger } from "../devices/blk/log.ts";
+import type { Logger } from "../log.ts";
 
 /** The process's output streams and stop signals, injectable for tests. */
 export interface CliIo {
@@ -65,8 +65,8 @@ export class CliLog {
     this.#io.err(`${conn}${event}`);
   }
 
-  /** The device's logger: errors and warnings always, the trace hook only with `--verbose`. */
-  blkLogger(): BlkLogger {
+  /** The library's logger: errors and warnings always, the trace hook only with `--verbose`. */
+  logger(): Logger {
     return {
       error: (m) => this.line(m),
       warn: (m) => this.line(m),

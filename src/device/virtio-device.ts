@@ -39,7 +39,8 @@
  */
 import { ErrorCode, VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
-import { DeviceQueue } from "../ring/device-queue.ts";
+import type { DeviceQueue } from "../ring/device-queue.ts";
+import { openRing } from "../ring/open-ring.ts";
 import {
   VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET,
   VIRTIO_CONFIG_S_DRIVER,
@@ -47,8 +48,6 @@ import {
   VIRTIO_CONFIG_S_FAILED,
   VIRTIO_CONFIG_S_FEATURES_OK,
   VIRTIO_F_VERSION_1,
-  VIRTIO_RING_F_EVENT_IDX,
-  VIRTIO_RING_F_INDIRECT_DESC,
   featureBit,
 } from "../spec/virtio.ts";
 import {
@@ -107,8 +106,6 @@ export interface DeviceStats {
 }
 
 const VERSION_1 = featureBit(VIRTIO_F_VERSION_1);
-const EVENT_IDX = featureBit(VIRTIO_RING_F_EVENT_IDX);
-const INDIRECT_DESC = featureBit(VIRTIO_RING_F_INDIRECT_DESC);
 
 /**
  * One virtio device as the driver sees it through a transport.
@@ -496,18 +493,10 @@ export class VirtioDevice {
       return null;
     }
     const epoch = this.#epoch;
-    const f = this.#features.negotiated;
     try {
-      return new DeviceQueue(memory!, {
-        size: q.size,
-        descAddr: q.descAddr,
-        availAddr: q.availAddr,
-        usedAddr: q.usedAddr,
-        eventIdx: (f & EVENT_IDX) !== 0n,
-        indirect: (f & INDIRECT_DESC) !== 0n,
-        onBroken: (err) => {
-          if (epoch === this.#epoch) this.markBroken(err, index);
-        },
+      const start = { ...q, features: this.#features.negotiated, nextAvail: 0 };
+      return openRing(memory!, start, (err) => {
+        if (epoch === this.#epoch) this.markBroken(err, index);
       });
     } catch (e) {
       this.#log(`${this.#name()}: queue ${index} not started: ${String(e)}`);

@@ -1,11 +1,14 @@
 /**
- * What a device implements to be served over vhost-user: the rust-vmm
- * `VhostUserBackend` shape, with queues started and stopped one ring at a
- * time (qemu/qemu docs/interop/vhost-user.rst "Ring states": a ring starts
- * on its kick fd and stops on VHOST_USER_GET_VRING_BASE). Member names
- * follow the transport-neutral `VirtioDeviceBackend` of device/backend.ts
- * (`features`, `config`, `writeConfig`, `queueNotify`, `reset`), so one
- * device type can offer both with shared parts.
+ * What a device implements to be served over vhost-user, on the control
+ * side: the answers to GET_FEATURES, GET_QUEUE_NUM and GET_CONFIG, the
+ * driver-writable config fields (SET_CONFIG) and RESET_DEVICE. Its queues run
+ * on the dataplane (../dataplane/), as the device type's
+ * `DataplaneDevice` opened in a pool: the connection hands each started ring
+ * to it through ./rings.ts. qemu/qemu docs/interop/vhost-user.rst "Ring
+ * states" (a ring starts on its kick fd and stops on
+ * VHOST_USER_GET_VRING_BASE), VHOST_USER_SET_CONFIG, VHOST_USER_RESET_DEVICE.
+ * Member names follow the transport-neutral `VirtioDeviceBackend` of
+ * ../device/backend.ts.
  *
  * | member | default when absent |
  * |---|---|
@@ -13,40 +16,11 @@
  * | `writeConfig` | SET_CONFIG is refused (REPLY_ACK status 1; the connection stays up) |
  * | `reset` | nothing to forget on VHOST_USER_RESET_DEVICE |
  *
- * Threading: every member is called on the thread that runs the rings (the
- * dataplane), except `features`, `numQueues`, `config` and `writeConfig`,
- * which the control side reads.
- *
  * @module
  */
-import type { VirtioError } from "../errors.ts";
-import type { GuestMemory } from "../memory/guest-memory.ts";
-import type { DeviceQueue } from "../ring/device-queue.ts";
 import type { ConfigSpace } from "../device/config-space.ts";
 
-/** What a started ring gets besides its {@link DeviceQueue}. */
-export interface VhostUserQueueContext {
-  /** Guest memory (built from the front-end's regions), for the queue's buffers. */
-  readonly memory: GuestMemory;
-  /** Feature bits the front-end set with VHOST_USER_SET_FEATURES. */
-  readonly features: bigint;
-  /** Sends a used-buffer notification now (signals the call eventfd; no-op without one). */
-  notify(): void;
-  /**
-   * Publishes the queue's used entries and notifies if the driver wants it
-   * (`publishUsed`, then `needsNotification`, then {@link notify}). Returns
-   * true if a notification was sent.
-   */
-  signalUsed(): boolean;
-  /**
-   * Makes the device broken (a driver violation the device found itself,
-   * e.g. a request with nowhere to put its status): every ring of the
-   * connection stops and the ring's error eventfd is signalled.
-   */
-  markBroken(err: VirtioError): void;
-}
-
-/** A device served over vhost-user. */
+/** A device served over vhost-user (its control side). */
 export interface VhostUserBackend {
   /** Short name for log lines, e.g. "virtio-blk". */
   readonly name: string;
@@ -69,21 +43,11 @@ export interface VhostUserBackend {
    */
   writeConfig?(offset: number, data: Uint8Array, flags: number, config: ConfigSpace): boolean;
   /**
-   * Start serving ring `index` through `queue` (nothing popped yet; `nextAvail`
-   * and the used index are where the front-end left them). A kick follows at
-   * once, so work the driver queued before the ring started is not lost.
+   * The front-end set its features (VHOST_USER_SET_FEATURES); every ring
+   * start follows one. A device that shares state with its dataplane (the
+   * cache mode) records them here.
    */
-  startQueue(index: number, queue: DeviceQueue, ctx: VhostUserQueueContext): void | Promise<void>;
-  /** An available-buffer notification (kick) for a started ring. */
-  queueNotify(index: number): void;
-  /**
-   * Stop popping from ring `index`, complete every in-flight request into the
-   * used ring (and notify), and resolve when none is left. The queue is not
-   * touched afterwards.
-   */
-  stopQueue(index: number): Promise<void>;
+  negotiate?(features: bigint): void;
   /** VHOST_USER_RESET_DEVICE, after every ring stopped: forget device state. */
   reset?(): void | Promise<void>;
-  /** Releases what the device holds (e.g. its disk image) when it is no longer served. */
-  close?(): void | Promise<void>;
 }

@@ -48,7 +48,7 @@ export const MAX_QUEUED_MESSAGES = 1024;
 export interface VhostUserConnectionOptions {
   /** The device. */
   readonly backend: VhostUserBackend;
-  /** Where the rings run (e.g. a {@link LocalDataplane} over the same backend). */
+  /** Where the rings run (./rings.ts over the device's dataplane half). */
   readonly dataplane: VringDataplane;
   /** Closes received fds and signals error eventfds. */
   readonly fds: Pick<EventFds, "close" | "signal">;
@@ -71,7 +71,7 @@ export interface CloseInfo {
  * ```ts
  * const conn = new VhostUserConnection(socket, {
  *   backend: blk,
- *   dataplane: new LocalDataplane({ backend: blk, mapper, eventFds }),
+ *   dataplane: new DataplaneRings(handle),
  *   fds: eventFds,
  * });
  * conn.start();

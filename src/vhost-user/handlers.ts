@@ -276,14 +276,13 @@ const getConfig: Handler = (s, msg) => {
   return encodeConfig({ offset, flags, data: bytes.subarray(offset, offset + data.length) });
 };
 
-const setConfig: Handler = async (s, msg) => {
+const setConfig: Handler = (s, msg) => {
   const { offset, flags, data } = decodeConfig(msg.payload);
   configRange(s, msg, offset, data.length);
   const config = s.backend.config;
   if (config === undefined || s.backend.writeConfig === undefined) return REPLY_ACK_FAILED;
+  // The device shares what its dataplane needs (e.g. virtio-blk's cache-mode word) before it returns.
   if (!s.backend.writeConfig(offset, data, flags, config)) return REPLY_ACK_FAILED;
-  // A device instance running the rings elsewhere (a worker) applies it too.
-  await s.dataplane.writeConfig?.(offset, data, flags);
   return 0;
 };
 
@@ -294,7 +293,6 @@ const resetDevice: Handler = async (s) => {
   s.features = 0n;
   s.broken = null;
   await s.backend.reset?.();
-  await s.dataplane.resetDevice?.();
 };
 
 /** Every supported request and its handler (see request-rules.ts for the wire rules). */

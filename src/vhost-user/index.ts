@@ -8,26 +8,32 @@
  * - `framing` — {@link MessageReader}: fragments + fds in, validated messages out;
  * - `handlers` / `session` — one handler per request, the ring state machine;
  * - {@link VhostUserConnection} — one connection: in-order handling, REPLY_ACK, close on violations;
- * - {@link VringDataplane} / {@link LocalDataplane} — where the rings run;
- * - {@link VhostUserBackend} — what a device implements ({@link VhostUserBlkBackend} for virtio-blk);
- * - {@link VhostUserServer}, the native host adapters, and {@link DataplaneWorker} /
- *   {@link WorkerDataplane} to run the rings on worker threads (Node-only).
+ * - {@link VringDataplane} / {@link DataplaneRings} — the rings, on the project's dataplane
+ *   (worker threads or the calling thread), with this transport's binding (./binding.ts:
+ *   region fds mapped by the runtime, kick / call eventfds);
+ * - {@link VhostUserBackend} — what a device implements on the control side
+ *   (virtio-blk's is in devices/blk/vhost-user.ts);
+ * - {@link VhostUserServer} and the native host adapters (Node-only).
  *
  * The front-end (driver) side, to use any vhost-user back-end from this
  * process (Node-only): {@link VhostUserFrontend} (connection, negotiation,
- * memory, rings), {@link SharedGuestMemory} (memfd guest memory) and
- * {@link VhostUserBlk} (a virtio-blk disk over both).
+ * memory, rings) and {@link SharedGuestMemory} (memfd guest memory); the
+ * virtio-blk disk over both is devices/blk/vhost-user-frontend.ts.
  *
  * Test doubles live in `./fakes.ts` (fd table, mapper, socket).
  *
  * @module
  */
-export type { VhostUserBackend, VhostUserQueueContext } from "./backend.ts";
-export { VhostUserBlkBackend, type VhostUserBlkOptions } from "./blk-backend.ts";
+export type { VhostUserBackend } from "./backend.ts";
 export {
-  createBackend as createBlkFileBackend,
-  type BlkFileBackendOptions,
-} from "./blk-file-backend.ts";
+  EVENTFD_DOORBELLS,
+  RegionMemorySpace,
+  VHOST_USER_MEMORY,
+  eventfdDoorbellOpener,
+  type EventfdDoorbellDescriptor,
+  type RegionEntry,
+  type RegionTableDescriptor,
+} from "./binding.ts";
 export * from "./codec.ts";
 export {
   DEFAULT_MAX_MEM_SLOTS,
@@ -35,13 +41,8 @@ export {
   type CloseInfo,
   type VhostUserConnectionOptions,
 } from "./connection.ts";
-export {
-  LocalDataplane,
-  type LocalDataplaneOptions,
-  type RingEvents,
-  type RingStart,
-  type VringDataplane,
-} from "./dataplane.ts";
+export type { RingEvents, VringDataplane, VringStart } from "./dataplane.ts";
+export { DataplaneRings } from "./rings.ts";
 export {
   MessageReader,
   VHOST_USER_MAX_FDS,
@@ -76,23 +77,6 @@ export {
 export { VhostUserServer, type VhostUserServerOptions } from "./server.ts";
 export { VhostUserSession, VringState, type VhostUserSessionOptions } from "./session.ts";
 export {
-  fromWireError,
-  serveDataplaneWorker,
-  toWireError,
-  type DataplaneEvent,
-  type DataplaneReply,
-  type DataplaneRequest,
-  type DataplaneWorkerInit,
-  type WireError,
-  type WorkerEndpoint,
-} from "./dataplane-worker.ts";
-export {
-  DataplaneWorker,
-  WorkerDataplane,
-  type DataplaneWorkerOptions,
-  type WorkerPort,
-} from "./worker-dataplane.ts";
-export {
   FRONTEND_PROTOCOL_FEATURES,
   FRONTEND_REQUIRED_PROTOCOL_FEATURES,
   VhostUserFrontend,
@@ -107,4 +91,3 @@ export {
   SharedGuestMemory,
   type SharedGuestMemoryOptions,
 } from "./frontend-memory.ts";
-export { VhostUserBlk, type GuestBuffer, type VhostUserBlkConnectOptions } from "./frontend-blk.ts";

@@ -38,9 +38,9 @@ import {
   encodeVringState,
 } from "./codec.ts";
 import { VhostUserConnection } from "./connection.ts";
-import { LocalDataplane } from "./dataplane.ts";
 import { NativeEventFds, NativeMapper, NativeSocket } from "./native-host.ts";
-import { RecordingBackend } from "./test-support.ts";
+import { DataplaneRings } from "./rings.ts";
+import { RecordingBackend, nativeTestDataplane } from "./test-support.ts";
 
 const MEM = 1 << 20;
 const UVA = 0x7f00_0000_0000n;
@@ -105,7 +105,7 @@ function start(mapper = new NativeMapper()) {
   const logs: string[] = [];
   const conn = new VhostUserConnection(new NativeSocket(backendFd), {
     backend: device,
-    dataplane: new LocalDataplane({ backend: device, mapper, eventFds }),
+    dataplane: new DataplaneRings(nativeTestDataplane(device, mapper)),
     fds: eventFds,
     log: (l) => logs.push(l),
   });

@@ -17,7 +17,7 @@ import { VhostUserRequest as R } from "../spec/vhost-user.ts";
 import { decodeHeader, decodeU64, encodeMessage } from "./codec.ts";
 import type { VhostUserConnection } from "./connection.ts";
 import { VhostUserServer } from "./server.ts";
-import { RecordingBackend } from "./test-support.ts";
+import { RecordingBackend, nativeTestDataplane } from "./test-support.ts";
 
 /** The next message from `fd`, or "eof" (bounded wait). */
 async function receive(fd: number): Promise<Uint8Array | "eof"> {
@@ -47,9 +47,11 @@ describe("VhostUserServer", { timeout: 20_000 }, () => {
     const watchesBefore = watchCount();
     const logs: string[] = [];
     const conns: VhostUserConnection[] = [];
+    const backend = new RecordingBackend({ numQueues: 1 });
     const server = new VhostUserServer({
       path,
-      backend: new RecordingBackend({ numQueues: 1 }),
+      backend,
+      dataplane: nativeTestDataplane(backend),
       log: (l) => logs.push(l),
       onConnection: (c) => conns.push(c),
     });
@@ -82,15 +84,16 @@ describe("VhostUserServer", { timeout: 20_000 }, () => {
     const path = join(dir.path, "vu.sock");
     close(listenUnix(path)); // leaves a socket file nobody answers on
     const backend = new RecordingBackend({ numQueues: 1 });
-    const server = new VhostUserServer({ path, backend, log: () => {} });
+    const dataplane = nativeTestDataplane(backend);
+    const server = new VhostUserServer({ path, backend, dataplane, log: () => {} });
     t.after(() => server.close());
     assert.throws(
-      () => new VhostUserServer({ path, backend, log: () => {} }),
+      () => new VhostUserServer({ path, backend, dataplane, log: () => {} }),
       (e: unknown) => isNativeError(e, "EADDRINUSE"),
     );
     const file = join(dir.path, "not-a-socket");
     writeFileSync(file, "keep me");
-    assert.throws(() => new VhostUserServer({ path: file, backend, log: () => {} }));
+    assert.throws(() => new VhostUserServer({ path: file, backend, dataplane, log: () => {} }));
     assert.equal(existsSync(file), true);
     await server.close();
   });

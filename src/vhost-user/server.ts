@@ -19,15 +19,18 @@ import {
   watch,
   type FdWatch,
 } from "../native/index.ts";
+import type { DataplaneDeviceHandle } from "../dataplane/device-handle.ts";
 import type { VhostUserBackend } from "./backend.ts";
 import { VhostUserConnection, type CloseInfo } from "./connection.ts";
-import { LocalDataplane, type VringDataplane } from "./dataplane.ts";
-import { NativeEventFds, NativeMapper, NativeSocket } from "./native-host.ts";
+import { NativeEventFds, NativeSocket } from "./native-host.ts";
+import { DataplaneRings } from "./rings.ts";
 
 /** Options of {@link VhostUserServer}. */
 export interface VhostUserServerOptions {
-  /** The device served to every connection. */
+  /** The device served to every connection (its control side). */
   readonly backend: VhostUserBackend;
+  /** The same device's dataplane half, opened in a pool (worker threads or this thread). */
+  readonly dataplane: DataplaneDeviceHandle | Promise<DataplaneDeviceHandle>;
   /** Socket path to create and listen on (removed again by {@link VhostUserServer.close}). */
   readonly path?: string;
   /** An already listening socket fd instead of `path` (the `--fd` convention); closed by close(). */
@@ -38,8 +41,6 @@ export interface VhostUserServerOptions {
   readonly maxMemSlots?: number;
   /** Where log lines go (default: console.warn). */
   readonly log?: (line: string) => void;
-  /** Builds each connection's dataplane (default: the rings run on this thread). */
-  readonly createDataplane?: (backend: VhostUserBackend) => VringDataplane;
   /** Called with each accepted connection, after it started. */
   readonly onConnection?: (conn: VhostUserConnection) => void;
 }
@@ -49,7 +50,7 @@ export interface VhostUserServerOptions {
  *
  * @example
  * ```ts
- * const server = new VhostUserServer({ path: "/tmp/vu.sock", backend: blk });
+ * const server = new VhostUserServer({ path: "/tmp/vu.sock", backend: blk, dataplane: handle });
  * process.on("SIGTERM", () => void server.close());
  * ```
  */
@@ -147,16 +148,9 @@ export class VhostUserServer {
 
   #serve(fd: number): void {
     const o = this.#options;
-    const dataplane =
-      o.createDataplane?.(o.backend) ??
-      new LocalDataplane({
-        backend: o.backend,
-        mapper: new NativeMapper(),
-        eventFds: this.#eventFds,
-      });
     const conn = new VhostUserConnection(new NativeSocket(fd), {
       backend: o.backend,
-      dataplane,
+      dataplane: new DataplaneRings(o.dataplane),
       fds: this.#eventFds,
       log: this.#log,
       ...(o.maxMemSlots === undefined ? {} : { maxMemSlots: o.maxMemSlots }),

@@ -31,7 +31,7 @@ import { availRingSize, descTableSize, isValidQueueSize, usedRingSize } from "..
 import { VhostUserProtocolFeature as PF } from "../spec/vhost-user.ts";
 import type { VhostUserBackend } from "./backend.ts";
 import type { VringAddr } from "./codec.ts";
-import type { RingStart, VringDataplane } from "./dataplane.ts";
+import type { VringDataplane, VringStart } from "./dataplane.ts";
 import type { EventFds } from "./host.ts";
 import { MemoryTable } from "./memory-table.ts";
 
@@ -273,6 +273,8 @@ export class VhostUserSession {
     if (start === undefined) return;
     try {
       ring.running = true;
+      // Every start follows a SET_FEATURES; all rings of a device share the features.
+      this.backend.negotiate?.(this.features);
       await this.dataplane.startRing(ring.index, start, {
         broken: (err) => this.#onBroken(ring, err),
       });
@@ -284,7 +286,7 @@ export class VhostUserSession {
   }
 
   /** The ring's start parameters, or undefined if its configuration is refused. */
-  #ringStart(ring: VringState): RingStart | undefined {
+  #ringStart(ring: VringState): VringStart | undefined {
     const n = ring.num;
     if (!isValidQueueSize(n)) {
       this.#refuseStart(ring, `queue size ${n} is not a power of two in 1..32768`);
@@ -344,6 +346,6 @@ export class VhostUserSession {
       `vhost-user: ${this.backend.name}: ring ${ring.index} broken: ${err.code}: ${err.message}`,
     );
     // Not from inside the device's call stack: stop every ring after the current message.
-    this.#schedule(() => this.reconcileAll());
+    this.#schedule(() => this.stopAll());
   }
 }

@@ -1,9 +1,11 @@
 /**
- * Test support for the vhost-user back-end: a recording device that completes
- * requests on demand, and a harness that plays the front-end over a
- * {@link FakeSocket} with {@link FakeFds} and a {@link FakeMapper}. The
- * device queues are real {@link DeviceQueue}s over the fake-mapped memory, so
- * a test can play the guest driver with `DriverQueue` on the same bytes.
+ * Test support for the vhost-user back-end: a recording device (control
+ * side and dataplane half in one object) that completes requests on demand,
+ * and a harness that plays the front-end over a {@link FakeSocket} with
+ * {@link FakeFds} and a {@link FakeMapper}, the rings on a dataplane runtime
+ * on this thread. The device queues are real {@link DeviceQueue}s over the
+ * fake-mapped memory, so a test can play the guest driver with
+ * `DriverQueue` on the same bytes.
  *
  * @module
  */
@@ -13,15 +15,29 @@ import { GuestMemory } from "../memory/guest-memory.ts";
 import type { DescriptorChain } from "../ring/chain.ts";
 import type { DeviceQueue } from "../ring/device-queue.ts";
 import { VHOST_USER_HDR_SIZE, vhostUserRequestName } from "../spec/vhost-user.ts";
-import type { VhostUserBackend, VhostUserQueueContext } from "./backend.ts";
+import type { DataplaneDeviceHandle } from "../dataplane/device-handle.ts";
+import type { DataplaneDevice, QueueContext, QueueHandler } from "../dataplane/device.ts";
+import { LOCAL_RUNTIME, localThreadHost } from "../dataplane/local.ts";
+import { DataplanePool } from "../dataplane/pool.ts";
+import { serveDataplane } from "../dataplane/runtime.ts";
+import { silentLogger } from "../log.ts";
+import type { VhostUserBackend } from "./backend.ts";
+import {
+  EVENTFD_DOORBELLS,
+  RegionMemorySpace,
+  VHOST_USER_MEMORY,
+  eventfdDoorbellOpener,
+} from "./binding.ts";
 import { decodeHeader, encodeMessage } from "./codec.ts";
 import { VhostUserConnection, type VhostUserConnectionOptions } from "./connection.ts";
-import { LocalDataplane } from "./dataplane.ts";
 import { FakeFds, FakeMapper, FakeSocket } from "./fakes.ts";
+import type { EventFds, MemoryMapper } from "./host.ts";
+import { NativeEventFds, NativeMapper } from "./native-host.ts";
+import { DataplaneRings } from "./rings.ts";
 
 interface StartedQueue {
   readonly queue: DeviceQueue;
-  readonly ctx: VhostUserQueueContext;
+  readonly ctx: QueueContext;
   /** Chains popped and not completed yet. */
   readonly held: DescriptorChain[];
   stopWaiter: (() => void) | undefined;
@@ -41,7 +57,7 @@ export interface RecordingBackendOptions {
  * once nothing is in flight. SET_CONFIG may write only byte 32 (virtio-blk
  * `writeback`).
  */
-export class RecordingBackend implements VhostUserBackend {
+export class RecordingBackend implements VhostUserBackend, DataplaneDevice {
   readonly name = "recording";
   readonly numQueues: number;
   readonly features: bigint;
@@ -66,10 +82,20 @@ export class RecordingBackend implements VhostUserBackend {
     return true;
   }
 
-  startQueue(index: number, queue: DeviceQueue, ctx: VhostUserQueueContext): void {
+  startQueue(ctx: QueueContext): QueueHandler {
+    const { index, queue } = ctx;
     if (this.started.has(index)) throw new Error(`queue ${index} started twice`);
     this.events.push(`start ${index} avail=${queue.nextAvail} used=${queue.nextUsed}`);
-    this.started.set(index, { queue, ctx, held: [], stopWaiter: undefined });
+    const q: StartedQueue = { queue, ctx, held: [], stopWaiter: undefined };
+    this.started.set(index, q);
+    return {
+      kick: () => this.queueNotify(index),
+      halt: () => {},
+      stop: () => this.stopQueue(index),
+      get inFlight() {
+        return q.held.length;
+      },
+    };
   }
 
   queueNotify(index: number): void {
@@ -129,12 +155,58 @@ export interface Reply {
   readonly payload: Uint8Array;
 }
 
+/** The device kind a test runtime opens (the device object itself, not a copy). */
+const TEST_DEVICE = "test-device";
+
+/**
+ * Opens `device` (its dataplane half) in a runtime on this thread with
+ * vhost-user's binding over `fds` and `mapper` (fakes, or the native ones).
+ */
+export async function openTestDataplane(
+  device: DataplaneDevice,
+  numQueues: number,
+  fds: EventFds,
+  mapper: MemoryMapper,
+): Promise<{ pool: DataplanePool; handle: DataplaneDeviceHandle }> {
+  const host = localThreadHost((endpoint) =>
+    serveDataplane({
+      endpoint,
+      devices: { [TEST_DEVICE]: () => ({ device }) },
+      memory: { [VHOST_USER_MEMORY]: () => new RegionMemorySpace(mapper) },
+      doorbells: { [EVENTFD_DOORBELLS]: eventfdDoorbellOpener(fds) },
+    }),
+  );
+  const pool = await DataplanePool.start({
+    host,
+    module: LOCAL_RUNTIME,
+    runtimes: 1,
+    logger: silentLogger,
+  });
+  const handle = await pool.open(
+    { kind: TEST_DEVICE },
+    { queues: numQueues, logger: silentLogger },
+  );
+  return { pool, handle };
+}
+
+/** {@link openTestDataplane} over the native eventfds and mapper: the device's handle. */
+export function nativeTestDataplane(
+  device: DataplaneDevice & { readonly numQueues: number },
+  mapper: MemoryMapper = new NativeMapper(),
+): Promise<DataplaneDeviceHandle> {
+  return openTestDataplane(device, device.numQueues, new NativeEventFds(), mapper).then(
+    (o) => o.handle,
+  );
+}
+
 /** Options of {@link Harness}. */
 export interface HarnessOptions<
   B extends VhostUserBackend = RecordingBackend,
 > extends RecordingBackendOptions {
   /** The device (default: a {@link RecordingBackend} built from the other options). */
   readonly backend?: B;
+  /** The device's dataplane half (default: `backend`, which must then be one). */
+  readonly dataplane?: DataplaneDevice;
   readonly maxMemSlots?: number;
   /** Window size of the fake mapper (default 4 GiB). */
   readonly windowSize?: number;
@@ -146,18 +218,16 @@ export class Harness<B extends VhostUserBackend = RecordingBackend> {
   readonly mapper: FakeMapper;
   readonly socket = new FakeSocket();
   readonly device: B;
-  readonly dataplane: LocalDataplane;
+  readonly dataplane: DataplaneRings;
   readonly conn: VhostUserConnection;
   readonly logs: string[] = [];
 
   constructor(o: HarnessOptions<B> = {}) {
     this.mapper = new FakeMapper(this.fds, o.windowSize);
-    this.device = o.backend ?? (new RecordingBackend(o) as VhostUserBackend as B);
-    this.dataplane = new LocalDataplane({
-      backend: this.device,
-      mapper: this.mapper,
-      eventFds: this.fds,
-    });
+    this.device = o.backend ?? (new RecordingBackend(o) as unknown as B);
+    const half = o.dataplane ?? (this.device as unknown as DataplaneDevice);
+    const opened = openTestDataplane(half, this.device.numQueues, this.fds, this.mapper);
+    this.dataplane = new DataplaneRings(opened.then((o) => o.handle));
     const options: VhostUserConnectionOptions = {
       backend: this.device,
       dataplane: this.dataplane,
@@ -248,9 +318,4 @@ export class Harness<B extends VhostUserBackend = RecordingBackend> {
     assert.deepEqual(this.fds.misuse, []);
     assert.equal(this.dataplane.runningRings, 0);
   }
-}
-
-/** Factory export for dataplane workers in tests (`backendExport: "createRecordingBackend"`). */
-export function createRecordingBackend(o: RecordingBackendOptions = {}): RecordingBackend {
-  return new RecordingBackend(o);
 }

@@ -13,7 +13,7 @@ import type { VirtioError } from "../../src/errors.ts";
 import type { BlkBacking } from "../../src/devices/blk/backing.ts";
 import { BlkDeviceConfig, type BlkDeviceOptions } from "../../src/devices/blk/config.ts";
 import { BlkQueueEngine, type BlkQueueEngineOptions } from "../../src/devices/blk/queue-engine.ts";
-import type { BlkLogger } from "../../src/devices/blk/log.ts";
+import type { Logger } from "../../src/log.ts";
 import { featureBit } from "../../src/spec/virtio.ts";
 
 export const RING = 0x1000;
@@ -100,7 +100,7 @@ export function without(cfg: BlkDeviceConfig, ...bits: number[]): bigint {
 }
 
 /** A logger that records everything. */
-export class RecordingLogger implements BlkLogger {
+export class RecordingLogger implements Logger {
   readonly errors: string[] = [];
   readonly warnings: string[] = [];
   readonly traces: string[] = [];

@@ -11,7 +11,7 @@ import { vringLayout } from "../../src/ring/layout.ts";
 import { VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET } from "../../src/spec/virtio.ts";
 import { VIRTQ_AVAIL_OFF_IDX, VIRTQ_AVAIL_OFF_RING } from "../../src/spec/virtqueue.ts";
 import { InprocDriverTransport } from "../../src/transport/inproc/index.ts";
-import { nodeParentEndpoint } from "../../src/transport/inproc/node-threads.ts";
+import { nodeParentEndpoint } from "../../src/dataplane/node-threads.ts";
 import {
   ARENA_ENTRIES,
   ARENA_OFFSET,

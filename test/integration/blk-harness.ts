@@ -12,12 +12,12 @@ import { join } from "node:path";
 import { VirtioDevice } from "../../src/device/virtio-device.ts";
 import {
   BlkDataplaneDevice,
+  type BackingSpec,
   type BlkDataplaneDeviceOptions,
-  inprocDataplaneBinding,
-} from "../../src/devices/blk/dataplane/index.ts";
-import { BLK_DATAPLANE_WORKER } from "../../src/devices/blk/dataplane/node-worker.ts";
-import type { BackingSpec } from "../../src/devices/blk/dataplane/protocol.ts";
-import type { BlkLogger } from "../../src/devices/blk/log.ts";
+} from "../../src/devices/blk/index.ts";
+import { DATAPLANE_WORKER } from "../../src/devices/node-dataplane.ts";
+import { inprocDataplaneBinding } from "../../src/transport/inproc/dataplane-binding.ts";
+import type { Logger } from "../../src/log.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
 import {
   InprocDeviceTransport,
@@ -27,7 +27,7 @@ import {
   type InprocShared,
   type WorkerThread,
 } from "../../src/transport/inproc/index.ts";
-import { nodeThreadHost } from "../../src/transport/inproc/node-threads.ts";
+import { nodeThreadHost } from "../../src/dataplane/node-threads.ts";
 import {
   GUEST_BYTES,
   type DriverCommand,
@@ -45,7 +45,7 @@ export const threads = nodeThreadHost({ loaderRegister: import.meta.resolve("tsx
 const COMMAND_MS = 60_000;
 
 /** Records every log line of the device (control thread and workers). */
-export class RecordingLogger implements BlkLogger {
+export class RecordingLogger implements Logger {
   readonly errors: string[] = [];
   readonly warnings: string[] = [];
   error(m: string): void {
@@ -130,7 +130,7 @@ export class InprocBlkRig {
       ...o,
       logger: log,
       threads,
-      workerModule: o.workerModule ?? BLK_DATAPLANE_WORKER,
+      workerModule: o.workerModule ?? DATAPLANE_WORKER,
       binding: inprocDataplaneBinding(shared.registers),
       timeoutMs: 20_000,
     });

@@ -12,7 +12,7 @@
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
-import type { BackingSpec } from "../../src/devices/blk/dataplane/protocol.ts";
+import type { BackingSpec } from "../../src/devices/blk/backing-spec.ts";
 import { InprocBlkRig, pattern, tempDir, writeImage } from "./blk-harness.ts";
 import type { WorkloadReport } from "./blk-layout.ts";
 

@@ -6,12 +6,9 @@
  * the cache mode from the test thread). It shows the worker's backing seam.
  */
 import type { BlkBacking } from "../../src/devices/blk/backing.ts";
-import type { BackingSpec } from "../../src/devices/blk/dataplane/protocol.ts";
-import type { BackingContext } from "../../src/devices/blk/dataplane/seams.ts";
-import {
-  openNodeBacking,
-  startNodeBlkDataplaneWorker,
-} from "../../src/devices/blk/dataplane/node-worker.ts";
+import type { BackingContext, BackingSpec } from "../../src/devices/blk/backing-spec.ts";
+import { openNodeBacking } from "../../src/devices/blk/node-backing.ts";
+import { startNodeDataplaneWorker } from "../../src/devices/node-dataplane.ts";
 
 /** The test disk kind. */
 export interface TestFileSpec {
@@ -67,4 +64,4 @@ async function openTestBacking(spec: BackingSpec, ctx: BackingContext): Promise<
   return wrap(inner, s, ctx);
 }
 
-startNodeBlkDataplaneWorker({ openBacking: openTestBacking });
+startNodeDataplaneWorker({ openBacking: openTestBacking });

@@ -19,7 +19,7 @@ import { ErrorCode, isVirtioError } from "../../src/errors.ts";
 import { BlkIoError } from "../../src/devices/blk/driver-request.ts";
 import { fdSnapshot, fdsOpenedSince, within } from "../../src/native/test-support.ts";
 import { mappingCount, watchCount } from "../../src/native/index.ts";
-import { VhostUserBlk } from "../../src/vhost-user/frontend-blk.ts";
+import { VhostUserBlk } from "../../src/devices/blk/vhost-user-frontend.ts";
 import type { Backend, StartBackend } from "./guest/backends.ts";
 
 const IMAGE_BYTES = 32 << 20;

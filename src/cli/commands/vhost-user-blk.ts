@@ -2,20 +2,20 @@
  * `virtio-ts vhost-user-blk`: serve a raw disk image as a virtio-blk device
  * (VIRTIO 1.2 §5.2) over vhost-user (qemu/qemu docs/interop/vhost-user.rst,
  * "Backend program conventions": a Unix socket path or an inherited
- * listening fd). Composes {@link FileBacking}, {@link VhostUserBlkBackend}
- * and {@link VhostUserServer}; the library does the work.
+ * listening fd). Composes a dataplane pool, `openVhostUserBlk` and
+ * {@link VhostUserServer}; the library does the work.
  *
  * @module
  */
 import { fstatSync } from "node:fs";
 import { ErrorCode, isVirtioError } from "../../errors.ts";
-import { FileBacking } from "../../devices/blk/file-backing.ts";
-import { errorText } from "../../devices/blk/log.ts";
+import type { DataplanePool } from "../../dataplane/pool.ts";
+import type { BlkDataplaneConfig, BlkEngineLimits } from "../../devices/blk/runtime-device.ts";
+import { type OpenedVhostUserBlk, openVhostUserBlk } from "../../devices/blk/vhost-user.ts";
+import { nodeDataplanePool } from "../../devices/node-dataplane.ts";
+import { errorText } from "../../log.ts";
 import { isNativeError } from "../../native/index.ts";
-import { VhostUserBlkBackend } from "../../vhost-user/blk-backend.ts";
-import type { BlkFileBackendOptions } from "../../vhost-user/blk-file-backend.ts";
 import { VhostUserServer } from "../../vhost-user/server.ts";
-import { DataplaneWorker, WorkerDataplane } from "../../vhost-user/worker-dataplane.ts";
 import type { CliIo, CliLog } from "../log.ts";
 import { type Command, type CommandContext, CommandError } from "./command.ts";
 import { EPILOG, FLAGS, type Settings, settings } from "./vhost-user-blk-flags.ts";
@@ -40,27 +40,36 @@ function socketError(s: Settings, e: unknown): CommandError | undefined {
   }
 }
 
-async function openImage(s: Settings, log: CliLog): Promise<FileBacking> {
-  let backing: FileBacking;
+/** The one-line reason the image cannot be served, for an error the device's open threw. */
+function imageError(s: Settings, e: unknown): CommandError | undefined {
+  if (!isVirtioError(e, ErrorCode.BLK_IMAGE)) return undefined;
+  const hint = !s.readOnly && /not writable/.test(e.message) ? " (or pass --read-only)" : "";
+  return new CommandError(`${e.message}${hint}`);
+}
+
+/**
+ * Starts the dataplane (`--io-threads` workers, or the calling thread) and
+ * opens the image in it; the device's log lines come back to this thread's log.
+ */
+async function openDevice(
+  s: Settings,
+  log: CliLog,
+): Promise<{ pool: DataplanePool; blk: OpenedVhostUserBlk }> {
+  const logger = log.logger();
+  const pool = await nodeDataplanePool({ threads: s.ioThreads, trace: log.verbose, logger });
   try {
-    backing = await FileBacking.open(s.image, {
-      readOnly: s.readOnly,
-      direct: s.direct,
-      logicalBlockSize: s.logicalBlockSize,
-      logger: log.blkLogger(),
+    const blk = await openVhostUserBlk({
+      pool,
+      backing: { kind: "file", path: s.image, readOnly: s.readOnly, direct: s.direct },
+      ...deviceOptions(s),
+      logger,
     });
+    if (blk.info.size === 0) throw new CommandError(`disk image ${s.image}: is empty (0 bytes)`);
+    return { pool, blk };
   } catch (e) {
-    if (isVirtioError(e, ErrorCode.BLK_IMAGE)) {
-      const hint = !s.readOnly && /not writable/.test(e.message) ? " (or pass --read-only)" : "";
-      throw new CommandError(`${e.message}${hint}`);
-    }
-    throw e;
+    await pool.close();
+    throw imageError(s, e) ?? e;
   }
-  if (backing.size === 0) {
-    await backing.close();
-    throw new CommandError(`disk image ${s.image}: is empty (0 bytes)`);
-  }
-  return backing;
 }
 
 /** An inherited `--fd` must be an open socket (the server checks nothing). */
@@ -74,8 +83,8 @@ function checkListenFd(fd: number): void {
   if (!socket) throw new CommandError(`fd ${fd} is not a socket`);
 }
 
-/** Options every device instance is built with (on the control thread and in each worker). */
-function deviceOptions(s: Settings): Omit<BlkFileBackendOptions, "imagePath" | "direct"> {
+/** The device's configuration from the flags. */
+function deviceOptions(s: Settings): BlkDataplaneConfig & BlkEngineLimits {
   return {
     numQueues: s.numQueues,
     queueSize: s.queueSize,
@@ -87,56 +96,13 @@ function deviceOptions(s: Settings): Omit<BlkFileBackendOptions, "imagePath" | "
   };
 }
 
-/**
- * Starts the dataplane workers: each opens the image itself and runs the
- * rings given to it; its device's log lines come back to this thread's log.
- */
-async function startWorkers(s: Settings, log: CliLog): Promise<DataplaneWorker[]> {
-  const workers: DataplaneWorker[] = [];
-  // Running from the TypeScript sources: a worker's entry needs tsx too.
-  const loader = import.meta.url.endsWith(".ts")
-    ? { loaderRegister: import.meta.resolve("tsx/esm/api") }
-    : {};
-  for (let i = 0; i < s.ioThreads; i++) {
-    workers.push(
-      DataplaneWorker.spawn({
-        backendModule: import.meta.resolve("../../vhost-user/blk-file-backend.ts"),
-        backendOptions: {
-          ...deviceOptions(s),
-          imagePath: s.image,
-          direct: s.direct,
-        } satisfies BlkFileBackendOptions,
-        trace: log.verbose,
-        onLog: (level, message) => (level === "trace" ? log.trace(message) : log.line(message)),
-        ...loader,
-      }),
-    );
-  }
-  const started = await Promise.allSettled(workers.map((w) => w.ready));
-  const failed = started.find((r) => r.status === "rejected");
-  if (failed !== undefined) {
-    await stopWorkers(workers);
-    throw new CommandError(`dataplane worker: ${errorText(failed.reason)}`);
-  }
-  return workers;
-}
-
-async function stopWorkers(workers: readonly DataplaneWorker[]): Promise<void> {
-  await Promise.all(workers.map((w) => w.terminate().catch(() => {})));
-}
-
-function listen(
-  s: Settings,
-  backend: VhostUserBlkBackend,
-  workers: readonly DataplaneWorker[],
-  log: CliLog,
-): VhostUserServer {
+function listen(s: Settings, blk: OpenedVhostUserBlk, log: CliLog): VhostUserServer {
   let connections = 0;
   if (s.fd !== undefined) checkListenFd(s.fd);
   try {
     return new VhostUserServer({
-      backend,
-      ...(workers.length === 0 ? {} : { createDataplane: () => new WorkerDataplane(workers) }),
+      backend: blk.backend,
+      dataplane: blk.dataplane,
       ...(s.socket === undefined ? { listenFd: s.fd! } : { path: s.socket }),
       log: (line) => log.line(line),
       onConnection: (conn) => {
@@ -183,46 +149,36 @@ function stopSignals(io: CliIo, second: () => void): { first: Promise<string>; o
   return { first, off };
 }
 
-/** Stops the server (rings drain), the workers, then flushes and closes the image. */
+/** Stops the server (rings drain), flushes the image, then closes it and ends the dataplane. */
 async function stop(
+  s: Settings,
   server: VhostUserServer,
-  workers: readonly DataplaneWorker[],
-  backing: FileBacking,
+  pool: DataplanePool,
+  blk: OpenedVhostUserBlk,
 ): Promise<number> {
   await server.close();
-  await stopWorkers(workers);
   try {
     // fdatasync covers the file, whichever thread's descriptor wrote the data.
-    await backing.flush();
+    if (!s.readOnly) await blk.dataplane.control("flush");
   } catch (e) {
-    throw new CommandError(
-      `disk image ${backing.path}: flush failed while stopping: ${errorText(e)}`,
-    );
+    throw new CommandError(`disk image ${s.image}: flush failed while stopping: ${errorText(e)}`);
   } finally {
-    await backing.close();
+    await pool.close();
   }
   return 0;
 }
 
 async function serve(s: Settings, ctx: CommandContext): Promise<number> {
   const { io, log } = ctx;
-  const backing = await openImage(s, log);
+  const { pool, blk } = await openDevice(s, log);
   let server: VhostUserServer;
-  let workers: DataplaneWorker[] = [];
   try {
-    const backend = new VhostUserBlkBackend({
-      ...deviceOptions(s),
-      backing,
-      logger: log.blkLogger(),
-    });
-    workers = await startWorkers(s, log);
-    server = listen(s, backend, workers, log);
+    server = listen(s, blk, log);
   } catch (e) {
-    await stopWorkers(workers);
-    await backing.close();
+    await pool.close();
     throw e;
   }
-  log.process(describe(s, backing.size));
+  log.process(describe(s, blk.info.size));
   let forced!: (code: number) => void;
   const forcedExit = new Promise<number>((r) => (forced = r));
   const signals = stopSignals(io, () => {
@@ -232,7 +188,7 @@ async function serve(s: Settings, ctx: CommandContext): Promise<number> {
   io.out(`listening on ${s.socket ?? `fd ${s.fd}`}`);
   const signal = await signals.first;
   log.process(`${signal}: stopping (draining requests in flight)`);
-  const stopped = stop(server, workers, backing);
+  const stopped = stop(s, server, pool, blk);
   stopped.then(() => log.process("stopped")).catch(() => {});
   try {
     return await Promise.race([stopped, forcedExit]);

@@ -16,7 +16,7 @@ import {
 } from "../../spec/virtio.ts";
 import { type BlkBacking, MemoryBacking } from "./backing.ts";
 import { BlkDevice } from "./device.ts";
-import { silentBlkLogger } from "./log.ts";
+import { silentLogger } from "../../log.ts";
 
 const DISK = new Uint8Array(1 << 20).map((_, i) => (i * 13) & 0xff);
 
@@ -39,7 +39,7 @@ async function setup(backing: BlkBacking = new MemoryBacking(DISK), features?: b
     notifyQueue: (i) => calls.push(i),
     notifyConfig: () => configChanges++,
   };
-  const blkDev = new BlkDevice({ backing, serial: "dev", queueSize: 64, logger: silentBlkLogger });
+  const blkDev = new BlkDevice({ backing, serial: "dev", queueSize: 64, logger: silentLogger });
   const dev = new VirtioDevice(blkDev, { memory: mem, notifier, log: () => {} });
   await dev.writeStatus(ACK);
   await dev.writeStatus(ACK | DRIVER);
@@ -98,7 +98,7 @@ test("a VirtioDevice with BlkDevice serves reads through the framework's queues 
 
 test("a request made available before DRIVER_OK is served at activation", async () => {
   const mem = GuestMemory.createShared([{ guestPhysAddr: 0, size: 1 << 22 }]);
-  const blkDev = new BlkDevice({ backing: new MemoryBacking(DISK), logger: silentBlkLogger });
+  const blkDev = new BlkDevice({ backing: new MemoryBacking(DISK), logger: silentLogger });
   const dev = new VirtioDevice(blkDev, { memory: mem, log: () => {} });
   await dev.writeStatus(ACK | DRIVER);
   dev.writeDriverFeatures(dev.readDeviceFeatures());

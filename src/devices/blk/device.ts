@@ -1,23 +1,23 @@
 /**
- * virtio-blk as a device type of the device framework: config space, feature
- * checks, one {@link BlkQueueEngine} per ready queue, quiesce for reset.
- * VIRTIO 1.2 §5.2 (Block Device), §2.4 (reset), §2.5 (config space, a
- * capacity change sends a configuration change notification).
- *
- * This runs the queues on the thread that owns the VirtioDevice. A
- * dataplane worker would run the same engines in a worker instead.
+ * virtio-blk as a device type of the device framework, with its queues on
+ * the framework's own thread: {@link BlkDeviceCore} for features and config
+ * space, {@link BlkRuntimeDevice} for one engine per ready queue. VIRTIO 1.2
+ * §5.2 (Block Device), §2.4 (reset), §2.5 (config space; a capacity change
+ * sends a configuration change notification). Queues on dataplane runtimes
+ * instead: ./dataplane-device.ts.
  *
  * @module
  */
-import type { VirtioError } from "../../errors.ts";
+import { nextTask } from "../../dataplane/schedule.ts";
 import type { ActivationContext, VirtioDeviceBackend } from "../../device/backend.ts";
-import { ConfigSpace } from "../../device/config-space.ts";
-import { BlkConfig, VIRTIO_BLK_F_CONFIG_WCE } from "../../spec/blk.ts";
-import { hasFeature } from "../../spec/virtio.ts";
+import type { ConfigSpace } from "../../device/config-space.ts";
+import { consoleLogger, type Logger } from "../../log.ts";
 import type { BlkBacking } from "./backing.ts";
-import { BlkDeviceConfig, type BlkDeviceOptions } from "./config.ts";
-import { type BlkLogger, consoleBlkLogger } from "./log.ts";
-import { BlkQueueEngine } from "./queue-engine.ts";
+import { DataplanePolicy } from "./cache-mode.ts";
+import type { BlkDeviceConfig, BlkDeviceOptions } from "./config.ts";
+import { BlkDeviceCore } from "./core.ts";
+import type { BlkQueueEngine } from "./queue-engine.ts";
+import { BlkRuntimeDevice } from "./runtime-device.ts";
 
 /** §5.2.1: the block device's id. */
 export const VIRTIO_ID_BLOCK = 2;
@@ -27,7 +27,7 @@ export interface BlkDeviceBackendOptions extends Omit<BlkDeviceOptions, "capacit
   readonly backing: BlkBacking;
   /** Per queue (default 32). */
   readonly maxInFlight?: number;
-  readonly logger?: BlkLogger;
+  readonly logger?: Logger;
 }
 
 /**
@@ -45,27 +45,38 @@ export class BlkDevice implements VirtioDeviceBackend {
   readonly queueMaxSizes: readonly number[];
   readonly features: bigint;
   readonly config: ConfigSpace;
-  /** The blk view of the configuration and negotiated state. */
-  readonly blkConfig: BlkDeviceConfig;
+  readonly core: BlkDeviceCore;
   readonly backing: BlkBacking;
-  readonly #maxInFlight: number | undefined;
-  readonly #log: BlkLogger;
+  readonly #queues: BlkRuntimeDevice;
+  readonly #log: Logger;
   #engines: (BlkQueueEngine | null)[] = [];
 
   constructor(o: BlkDeviceBackendOptions) {
-    this.backing = o.backing;
-    this.blkConfig = new BlkDeviceConfig({
-      ...o,
-      capacityBytes: o.backing.size,
-      readOnly: o.readOnly ?? o.backing.readOnly,
-    });
-    if (o.backing.readOnly && !this.blkConfig.readOnly)
+    const { backing, maxInFlight, logger, ...config } = o;
+    const options = {
+      ...config,
+      capacityBytes: backing.size,
+      readOnly: o.readOnly ?? backing.readOnly,
+    };
+    if (backing.readOnly && !options.readOnly)
       throw new RangeError("a read-only backing store needs a read-only device");
-    this.features = this.blkConfig.offeredFeatures;
-    this.config = new ConfigSpace(this.blkConfig.configBytes());
-    this.queueMaxSizes = Array.from({ length: this.blkConfig.numQueues }, () => o.queueSize ?? 256);
-    this.#maxInFlight = o.maxInFlight;
-    this.#log = o.logger ?? consoleBlkLogger;
+    this.core = new BlkDeviceCore(options);
+    this.backing = backing;
+    this.features = this.core.features;
+    this.config = this.core.config;
+    this.queueMaxSizes = Array.from({ length: this.core.numQueues }, () => o.queueSize ?? 256);
+    this.#log = logger ?? consoleLogger;
+    const policy = new DataplanePolicy(options, this.core.cacheMode);
+    this.#queues = new BlkRuntimeDevice(
+      backing,
+      policy,
+      maxInFlight === undefined ? {} : { maxInFlight },
+    );
+  }
+
+  /** The blk view of the configuration and negotiated state. */
+  get blkConfig(): BlkDeviceConfig {
+    return this.core.blkConfig;
   }
 
   /** The queue engines of the current activation (null for queues not ready). */
@@ -75,40 +86,34 @@ export class BlkDevice implements VirtioDeviceBackend {
 
   /** FEATURES_OK: record the features (the driver may read `writeback` from now on). */
   validateFeatures(features: bigint): boolean {
-    this.blkConfig.negotiate(features);
-    this.#storeWriteback();
+    this.core.negotiate(features);
     return true;
   }
 
   writeConfig(offset: number, data: Uint8Array, config: ConfigSpace): void {
-    if (this.blkConfig.writeConfig(offset, data)) this.#storeWriteback(config);
-  }
-
-  #storeWriteback(config: ConfigSpace = this.config): void {
-    if (!hasFeature(this.features, VIRTIO_BLK_F_CONFIG_WCE)) return;
-    config.store(BlkConfig.writeback, Uint8Array.of(this.blkConfig.writeback ? 1 : 0));
+    this.core.writeConfig(offset, data, config);
   }
 
   activate(ctx: ActivationContext): void {
-    this.blkConfig.negotiate(ctx.features);
-    this.#storeWriteback();
-    const onBroken = (err: VirtioError): void => {
+    this.core.negotiate(ctx.features);
+    const onBroken = (err: Parameters<ActivationContext["markBroken"]>[0]): void => {
       for (const e of this.#engines) e?.halt();
       ctx.markBroken(err);
     };
-    this.#engines = ctx.queues.map((q, i) =>
-      q === null
+    this.#engines = ctx.queues.map((queue, index) =>
+      queue === null
         ? null
-        : new BlkQueueEngine({
-            queue: q,
-            queueIndex: i,
-            backing: this.backing,
-            policy: this.blkConfig,
-            maxInFlight: this.#maxInFlight,
-            signalUsed: () => void ctx.signalUsed(i),
-            onBroken,
+        : (this.#queues.startQueue({
+            index,
+            queue,
+            memory: ctx.memory,
+            features: ctx.features,
             logger: this.#log,
-          }),
+            schedule: nextTask,
+            notify: () => void ctx.signalUsed(index),
+            signalUsed: () => ctx.signalUsed(index),
+            markBroken: onBroken,
+          }) as BlkQueueEngine),
     );
     // Requests made available before DRIVER_OK (an early kick) are picked up now.
     for (const e of this.#engines) e?.kick();
@@ -120,15 +125,12 @@ export class BlkDevice implements VirtioDeviceBackend {
 
   /** Reset: stop popping, complete in-flight I/O into the used rings. */
   async quiesce(): Promise<void> {
-    const stops: Promise<void>[] = [];
-    for (const e of this.#engines) if (e !== null) stops.push(e.stop());
-    await Promise.all(stops);
+    await Promise.all(this.#engines.flatMap((e) => (e === null ? [] : [e.stop()])));
   }
 
   reset(): void {
     this.#engines = [];
-    this.blkConfig.reset();
-    this.#storeWriteback();
+    this.core.reset();
   }
 
   /**
@@ -136,14 +138,8 @@ export class BlkDevice implements VirtioDeviceBackend {
    * capacity; the framework bumps the config generation and notifies.
    */
   async resize(capacityBytes: number): Promise<void> {
-    this.blkConfig.checkCapacity(capacityBytes);
-    if (capacityBytes !== this.backing.size) {
-      if (this.backing.resize === undefined)
-        throw new TypeError("this backing store cannot be resized");
-      await this.backing.resize(capacityBytes);
-    }
-    this.blkConfig.resize(capacityBytes);
-    const capacity = BigInt(this.blkConfig.capacity);
-    this.config.update((dv) => dv.setBigUint64(BlkConfig.capacity, capacity, true));
+    this.core.blkConfig.checkCapacity(capacityBytes);
+    await this.#queues.control("resize", capacityBytes);
+    this.core.resized(capacityBytes);
   }
 }

@@ -20,7 +20,7 @@ import {
   type InprocShared,
   type WorkerThread,
 } from "../../transport/inproc/index.ts";
-import { nodeThreadHost } from "../../transport/inproc/node-threads.ts";
+import { nodeThreadHost } from "../../dataplane/node-threads.ts";
 import { BlkDriver } from "./driver.ts";
 import { parseBlkConfig, selectBlkFeatures } from "./driver-config.ts";
 import { planBlkDriverMemory } from "./driver-memory.ts";

@@ -28,7 +28,7 @@ import { BlkDeviceConfig, type BlkDeviceOptions, type BlkFeatureName } from "./c
 import { BlkDriver, type BlkDriverOptions } from "./driver.ts";
 import { parseBlkConfig, selectBlkFeatures, type BlkDriverConfig } from "./driver-config.ts";
 import { planBlkDriverMemory, type BlkDriverMemoryPlan } from "./driver-memory.ts";
-import { silentBlkLogger } from "./log.ts";
+import { silentLogger } from "../../log.ts";
 import { BlkQueueEngine, type BlkVirtqueue } from "./queue-engine.ts";
 
 /** A backing store that fails or holds requests on demand (wraps a {@link MemoryBacking}). */
@@ -299,7 +299,7 @@ export function blkRig(o: BlkRigOptions = {}): BlkRig {
         maxInFlight: o.maxInFlight ?? 32,
         notify: () => call(i),
         onBroken: (e) => deviceBroken.push(e),
-        logger: silentBlkLogger,
+        logger: silentLogger,
       }),
   );
   const driver = new BlkDriver({

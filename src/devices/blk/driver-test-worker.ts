@@ -14,10 +14,10 @@
 import { VirtioDevice } from "../../device/virtio-device.ts";
 import { GuestMemory } from "../../memory/guest-memory.ts";
 import { InprocDeviceTransport, type InprocShared } from "../../transport/inproc/index.ts";
-import { nodeParentEndpoint } from "../../transport/inproc/node-threads.ts";
+import { nodeParentEndpoint } from "../../dataplane/node-threads.ts";
 import { MemoryBacking } from "./backing.ts";
 import { BlkDevice } from "./device.ts";
-import { silentBlkLogger } from "./log.ts";
+import { silentLogger } from "../../log.ts";
 
 /** First message to the worker. */
 export interface DriverTestWorkerInit {
@@ -51,7 +51,7 @@ async function serve(init: DriverTestWorkerInit): Promise<void> {
     queueSize: init.queueSize,
     serial: init.serial,
     maxInFlight: init.maxInFlight,
-    logger: silentBlkLogger,
+    logger: silentLogger,
   });
   const log: string[] = [];
   const device = new VirtioDevice(blk, { memory, log: (l) => log.push(l) });

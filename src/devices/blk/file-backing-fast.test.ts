@@ -13,7 +13,7 @@ import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { FileBacking, IOV_MAX, type NowaitIo } from "./file-backing.ts";
-import { silentBlkLogger } from "./log.ts";
+import { silentLogger } from "../../log.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "virtio-ts-fast-"));
 const opened: FileBacking[] = [];
@@ -56,7 +56,7 @@ function countingNowait(): NowaitIo & { calls: number } {
 }
 
 async function openImg(path: string, o: Parameters<typeof FileBacking.open>[1] = {}) {
-  const b = await FileBacking.open(path, { logger: silentBlkLogger, fallocate: null, ...o });
+  const b = await FileBacking.open(path, { logger: silentLogger, fallocate: null, ...o });
   opened.push(b);
   return b;
 }

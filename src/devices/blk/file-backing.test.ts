@@ -25,7 +25,7 @@ import {
   FALLOC_FL_ZERO_RANGE,
   type FallocateFn,
 } from "./fallocate.ts";
-import { silentBlkLogger } from "./log.ts";
+import { silentLogger } from "../../log.ts";
 
 const tmp = mkdtempSync(join(tmpdir(), "virtio-ts-file-"));
 const opened: FileBacking[] = [];
@@ -48,7 +48,7 @@ function bytes(len: number, seed: number): Uint8Array {
 }
 
 async function openImg(path: string, o: Parameters<typeof FileBacking.open>[1] = {}) {
-  const b = await FileBacking.open(path, { logger: silentBlkLogger, fallocate: null, ...o });
+  const b = await FileBacking.open(path, { logger: silentLogger, fallocate: null, ...o });
   opened.push(b);
   return b;
 }
@@ -310,7 +310,7 @@ describe("WRITE_ZEROES and DISCARD", () => {
     const MiB = 1 << 20;
     const content = bytes(4 * MiB, 13);
     const p = image(content);
-    const f = await FileBacking.open(p, { logger: silentBlkLogger }); // loads the addon on first use
+    const f = await FileBacking.open(p, { logger: silentLogger }); // loads the addon on first use
     opened.push(f);
     const blocks0 = statSync(p).blocks;
     await f.discard(0, MiB);

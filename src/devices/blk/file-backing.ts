@@ -42,7 +42,7 @@ import {
   type FallocateFn,
   loadNativeFallocate,
 } from "./fallocate.ts";
-import { type BlkLogger, consoleBlkLogger, errorText } from "./log.ts";
+import { type Logger, consoleLogger, errorText } from "../../log.ts";
 
 /**
  * One positioned preadv/pwritev through the callback API: about half the CPU
@@ -99,7 +99,7 @@ export interface FileBackingOptions {
    * or undefined to load the native addon (not used with O_DIRECT).
    */
   readonly nowait?: NowaitIo | null;
-  readonly logger?: BlkLogger;
+  readonly logger?: Logger;
 }
 
 /** Non-blocking vectored I/O: bytes transferred, or null if it would block. */
@@ -167,7 +167,7 @@ export class FileBacking implements BlkBacking {
   readonly direct: boolean;
   readonly #fh: FileHandle;
   readonly #maxIo: number;
-  readonly #log: BlkLogger;
+  readonly #log: Logger;
   readonly #bounce: BouncePool | null;
   #size: number;
   #fallocate: FallocateFn | null | undefined;
@@ -199,7 +199,7 @@ export class FileBacking implements BlkBacking {
     this.direct = o.direct ?? false;
     this.#maxIo = o.maxIoBytes ?? 8 << 20;
     this.#fallocate = o.fallocate;
-    this.#log = o.logger ?? consoleBlkLogger;
+    this.#log = o.logger ?? consoleLogger;
     this.#bounce = bounce;
   }
 

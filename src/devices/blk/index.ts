@@ -1,8 +1,10 @@
 /**
- * virtio-blk device core (VIRTIO 1.2 §5.2), portable part: request parsing,
- * execution, config space, the per-queue engine, the memory backing store
- * and the device-framework adapter. The Node-only file backing store is in
- * `./file-backing.ts` (import it directly).
+ * virtio-blk (VIRTIO 1.2 §5.2), portable part: request parsing, execution,
+ * config space, the per-queue engine, the memory backing stores, the
+ * device's control core, its dataplane half and the device-framework
+ * adapters (queues on this thread, or on dataplane runtimes). The Node-only
+ * file backing store is in `./file-backing.ts` and `./node-backing.ts`
+ * (import them directly).
  *
  * @module
  */
@@ -21,8 +23,31 @@ export {
   type BlkGeometry,
 } from "./config.ts";
 export { BlkDevice, VIRTIO_ID_BLOCK, type BlkDeviceBackendOptions } from "./device.ts";
+export { BlkDeviceCore } from "./core.ts";
+export { CacheModeWriter, DataplanePolicy, createCacheModeBuffer } from "./cache-mode.ts";
+export { BlkDataplaneDevice, type BlkDataplaneStats, type QueueStop } from "./dataplane-device.ts";
+export type { BlkDataplaneDeviceOptions } from "./dataplane-options.ts";
+export {
+  openPortableBacking,
+  type BackingContext,
+  type BackingOpener,
+  type BackingSpec,
+  type FileBackingSpec,
+  type ObjectBackingSpec,
+  type SharedMemoryBackingSpec,
+} from "./backing-spec.ts";
+export {
+  BLK_DEVICE_KIND,
+  BlkRuntimeDevice,
+  blkDeviceOpener,
+  type BlkDataplaneConfig,
+  type BlkDeviceInfo,
+  type BlkDeviceSpec,
+  type BlkEngineLimits,
+} from "./runtime-device.ts";
+export { SharedMemoryBacking, type SharedMemoryBackingOptions } from "./shared-memory-backing.ts";
 export { executeBlkRequest, executeGetId, writeStatus, type BlkExecPolicy } from "./execute.ts";
-export { blkTypeName, consoleBlkLogger, silentBlkLogger, type BlkLogger } from "./log.ts";
+export { blkTypeName } from "./log.ts";
 export {
   BlkQueueEngine,
   type BlkEnginePolicy,

@@ -2,7 +2,8 @@
  * The in-process transport: a virtio driver and device in two threads of one
  * process over one SharedArrayBuffer of guest memory plus a register block
  * of doorbells and control words. Portable (Node worker_threads and Web
- * Workers); the Node-only thread host is in ./node-threads.ts.
+ * Workers); the thread hosts are the dataplane's (../../dataplane/node-threads.ts,
+ * Node-only, and ../../dataplane/web-threads.ts).
  *
  * @module
  */
@@ -35,5 +36,15 @@ export {
   type MessageEndpoint,
   type ThreadHost,
   type WorkerThread,
-} from "./threads.ts";
-export { webParentEndpoint, webThreadHost } from "./web-threads.ts";
+} from "../../dataplane/threads.ts";
+export { webParentEndpoint, webThreadHost } from "../../dataplane/web-threads.ts";
+export {
+  INPROC_DOORBELLS,
+  INPROC_MEMORY,
+  inprocDataplaneBinding,
+  inprocDoorbellOpener,
+  inprocMemorySpace,
+  type InprocDoorbellDescriptor,
+  type InprocMemoryDescriptor,
+} from "./dataplane-binding.ts";
+export { InprocQueueDoorbells, type InprocDoorbellOptions } from "./dataplane-doorbells.ts";

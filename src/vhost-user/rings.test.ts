@@ -1,12 +1,14 @@
 /**
  * Rings on dataplane worker threads over real kernel objects: the control
- * thread answers the protocol, two workers map the memfd themselves, watch
+ * thread answers the protocol, two runtimes map the memfd themselves, watch
  * the kick eventfds and signal the call / err eventfds.
  */
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setImmediate as tick } from "node:timers/promises";
-import { isVirtioError } from "../errors.ts";
+import { nodeThreadHost } from "../dataplane/node-threads.ts";
+import { DataplanePool } from "../dataplane/pool.ts";
+import { silentLogger } from "../log.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import {
   close,
@@ -39,21 +41,19 @@ import {
 } from "./codec.ts";
 import { VhostUserConnection } from "./connection.ts";
 import { NativeEventFds, NativeSocket } from "./native-host.ts";
+import { DataplaneRings } from "./rings.ts";
 import { RecordingBackend } from "./test-support.ts";
-import { DataplaneWorker, WorkerDataplane } from "./worker-dataplane.ts";
 
 const MEM = 1 << 20;
 const UVA = 0x7f00_0000_0000n;
-const TSX = import.meta.resolve("tsx/esm/api");
-const BACKEND = import.meta.resolve("./test-support.ts");
 
-function spawn(backendExport = "createRecordingBackend"): DataplaneWorker {
-  return DataplaneWorker.spawn({
-    backendModule: BACKEND,
-    backendExport,
-    backendOptions: { numQueues: 2 },
-    loaderRegister: TSX,
-    maxWindow: 64 * 1024,
+function startPool(): Promise<DataplanePool> {
+  return DataplanePool.start({
+    host: nodeThreadHost({ loaderRegister: import.meta.resolve("tsx/esm/api") }),
+    module: new URL("./rings-test-worker.ts", import.meta.url),
+    runtimes: 2,
+    timeoutMs: 20_000,
+    logger: silentLogger,
   });
 }
 
@@ -78,20 +78,23 @@ async function until(what: string, cond: () => boolean): Promise<void> {
   assert.fail(`timed out waiting: ${what}`);
 }
 
-describe("WorkerDataplane", { timeout: 30_000 }, () => {
+describe("DataplaneRings on worker threads", { timeout: 30_000 }, () => {
   test("two workers run two rings; broken report and stops cross threads; nothing leaks", async (t) => {
     const fdsBefore = fdSnapshot();
     const mappingsBefore = mappingCount();
-    const workers = [spawn(), spawn()];
-    t.after(() => Promise.all(workers.map((w) => w.terminate())));
-    await within(Promise.all(workers.map((w) => w.ready)), 20_000, "workers ready");
+    const pool = await within(startPool(), 20_000, "workers ready");
+    t.after(() => pool.close());
+    const handle = await pool.open(
+      { kind: "recording", options: { numQueues: 2 } } as { kind: string },
+      { queues: 2 },
+    );
 
     const [backendFd, fe] = socketPair();
     const eventFds = new NativeEventFds();
     const logs: string[] = [];
     const conn = new VhostUserConnection(new NativeSocket(backendFd), {
       backend: new RecordingBackend({ numQueues: 2 }), // control side only: features, config
-      dataplane: new WorkerDataplane(workers),
+      dataplane: new DataplaneRings(handle),
       fds: eventFds,
       log: (l) => logs.push(l),
     });
@@ -184,7 +187,7 @@ describe("WorkerDataplane", { timeout: 30_000 }, () => {
     close(fe);
     feOpen = false;
     assert.equal((await within(conn.closed, 10_000, "connection closed")).error, undefined);
-    await Promise.all(workers.map((w) => w.terminate()));
+    await pool.close();
     for (const f of fds) [f.kick, f.call, f.err].forEach((fd) => close(fd));
     fds.length = 0;
     assert.equal(munmap(ram), true);
@@ -192,13 +195,15 @@ describe("WorkerDataplane", { timeout: 30_000 }, () => {
     assert.deepEqual(fdsOpenedSince(fdsBefore), []);
   });
 
-  test("a device factory that fails rejects `ready` and every call", async (t) => {
-    const w = spawn("noSuchExport");
-    t.after(() => w.terminate());
+  test("a device kind the runtime does not know: the open fails, and so does every ring call", async (t) => {
+    const pool = await within(startPool(), 20_000, "workers ready");
+    t.after(() => pool.close());
+    const open = pool.open({ kind: "noSuchDevice" }, { queues: 1 });
     await assert.rejects(
-      w.ready,
-      (e: unknown) => isVirtioError(e) && /no function export noSuchExport/.test(e.message),
+      open,
+      (e: unknown) => e instanceof TypeError && /unknown device kind noSuchDevice/.test(e.message),
     );
-    await assert.rejects(w.createDataplane().dispose(), /no function export/);
+    const region = { gpa: 0, size: 4096, uva: UVA, mmapOffset: 0 };
+    await assert.rejects(new DataplaneRings(open).addRegion(region, 3), /unknown device kind/);
   });
 });

@@ -1,7 +1,7 @@
 /**
- * A dataplane worker's doorbells for one queue of the in-process transport.
+ * A dataplane runtime's doorbells for one queue of the in-process transport.
  * VIRTIO 1.2 §2.3 (available- and used-buffer notifications) over the
- * register block of ../../../transport/inproc/registers.ts.
+ * register block of ./registers.ts.
  *
  * Kicks: the driver bumps the queue's KICK counter. The worker takes the
  * queue's kicks itself: it sets KICK_ROUTE_DIRECT (so the driver does not
@@ -20,13 +20,9 @@
  *
  * @module
  */
-import { Doorbell, waitWordAsync } from "../../../transport/inproc/doorbell.ts";
-import {
-  KICK_ROUTE_DIRECT,
-  KICK_ROUTE_WAITING,
-  openRegisters,
-} from "../../../transport/inproc/registers.ts";
-import type { QueueDoorbells } from "./seams.ts";
+import type { QueueDoorbells } from "../../dataplane/seams.ts";
+import { Doorbell, waitWordAsync } from "./doorbell.ts";
+import { KICK_ROUTE_DIRECT, KICK_ROUTE_WAITING, openRegisters } from "./registers.ts";
 
 /** `Atomics.waitAsync` where the runtime has it (lib ES2023 lacks the type). */
 type WaitAsync = (

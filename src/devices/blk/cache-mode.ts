@@ -17,7 +17,7 @@
  *
  * @module
  */
-import { BlkDeviceConfig, type BlkDeviceOptions } from "../config.ts";
+import { BlkDeviceConfig, type BlkDeviceOptions } from "./config.ts";
 
 /** Word 0: 1 = write-through (every write stable before it completes), 0 = writeback. */
 const WRITE_THROUGH = 0;

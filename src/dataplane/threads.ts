@@ -1,9 +1,10 @@
 /**
- * The small thread interface the in-process transport's hosts use, so the
- * same code runs on Node's worker_threads (./node-threads.ts, Node-only)
- * and on Web Workers (./web-threads.ts). Only bootstrap messages travel
- * here (the shared buffers, a "ready", final reports); the control and data
- * paths go through the SharedArrayBuffer register block.
+ * The small thread interface the dataplane and the in-process transport
+ * start threads through, so the same code runs on Node's worker_threads
+ * (./node-threads.ts, Node-only), on Web Workers (./web-threads.ts) and on
+ * the calling thread (./local.ts). Only control messages travel here
+ * (bootstrap, queue start and stop, reports); kicks, calls and the rings
+ * themselves go through shared memory or eventfds. Not spec-defined.
  *
  * @module
  */

@@ -1,15 +1,22 @@
 /**
- * The in-process transport's binding of a virtio-blk dataplane: guest memory
- * as SharedArrayBuffer regions, doorbells on the register block. Portable
- * (no Node-only module). See ./seams.ts for the roles.
+ * The in-process transport's binding of the dataplane: guest memory as
+ * SharedArrayBuffer regions, doorbells on the register block. VIRTIO 1.2
+ * §2.3 (notifications), §2.7 (rings in guest memory). Portable (no
+ * Node-only module); it knows no device. See ../../dataplane/seams.ts for
+ * the roles.
  *
  * @module
  */
-import { GuestMemory, type TransferableGuestMemory } from "../../../memory/guest-memory.ts";
-import { openRegisters } from "../../../transport/inproc/registers.ts";
-import { InprocQueueDoorbells, type InprocDoorbellOptions } from "./inproc-doorbells.ts";
-import type { DoorbellDescriptor, MemoryDescriptor } from "./protocol.ts";
-import type { DataplaneBinding, DoorbellOpener, MemoryAttacher } from "./seams.ts";
+import type {
+  DataplaneBinding,
+  DoorbellDescriptor,
+  DoorbellOpener,
+  MemoryDescriptor,
+  MemorySpaceFactory,
+} from "../../dataplane/seams.ts";
+import { GuestMemory, type TransferableGuestMemory } from "../../memory/guest-memory.ts";
+import { InprocQueueDoorbells, type InprocDoorbellOptions } from "./dataplane-doorbells.ts";
+import { openRegisters } from "./registers.ts";
 
 /** Memory kind: the transport's SharedArrayBuffer regions. */
 export const INPROC_MEMORY = "inproc-shared";
@@ -51,11 +58,18 @@ export function inprocDataplaneBinding(registers: SharedArrayBuffer): DataplaneB
   };
 }
 
-/** Worker side: maps {@link InprocMemoryDescriptor}s. */
-export const attachInprocMemory: MemoryAttacher = (d) =>
-  GuestMemory.fromTransferable((d as InprocMemoryDescriptor).memory);
+/** Runtime side: maps {@link InprocMemoryDescriptor}s (nothing to release: the buffers are shared). */
+export const inprocMemorySpace: MemorySpaceFactory = () => {
+  let memory: GuestMemory | null = null;
+  return {
+    update: (d) =>
+      void (memory = GuestMemory.fromTransferable((d as InprocMemoryDescriptor).memory)),
+    memory: () => memory,
+    dispose: () => void (memory = null),
+  };
+};
 
-/** Worker side: opens {@link InprocDoorbellDescriptor}s. */
+/** Runtime side: opens {@link InprocDoorbellDescriptor}s. */
 export function inprocDoorbellOpener(options: InprocDoorbellOptions = {}): DoorbellOpener {
   return (queue, d) =>
     new InprocQueueDoorbells((d as InprocDoorbellDescriptor).registers, queue, options);

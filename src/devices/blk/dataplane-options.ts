@@ -1,25 +1,33 @@
 /**
  * The options of a {@link BlkDataplaneDevice} and their checks: the part the
- * workers rebuild the blk configuration from (structured-cloneable), and
- * the part only the control thread uses (threads, binding, logger).
+ * runtimes rebuild the blk configuration from (structured-cloneable), and
+ * the part only the control side uses (threads or a pool, binding, logger).
  * VIRTIO 1.2 §5.2.4 (the configuration the options describe).
  *
  * @module
  */
-import type { ThreadHost } from "../../../transport/inproc/threads.ts";
-import { BlkDeviceConfig } from "../config.ts";
-import type { BlkLogger } from "../log.ts";
-import type { BackingSpec, BlkDataplaneConfig, InitMessage } from "./protocol.ts";
-import type { DataplaneBinding } from "./seams.ts";
+import type { DataplanePool } from "../../dataplane/pool.ts";
+import type { DataplaneBinding } from "../../dataplane/seams.ts";
+import type { ThreadHost } from "../../dataplane/threads.ts";
+import type { Logger } from "../../log.ts";
+import type { BackingSpec } from "./backing-spec.ts";
+import { BlkDeviceConfig } from "./config.ts";
+import type { BlkDataplaneConfig } from "./runtime-device.ts";
 
 /** Options of `BlkDataplaneDevice.create`: the blk configuration plus where and how to run. */
 export interface BlkDataplaneDeviceOptions extends BlkDataplaneConfig {
   /** The disk each worker opens. */
   readonly backing: BackingSpec;
-  /** Starts the workers (worker_threads or Web Workers). */
-  readonly threads: ThreadHost;
-  /** The worker module (Node: `BLK_DATAPLANE_WORKER` from ./node-worker.ts). */
-  readonly workerModule: URL;
+  /**
+   * Runtimes shared with other devices; the device's queues are placed on
+   * them and the pool outlives the device. Give either `pool`, or `threads`
+   * and `workerModule` (the device then starts and ends its own runtimes).
+   */
+  readonly pool?: DataplanePool;
+  /** Starts the workers (worker_threads, Web Workers, or `localThreadHost`). */
+  readonly threads?: ThreadHost;
+  /** The worker module (Node: `DATAPLANE_WORKER` from ../node-dataplane.ts). */
+  readonly workerModule?: URL;
   /** How memory and doorbells reach the workers (in-process: `inprocDataplaneBinding(registers)`). */
   readonly binding: DataplaneBinding;
   /** "per-queue" (default): one worker per queue; n: n shared I/O workers (queue q on worker q mod n). */
@@ -28,7 +36,7 @@ export interface BlkDataplaneDeviceOptions extends BlkDataplaneConfig {
   readonly maxInFlight?: number;
   /** Chains popped per run before a worker yields to its event loop (default 256). */
   readonly budget?: number;
-  readonly logger?: BlkLogger;
+  readonly logger?: Logger;
   /** Forward the workers' per-request trace lines to `logger.trace` (default false). */
   readonly trace?: boolean;
   /** Bound on a worker's start and on each of its replies, in ms (default 30000). */
@@ -39,6 +47,7 @@ export interface BlkDataplaneDeviceOptions extends BlkDataplaneConfig {
 export type Parts = Pick<
   BlkDataplaneDeviceOptions,
   | "backing"
+  | "pool"
   | "threads"
   | "workerModule"
   | "binding"
@@ -57,6 +66,7 @@ export function splitOptions(o: BlkDataplaneDeviceOptions): {
 } {
   const {
     backing,
+    pool,
     threads,
     workerModule,
     binding,
@@ -71,6 +81,7 @@ export function splitOptions(o: BlkDataplaneDeviceOptions): {
   return {
     parts: {
       backing,
+      pool,
       threads,
       workerModule,
       binding,
@@ -92,9 +103,9 @@ function checkInt(name: string, v: number | undefined, min: number, max: number)
 
 /**
  * Checks the numbers and the blk configuration (throws at once, on the
- * caller's thread) and returns how many workers to start.
+ * caller's thread) and returns how many workers to start (0 with a pool).
  *
- * @throws {RangeError} for a bad option.
+ * @throws {RangeError} for a bad option; {@link TypeError} without a pool or threads.
  */
 export function workerCount(parts: Parts, config: BlkDataplaneConfig): number {
   checkInt("maxInFlight", parts.maxInFlight, 1, 32768);
@@ -103,24 +114,8 @@ export function workerCount(parts: Parts, config: BlkDataplaneConfig): number {
   const numQueues = new BlkDeviceConfig({ ...config, capacityBytes: 0 }).numQueues;
   const io = parts.ioThreads ?? "per-queue";
   if (io !== "per-queue") checkInt("ioThreads", io, 1, 0xffff);
+  if (parts.pool !== undefined) return 0;
+  if (parts.threads === undefined || parts.workerModule === undefined)
+    throw new TypeError("give either pool, or threads and workerModule");
   return io === "per-queue" ? numQueues : Math.min(io, numQueues);
-}
-
-/** The first message to worker `worker`. */
-export function initMessage(
-  worker: number,
-  parts: Parts,
-  config: BlkDataplaneConfig,
-  cacheMode: SharedArrayBuffer,
-): InitMessage {
-  return {
-    type: "init",
-    worker,
-    backing: parts.backing,
-    config,
-    cacheMode,
-    ...(parts.maxInFlight === undefined ? {} : { maxInFlight: parts.maxInFlight }),
-    ...(parts.budget === undefined ? {} : { budget: parts.budget }),
-    trace: parts.trace === true,
-  };
 }

@@ -1,20 +1,19 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setImmediate as tick } from "node:timers/promises";
-import { MemoryBacking } from "../devices/blk/backing.ts";
-import { silentBlkLogger } from "../devices/blk/log.ts";
-import type { GuestMemory } from "../memory/guest-memory.ts";
-import { DriverQueue, type UsedBuffer } from "../ring/driver-queue.ts";
-import { vringLayout } from "../ring/layout.ts";
+import { MemoryBacking } from "./backing.ts";
+import type { GuestMemory } from "../../memory/guest-memory.ts";
+import { DriverQueue, type UsedBuffer } from "../../ring/driver-queue.ts";
+import { vringLayout } from "../../ring/layout.ts";
 import {
   BlkConfig,
   VIRTIO_BLK_F_CONFIG_WCE,
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
-} from "../spec/blk.ts";
-import { VhostUserRequest as R } from "../spec/vhost-user.ts";
-import { hasFeature } from "../spec/virtio.ts";
+} from "../../spec/blk.ts";
+import { VhostUserRequest as R } from "../../spec/vhost-user.ts";
+import { hasFeature } from "../../spec/virtio.ts";
 import {
   decodeConfig,
   decodeU64,
@@ -25,9 +24,9 @@ import {
   encodeVringAddr,
   encodeVringFile,
   encodeVringState,
-} from "./codec.ts";
-import { VhostUserBlkBackend } from "./blk-backend.ts";
-import { Harness } from "./test-support.ts";
+} from "../../vhost-user/codec.ts";
+import { VhostUserBlkBackend } from "./vhost-user.ts";
+import { Harness } from "../../vhost-user/test-support.ts";
 
 const MEM = 1 << 20;
 const UVA = 0x7f00_0000_0000n;
@@ -58,13 +57,12 @@ function header(guest: GuestMemory, type: number, sector: bigint): void {
 
 describe("virtio-blk over vhost-user", { timeout: 10_000 }, () => {
   test("features, config, write then read back, SET_CONFIG writeback, GET_VRING_BASE", async () => {
-    const blk = new VhostUserBlkBackend({
+    const { backend: blk, device } = VhostUserBlkBackend.withBacking({
       backing: new MemoryBacking(DISK),
       numQueues: 2,
       queueSize: 16,
-      logger: silentBlkLogger,
     });
-    const h = new Harness({ backend: blk });
+    const h = new Harness({ backend: blk, dataplane: device });
     const [f] = await h.call(R.GET_FEATURES);
     const offered = decodeU64(f!.payload);
     assert.ok(hasFeature(offered, VIRTIO_BLK_F_CONFIG_WCE));
@@ -111,7 +109,7 @@ describe("virtio-blk over vhost-user", { timeout: 10_000 }, () => {
     await h.call(R.SET_VRING_KICK, encodeVringFile({ index: 0, noFd: false }), [kick]);
     await h.call(R.SET_VRING_CALL, encodeVringFile({ index: 0, noFd: false }), [h.fds.eventfd()]);
     await h.call(R.SET_VRING_ENABLE, encodeVringState({ index: 0, num: 1 }));
-    assert.ok(blk.engine(0) !== undefined);
+    assert.ok(device.engine(0) !== undefined);
 
     // OUT: 4 KiB at sector 8.
     const pattern = Uint8Array.from({ length: 4096 }, (_, i) => (i * 7 + 3) & 0xff);
@@ -173,7 +171,7 @@ describe("virtio-blk over vhost-user", { timeout: 10_000 }, () => {
 
     const [base] = await h.call(R.GET_VRING_BASE, encodeVringState({ index: 0, num: 0 }));
     assert.deepEqual(decodeVringState(base!.payload), { index: 0, num: 2 });
-    assert.equal(blk.engine(0), undefined);
+    assert.equal(device.engine(0), undefined);
     h.socket.end();
     await h.conn.closed;
     h.assertReleased();

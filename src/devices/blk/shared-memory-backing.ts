@@ -9,7 +9,7 @@
  *
  * @module
  */
-import { MemoryBacking } from "../backing.ts";
+import { MemoryBacking } from "./backing.ts";
 
 /** Options of {@link SharedMemoryBacking}. */
 export interface SharedMemoryBackingOptions {

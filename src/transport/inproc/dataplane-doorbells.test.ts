@@ -5,11 +5,8 @@ import {
   KICK_ROUTE_WAITING,
   RegisterLayout,
   createRegisters,
-} from "../../../transport/inproc/registers.ts";
-import { InprocQueueDoorbells } from "./inproc-doorbells.ts";
-import { SharedMemoryBacking } from "./shared-memory-backing.ts";
-import { fromWireError, toWireError } from "./protocol.ts";
-import { ErrorCode, VirtioError } from "../../../errors.ts";
+} from "./registers.ts";
+import { InprocQueueDoorbells } from "./dataplane-doorbells.ts";
 
 const Q = 1;
 
@@ -90,31 +87,4 @@ test("call bumps the queue's CALL counter and the driver doorbell", () => {
   assert.equal(Atomics.load(s.a, s.layout.callBase + Q), 2);
   assert.equal(Atomics.load(s.a, s.layout.drvWake), 2);
   assert.equal(bells.calls, 2);
-});
-
-test("SharedMemoryBacking: shared bytes, no copy; range and read-only checks reject", async () => {
-  const buf = new SharedArrayBuffer(4096);
-  const a = new SharedMemoryBacking(buf);
-  const b = new SharedMemoryBacking(buf, { readOnly: true });
-  await a.writev(512, [Uint8Array.of(1, 2), Uint8Array.of(3)]);
-  const got = new Uint8Array(3);
-  await b.readv(512, [got]);
-  assert.deepEqual([...got], [1, 2, 3], "the other instance sees the write");
-  await assert.rejects(b.writev(0, [new Uint8Array(1)]), /read-only/);
-  await assert.rejects(a.readv(4000, [new Uint8Array(512)]), RangeError);
-  await a.writeZeroes(512, 512, false);
-  assert.equal(new Uint8Array(buf)[512], 0);
-  assert.throws(() => new SharedMemoryBacking(new SharedArrayBuffer(1000)), RangeError);
-});
-
-test("wire errors keep a VirtioError's code and details, and TypeError / RangeError", () => {
-  const e = fromWireError(
-    toWireError(new VirtioError(ErrorCode.DESC_LOOP, "loop", { head: 3 })),
-  ) as VirtioError;
-  assert.ok(e instanceof VirtioError);
-  assert.equal(e.code, ErrorCode.DESC_LOOP);
-  assert.deepEqual(e.details, { head: 3 });
-  assert.ok(fromWireError(toWireError(new RangeError("r"))) instanceof RangeError);
-  assert.ok(fromWireError(toWireError(new TypeError("t"))) instanceof TypeError);
-  assert.equal(fromWireError(toWireError("plain")).message, "plain");
 });

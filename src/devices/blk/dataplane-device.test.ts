@@ -1,84 +1,61 @@
 /**
- * BlkDataplaneDevice's control side with dataplane workers run in this
- * thread (a MessageChannel stands in for the thread boundary): activation,
+ * BlkDataplaneDevice's control side with dataplane runtimes on this
+ * thread (localThreadHost stands in for the thread boundary): activation,
  * kicks taken by the worker, reset, broken propagation, an activation that
  * fails halfway, and bad options. The cross-thread behaviour is covered by
  * test/integration/blk-*.test.ts.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { MessageChannel } from "node:worker_threads";
-import { ErrorCode } from "../../../errors.ts";
-import { VirtioDevice } from "../../../device/virtio-device.ts";
-import { GuestMemory } from "../../../memory/guest-memory.ts";
-import { MockAllocator, MockSplitQueue } from "../../../testing/index.ts";
-import * as blk from "../../../spec/blk.ts";
+import { ErrorCode } from "../../errors.ts";
+import { VirtioDevice } from "../../device/virtio-device.ts";
+import { GuestMemory } from "../../memory/guest-memory.ts";
+import { MockAllocator, MockSplitQueue } from "../../testing/index.ts";
+import * as blk from "../../spec/blk.ts";
 import {
   VIRTIO_CONFIG_S_ACKNOWLEDGE as ACK,
   VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET as NEEDS_RESET,
   VIRTIO_CONFIG_S_DRIVER as DRIVER,
   VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK,
   VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK,
-} from "../../../spec/virtio.ts";
+} from "../../spec/virtio.ts";
 import {
   KICK_ROUTE_WAITING,
   RegisterLayout,
   createRegisters,
-} from "../../../transport/inproc/registers.ts";
-import type { ThreadHost, WorkerThread } from "../../../transport/inproc/threads.ts";
-import { silentBlkLogger } from "../log.ts";
-import { BlkDataplaneDevice } from "./device.ts";
+} from "../../transport/inproc/registers.ts";
+import type { ThreadHost } from "../../dataplane/threads.ts";
+import { localThreadHost } from "../../dataplane/local.ts";
+import { serveDataplane } from "../../dataplane/runtime.ts";
+import type { MemorySpaceFactory } from "../../dataplane/seams.ts";
+import { silentLogger } from "../../log.ts";
 import {
   INPROC_DOORBELLS,
   INPROC_MEMORY,
-  attachInprocMemory,
   inprocDataplaneBinding,
   inprocDoorbellOpener,
-} from "./inproc-binding.ts";
-import type { MemoryAttacher } from "./seams.ts";
-import { SharedMemoryBacking } from "./shared-memory-backing.ts";
-import type { SharedMemoryBackingSpec } from "./protocol.ts";
-import { serveBlkDataplane } from "./worker-runtime.ts";
+  inprocMemorySpace,
+} from "../../transport/inproc/dataplane-binding.ts";
+import { openPortableBacking } from "./backing-spec.ts";
+import { BlkDataplaneDevice } from "./dataplane-device.ts";
+import { BLK_DEVICE_KIND, blkDeviceOpener } from "./runtime-device.ts";
 
 const MEM = 1 << 22;
 const QUEUE_SIZE = 64;
 
-/** A ThreadHost whose "threads" are dataplane workers in this thread behind a MessageChannel. */
-function inThreadHost(memoryAttacher: MemoryAttacher = attachInprocMemory): ThreadHost {
-  return {
-    spawn(_module: URL, init: unknown): WorkerThread {
-      const { port1, port2 } = new MessageChannel();
-      serveBlkDataplane({
-        endpoint: {
-          postMessage: (m) => port2.postMessage(m),
-          onMessage: (h) => {
-            port2.on("message", h);
-            return () => port2.off("message", h);
-          },
-        },
-        openBacking: (spec) =>
-          Promise.resolve(new SharedMemoryBacking((spec as SharedMemoryBackingSpec).buffer)),
-        memory: { [INPROC_MEMORY]: memoryAttacher },
-        doorbells: { [INPROC_DOORBELLS]: inprocDoorbellOpener() },
-      });
-      port1.postMessage(init);
-      return {
-        postMessage: (m) => port1.postMessage(m),
-        onMessage: (h) => {
-          port1.on("message", h);
-          return () => port1.off("message", h);
-        },
-        onError: () => () => {},
-        terminate: () => {
-          port1.close();
-          return Promise.resolve();
-        },
-      };
-    },
-  };
+/** A ThreadHost whose "threads" are dataplane runtimes on this thread. */
+function inThreadHost(memory: MemorySpaceFactory = inprocMemorySpace): ThreadHost {
+  return localThreadHost((endpoint) =>
+    serveDataplane({
+      endpoint,
+      devices: { [BLK_DEVICE_KIND]: blkDeviceOpener(openPortableBacking) },
+      memory: { [INPROC_MEMORY]: memory },
+      doorbells: { [INPROC_DOORBELLS]: inprocDoorbellOpener() },
+    }),
+  );
 }
 
-async function setup(o: { queues?: number; ioThreads?: number; attacher?: MemoryAttacher } = {}) {
+async function setup(o: { queues?: number; ioThreads?: number; memory?: MemorySpaceFactory } = {}) {
   const queues = o.queues ?? 2;
   const mem = GuestMemory.createShared([{ guestPhysAddr: 0, size: MEM }]);
   const registers = createRegisters(queues);
@@ -89,10 +66,10 @@ async function setup(o: { queues?: number; ioThreads?: number; attacher?: Memory
     numQueues: queues,
     queueSize: QUEUE_SIZE,
     ...(o.ioThreads === undefined ? {} : { ioThreads: o.ioThreads }),
-    threads: inThreadHost(o.attacher),
+    threads: inThreadHost(o.memory),
     workerModule: new URL("file:///unused"),
     binding: inprocDataplaneBinding(registers),
-    logger: silentBlkLogger,
+    logger: silentLogger,
   });
   let configChanges = 0;
   const dev = new VirtioDevice(blkDev, {
@@ -207,12 +184,18 @@ test("a ring violation in a worker makes the device broken (NEEDS_RESET, config 
 
 test("an activation that fails on one queue breaks the device and halts the queues that did start", async () => {
   // The workers see only the first 16 KiB of memory: queue 0's ring (0x1000) fits, queue 1's (0x5000) does not.
-  const small: MemoryAttacher = (d) => {
-    const full = attachInprocMemory(d) as GuestMemory;
-    const r = full.toTransferable().regions[0]!;
-    return new GuestMemory([{ ...r, size: 0x4000 }]);
+  const small: MemorySpaceFactory = () => {
+    const full = inprocMemorySpace();
+    return {
+      update: (d, busy) => full.update(d, busy),
+      memory: () => {
+        const r = full.memory()!.toTransferable().regions[0]!;
+        return new GuestMemory([{ ...r, size: 0x4000 }]);
+      },
+      dispose: () => full.dispose(),
+    };
   };
-  const s = await setup({ queues: 2, attacher: small });
+  const s = await setup({ queues: 2, memory: small });
   try {
     assert.equal(s.dev.broken?.code, ErrorCode.QUEUE_CONFIG);
     assert.equal(s.dev.readStatus() & NEEDS_RESET, NEEDS_RESET);

@@ -1,36 +1,19 @@
 /**
- * The control thread's handle on one dataplane worker: starts it, sends
- * control messages and matches replies, with every wait bounded. Portable
- * (threads come from a {@link ThreadHost}). The protocol is ./protocol.ts.
+ * The control side's handle on one dataplane runtime (a worker thread, or
+ * the runtime on the calling thread): starts it, sends control messages and
+ * matches replies, with every wait bounded. Portable (threads come from a
+ * {@link ThreadHost}). The protocol is ./protocol.ts. Not spec-defined.
  *
  * @module
  */
-import type { ThreadHost, WorkerThread } from "../../../transport/inproc/threads.ts";
-import {
-  type ControlMessage,
-  type InitMessage,
-  type WorkerMessage,
-  fromWireError,
-  hasType,
-} from "./protocol.ts";
+import type { ControlRequest, InitMessage, RuntimeMessage } from "./protocol.ts";
+import type { ThreadHost, WorkerThread } from "./threads.ts";
+import { fromWireError, hasType } from "./wire.ts";
 
-/** A control message without its id (the handle numbers them). */
-export type ControlRequest = ControlMessage extends infer M
-  ? M extends ControlMessage
-    ? Omit<M, "id">
-    : never
-  : never;
-
-/** What a worker reported on its own: a broken ring, a log line, or the thread failing. */
-export type WorkerEvent =
-  | Extract<WorkerMessage, { type: "broken" } | { type: "log" }>
+/** What a runtime reported on its own: a broken ring, a log line, or the thread failing. */
+export type RuntimeEvent =
+  | Extract<RuntimeMessage, { type: "broken" } | { type: "log" }>
   | { readonly type: "failed"; readonly error: Error };
-
-/** The ready answer. */
-export interface WorkerReady {
-  readonly size: number;
-  readonly readOnly: boolean;
-}
 
 interface Pending {
   readonly resolve: (v: unknown) => void;
@@ -38,27 +21,32 @@ interface Pending {
   readonly timer: ReturnType<typeof setTimeout>;
 }
 
-/** Options of {@link DataplaneWorkerHandle.spawn}. */
+/** Options of {@link RuntimeHandle.spawn}. */
 export interface SpawnOptions {
   readonly host: ThreadHost;
   readonly module: URL;
   readonly init: InitMessage;
-  /** Bound on the worker's start and on every reply, in ms. */
+  /** Bound on the runtime's start and on every reply, in ms. */
   readonly timeoutMs: number;
-  readonly onEvent: (index: number, event: WorkerEvent) => void;
+  readonly onEvent: (index: number, event: RuntimeEvent) => void;
 }
 
-/** One running worker seen from the control thread. */
-export class DataplaneWorkerHandle {
+/** Per-request bound, overriding the handle's (e.g. a stop that waits for slow I/O). */
+export interface RequestOptions {
+  readonly timeoutMs?: number;
+}
+
+/** One running runtime seen from the control side. */
+export class RuntimeHandle {
   readonly index: number;
   readonly #thread: WorkerThread;
   readonly #timeoutMs: number;
-  readonly #onEvent: (index: number, event: WorkerEvent) => void;
+  readonly #onEvent: (index: number, event: RuntimeEvent) => void;
   readonly #pending = new Map<number, Pending>();
   readonly #offs: (() => void)[];
   #nextId = 1;
   #failed: Error | null = null;
-  #ready: { resolve: (r: WorkerReady) => void; reject: (e: Error) => void } | null = null;
+  #ready: { resolve: () => void; reject: (e: Error) => void } | null = null;
 
   private constructor(thread: WorkerThread, o: SpawnOptions) {
     this.index = o.init.worker;
@@ -72,29 +60,23 @@ export class DataplaneWorkerHandle {
   }
 
   /**
-   * Starts a worker and waits (bounded) until it opened the disk.
+   * Starts a runtime and waits (bounded) until it answered `ready`.
    *
-   * @throws the worker's init error (e.g. VirtioError `BLK_IMAGE`), or an
-   *   Error on a timeout; the thread is terminated then.
+   * @throws an Error on a timeout or if the thread failed; it is terminated then.
    */
-  static async spawn(
-    o: SpawnOptions,
-  ): Promise<{ handle: DataplaneWorkerHandle; ready: WorkerReady }> {
+  static async spawn(o: SpawnOptions): Promise<RuntimeHandle> {
     const thread = o.host.spawn(o.module, o.init);
-    const handle = new DataplaneWorkerHandle(thread, o);
+    const handle = new RuntimeHandle(thread, o);
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
-      const ready = await new Promise<WorkerReady>((resolve, reject) => {
+      await new Promise<void>((resolve, reject) => {
         handle.#ready = { resolve, reject };
         timer = setTimeout(
-          () =>
-            reject(
-              new Error(`dataplane worker ${handle.index} not ready within ${o.timeoutMs} ms`),
-            ),
+          () => reject(new Error(`dataplane ${handle.index} not ready within ${o.timeoutMs} ms`)),
           o.timeoutMs,
         );
       });
-      return { handle, ready };
+      return handle;
     } catch (e) {
       await handle.terminate();
       throw e;
@@ -104,7 +86,7 @@ export class DataplaneWorkerHandle {
     }
   }
 
-  /** The error that ended the worker, or null. */
+  /** The error that ended the runtime, or null. */
   get failed(): Error | null {
     return this.#failed;
   }
@@ -112,21 +94,18 @@ export class DataplaneWorkerHandle {
   /**
    * Sends a control message and resolves with the reply value.
    *
-   * @throws the worker's error, or an Error if the worker failed or did not
-   *   answer within the timeout.
+   * @throws the runtime's error, or an Error if it failed or did not answer
+   *   within the timeout.
    */
-  request<T = unknown>(m: ControlRequest): Promise<T> {
+  request<T = unknown>(m: ControlRequest, options: RequestOptions = {}): Promise<T> {
     if (this.#failed !== null) return Promise.reject(this.#failed);
     const id = this.#nextId++;
+    const bound = options.timeoutMs ?? this.#timeoutMs;
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.#pending.delete(id);
-        reject(
-          new Error(
-            `dataplane worker ${this.index} did not answer ${m.type} within ${this.#timeoutMs} ms`,
-          ),
-        );
-      }, this.#timeoutMs);
+        reject(new Error(`dataplane ${this.index} did not answer ${m.type} within ${bound} ms`));
+      }, bound);
       this.#pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
       this.#thread.postMessage({ ...m, id });
     });
@@ -139,14 +118,14 @@ export class DataplaneWorkerHandle {
 
   /** Stops the thread at once; pending requests fail. */
   async terminate(): Promise<void> {
-    this.#fail(new Error(`dataplane worker ${this.index} terminated`), false);
+    this.#fail(new Error(`dataplane ${this.index} terminated`), false);
     for (const off of this.#offs.splice(0)) off();
     await this.#thread.terminate();
   }
 
   #onMessage(m: unknown): void {
     if (!hasType(m)) return;
-    const msg = m as WorkerMessage;
+    const msg = m as RuntimeMessage;
     switch (msg.type) {
       case "reply": {
         const p = this.#pending.get(msg.id);
@@ -158,10 +137,7 @@ export class DataplaneWorkerHandle {
         return;
       }
       case "ready":
-        this.#ready?.resolve({ size: msg.size, readOnly: msg.readOnly });
-        return;
-      case "init-failed":
-        this.#ready?.reject(fromWireError(msg.error));
+        this.#ready?.resolve();
         return;
       case "broken":
       case "log":

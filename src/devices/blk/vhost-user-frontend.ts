@@ -1,8 +1,9 @@
 /**
  * A virtio-blk disk served by any vhost-user-blk back-end, driven from this
- * process: the vhost-user front-end (./frontend.ts) carries the control
- * messages and notifications, the project's virtio-blk driver
- * (devices/blk/driver.ts) builds and completes the requests. VIRTIO 1.2
+ * process: the device-neutral vhost-user front-end
+ * (../../vhost-user/frontend.ts) carries the control messages and
+ * notifications, the project's virtio-blk driver (./driver.ts) builds and
+ * completes the requests. VIRTIO 1.2
  * §5.2 (block device), §3.1.1 (driver initialization: features, then config,
  * then queues); qemu/qemu docs/interop/vhost-user.rst "Starting and stopping
  * rings"; docs/vhost-user.md.
@@ -10,7 +11,7 @@
  * Setup: connect and negotiate (the driver's feature selection; VERSION_1
  * required), read the 60-byte `struct virtio_blk_config`, lay out rings,
  * indirect tables, request slots and the bounce pool in one memfd region
- * (./frontend-memory.ts), share it, start one ring per queue. Every request
+ * (../../vhost-user/frontend-memory.ts), share it, start one ring per queue. Every request
  * queue's call eventfd is watched on this thread's loop and drained by the
  * driver; a kick is an eventfd write.
  *
@@ -24,32 +25,32 @@
  *
  * @module
  */
-import { ErrorCode, VirtioError } from "../errors.ts";
-import { DriverQueue } from "../ring/driver-queue.ts";
-import { VIRTIO_BLK_CONFIG_SIZE } from "../spec/blk.ts";
+import { ErrorCode, VirtioError } from "../../errors.ts";
+import { DriverQueue } from "../../ring/driver-queue.ts";
+import { VIRTIO_BLK_CONFIG_SIZE } from "../../spec/blk.ts";
 import {
   VHOST_USER_F_PROTOCOL_FEATURES,
   VIRTIO_F_VERSION_1,
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
   hasFeature,
-} from "../spec/virtio.ts";
-import type { BlkFeatureName } from "../devices/blk/config.ts";
+} from "../../spec/virtio.ts";
+import type { BlkFeatureName } from "./config.ts";
 import {
   BlkDriver,
   type BlkDriverStats,
   type BlkRequestOptions,
   type BlkWriteZeroesOptions,
-} from "../devices/blk/driver.ts";
+} from "./driver.ts";
 import {
   parseBlkConfig,
   selectBlkFeatures,
   type BlkDriverConfig,
-} from "../devices/blk/driver-config.ts";
-import { planBlkDriverMemory } from "../devices/blk/driver-memory.ts";
-import type { BlkRange, BlkSegment } from "../devices/blk/driver-plan.ts";
-import { VhostUserFrontend, type FrontendRing } from "./frontend.ts";
-import { FRONTEND_MEMORY_BASE, SharedGuestMemory } from "./frontend-memory.ts";
+} from "./driver-config.ts";
+import { planBlkDriverMemory } from "./driver-memory.ts";
+import type { BlkRange, BlkSegment } from "./driver-plan.ts";
+import { VhostUserFrontend, type FrontendRing } from "../../vhost-user/frontend.ts";
+import { FRONTEND_MEMORY_BASE, SharedGuestMemory } from "../../vhost-user/frontend-memory.ts";
 
 /** Options of {@link VhostUserBlk.connect}. */
 export interface VhostUserBlkConnectOptions {

@@ -1,0 +1,82 @@
+/**
+ * What a dataplane runtime opens as a virtio-blk disk, described as plain
+ * data (it crosses to worker threads), and the portable openers. VIRTIO 1.2
+ * §5.2.6 (what each request does to the disk is the backing store's job).
+ * The Node-only opener of image files is ./node-backing.ts.
+ *
+ * @module
+ */
+import type { Logger } from "../../log.ts";
+import type { BlkBacking } from "./backing.ts";
+import { SharedMemoryBacking } from "./shared-memory-backing.ts";
+
+/** A raw image file, opened by each runtime itself (Node-only). */
+export interface FileBackingSpec {
+  readonly kind: "file";
+  readonly path: string;
+  /** Open O_RDONLY; the device then offers VIRTIO_BLK_F_RO (default false). */
+  readonly readOnly?: boolean;
+  /** O_DIRECT with an aligned bounce buffer for unaligned guest buffers (default false). */
+  readonly direct?: boolean;
+  /** Largest transfer per system call (FileBacking default when absent). */
+  readonly maxIoBytes?: number;
+  /** Use the native fallocate for DISCARD / WRITE_ZEROES (default true; false: write zeroes). */
+  readonly fallocate?: boolean;
+}
+
+/** A disk held in a SharedArrayBuffer, shared by every runtime (portable). */
+export interface SharedMemoryBackingSpec {
+  readonly kind: "shared-memory";
+  readonly buffer: SharedArrayBuffer;
+  readonly readOnly?: boolean;
+}
+
+/**
+ * A backing store object (one written in JavaScript, say): only for a
+ * runtime on the calling thread, where messages are not cloned.
+ */
+export interface ObjectBackingSpec {
+  readonly kind: "object";
+  readonly backing: BlkBacking;
+}
+
+/** What a runtime opens as the disk; other kinds need an opener that knows them. */
+export type BackingSpec =
+  | FileBackingSpec
+  | SharedMemoryBackingSpec
+  | ObjectBackingSpec
+  | { readonly kind: string; readonly [field: string]: unknown };
+
+/** What an opener is given besides the spec. */
+export interface BackingContext {
+  /** The device's logical block size: the disk size must be a multiple of it. */
+  readonly logicalBlockSize: number;
+  /** Lines go to the device's logger on the control side. */
+  readonly logger: Logger;
+}
+
+/** Opens the disk a spec names (runtime side). */
+export type BackingOpener = (spec: BackingSpec, context: BackingContext) => Promise<BlkBacking>;
+
+/**
+ * Opens `"shared-memory"` specs as {@link SharedMemoryBacking} and
+ * `"object"` specs as the object they carry.
+ *
+ * @throws {TypeError} for an unknown kind, or an object spec that crossed a thread.
+ */
+export function openPortableBacking(spec: BackingSpec): Promise<BlkBacking> {
+  switch (spec.kind) {
+    case "shared-memory": {
+      const m = spec as SharedMemoryBackingSpec;
+      return Promise.resolve(new SharedMemoryBacking(m.buffer, { readOnly: m.readOnly ?? false }));
+    }
+    case "object": {
+      const b = (spec as ObjectBackingSpec).backing;
+      if (typeof b?.readv !== "function")
+        throw new TypeError("an object backing store must be opened on the calling thread");
+      return Promise.resolve(b);
+    }
+    default:
+      throw new TypeError(`unknown backing kind ${spec.kind}`);
+  }
+}

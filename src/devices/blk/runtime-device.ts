@@ -1,0 +1,136 @@
+/**
+ * virtio-blk's dataplane half: what a dataplane runtime (a worker, or the
+ * calling thread) holds for one blk device — the disk, the request policy
+ * with the shared cache-mode word — and one {@link BlkQueueEngine} per
+ * started queue. VIRTIO 1.2 §5.2 (Block Device), §5.2.6 (requests), §2.4
+ * (reset: the engine completes what is in flight, then stops).
+ *
+ * @module
+ */
+import type {
+  DataplaneDevice,
+  DeviceOpener,
+  DeviceSpec,
+  QueueContext,
+  QueueHandler,
+} from "../../dataplane/device.ts";
+import type { BlkBacking } from "./backing.ts";
+import type { BackingOpener, BackingSpec } from "./backing-spec.ts";
+import { DataplanePolicy } from "./cache-mode.ts";
+import type { BlkDeviceOptions } from "./config.ts";
+import { BlkQueueEngine } from "./queue-engine.ts";
+
+/** The device kind of virtio-blk specs. */
+export const BLK_DEVICE_KIND = "virtio-blk";
+
+/** The blk configuration a runtime rebuilds (capacity comes from the disk). */
+export type BlkDataplaneConfig = Omit<BlkDeviceOptions, "capacityBytes">;
+
+/** The engine limits of every queue of a device. */
+export interface BlkEngineLimits {
+  /** Requests in flight per queue (engine default when absent). */
+  readonly maxInFlight?: number;
+  /** Chains popped per run before yielding (engine default when absent). */
+  readonly budget?: number;
+}
+
+/** How a runtime opens a blk device (plain data). */
+export interface BlkDeviceSpec extends DeviceSpec, BlkEngineLimits {
+  readonly kind: typeof BLK_DEVICE_KIND;
+  readonly backing: BackingSpec;
+  readonly config: BlkDataplaneConfig;
+  /** The cache-mode word of the device's control side (./cache-mode.ts). */
+  readonly cacheMode: SharedArrayBuffer;
+}
+
+/** What the control side learns when a runtime opened the disk. */
+export interface BlkDeviceInfo {
+  readonly size: number;
+  readonly readOnly: boolean;
+}
+
+/** One blk device inside a runtime. */
+export class BlkRuntimeDevice implements DataplaneDevice {
+  readonly backing: BlkBacking;
+  readonly #policy: DataplanePolicy;
+  readonly #limits: BlkEngineLimits;
+  readonly #engines = new Map<number, BlkQueueEngine>();
+
+  constructor(backing: BlkBacking, policy: DataplanePolicy, limits: BlkEngineLimits = {}) {
+    this.backing = backing;
+    this.#policy = policy;
+    this.#limits = limits;
+  }
+
+  /** The engine of a running queue (for stats and tests). */
+  engine(index: number): BlkQueueEngine | undefined {
+    const e = this.#engines.get(index);
+    return e === undefined || e.stopped ? undefined : e;
+  }
+
+  startQueue(ctx: QueueContext): QueueHandler {
+    // Every start follows feature negotiation; all queues of a device share the features.
+    this.#policy.negotiate(ctx.features);
+    const engine = new BlkQueueEngine({
+      queue: ctx.queue,
+      queueIndex: ctx.index,
+      backing: this.backing,
+      policy: this.#policy,
+      ...this.#limits,
+      signalUsed: () => void ctx.signalUsed(),
+      onBroken: (err) => ctx.markBroken(err),
+      logger: ctx.logger,
+      schedule: ctx.schedule,
+    });
+    this.#engines.set(ctx.index, engine);
+    return engine;
+  }
+
+  /**
+   * `resize` (bytes): the disk first, then the capacity the requests are
+   * checked against. `flush`: makes every completed write stable (on stop).
+   */
+  async control(op: string, args: unknown): Promise<void> {
+    if (op === "flush") return this.backing.flush();
+    if (op !== "resize") throw new TypeError(`virtio-blk has no operation ${op}`);
+    const bytes = args as number;
+    if (this.backing.resize === undefined)
+      throw new TypeError("this backing store cannot be resized");
+    if (this.backing.size !== bytes) await this.backing.resize(bytes);
+    this.#policy.resize(bytes);
+  }
+
+  async close(): Promise<void> {
+    await this.backing.close();
+  }
+}
+
+/**
+ * The runtime's opener of blk specs: opens the disk with `openBacking` and
+ * rebuilds the request policy; the control side learns the disk's size.
+ */
+export function blkDeviceOpener(openBacking: BackingOpener): DeviceOpener {
+  return async (s, ctx) => {
+    const spec = s as BlkDeviceSpec;
+    const logicalBlockSize = spec.config.logicalBlockSize ?? 512;
+    const backing = await openBacking(spec.backing, { logicalBlockSize, logger: ctx.logger });
+    try {
+      const readOnly = spec.config.readOnly ?? backing.readOnly;
+      if (backing.readOnly && !readOnly)
+        throw new RangeError("a read-only backing store needs a read-only device");
+      const policy = new DataplanePolicy(
+        { ...spec.config, capacityBytes: backing.size, readOnly },
+        spec.cacheMode,
+      );
+      const info: BlkDeviceInfo = { size: backing.size, readOnly };
+      const limits = {
+        ...(spec.maxInFlight === undefined ? {} : { maxInFlight: spec.maxInFlight }),
+        ...(spec.budget === undefined ? {} : { budget: spec.budget }),
+      };
+      return { device: new BlkRuntimeDevice(backing, policy, limits), info };
+    } catch (e) {
+      await backing.close().catch(() => {});
+      throw e;
+    }
+  };
+}
