@@ -43,57 +43,32 @@ export interface BlkDataplaneDeviceOptions extends BlkDataplaneConfig {
   readonly timeoutMs?: number;
 }
 
-/** The control-thread part of the options. */
-export type Parts = Pick<
-  BlkDataplaneDeviceOptions,
-  | "backing"
-  | "pool"
-  | "threads"
-  | "workerModule"
-  | "binding"
-  | "ioThreads"
-  | "maxInFlight"
-  | "budget"
-  | "logger"
-  | "trace"
-  | "timeoutMs"
->;
+/** The options that are not part of the blk configuration. */
+const PART_KEYS = [
+  "backing",
+  "pool",
+  "threads",
+  "workerModule",
+  "binding",
+  "ioThreads",
+  "maxInFlight",
+  "budget",
+  "logger",
+  "trace",
+  "timeoutMs",
+] as const;
 
-/** Splits the options into the worker-side blk configuration and the rest. */
+/** The control-side part of the options. */
+export type Parts = Pick<BlkDataplaneDeviceOptions, (typeof PART_KEYS)[number]>;
+
+/** Splits the options into the runtime-side blk configuration and the rest (the options themselves). */
 export function splitOptions(o: BlkDataplaneDeviceOptions): {
   parts: Parts;
   config: BlkDataplaneConfig;
 } {
-  const {
-    backing,
-    pool,
-    threads,
-    workerModule,
-    binding,
-    ioThreads,
-    maxInFlight,
-    budget,
-    logger,
-    trace,
-    timeoutMs,
-    ...config
-  } = o;
-  return {
-    parts: {
-      backing,
-      pool,
-      threads,
-      workerModule,
-      binding,
-      ioThreads,
-      maxInFlight,
-      budget,
-      logger,
-      trace,
-      timeoutMs,
-    },
-    config,
-  };
+  const config: Record<string, unknown> = { ...o };
+  for (const k of PART_KEYS) delete config[k];
+  return { parts: o, config };
 }
 
 function checkInt(name: string, v: number | undefined, min: number, max: number): void {

@@ -13,11 +13,10 @@ import type { ActivationContext, VirtioDeviceBackend } from "../../device/backen
 import type { ConfigSpace } from "../../device/config-space.ts";
 import { consoleLogger, type Logger } from "../../log.ts";
 import type { BlkBacking } from "./backing.ts";
-import { DataplanePolicy } from "./cache-mode.ts";
 import type { BlkDeviceConfig, BlkDeviceOptions } from "./config.ts";
-import { BlkDeviceCore } from "./core.ts";
+import type { BlkDeviceCore } from "./core.ts";
 import type { BlkQueueEngine } from "./queue-engine.ts";
-import { BlkRuntimeDevice } from "./runtime-device.ts";
+import { type BlkRuntimeDevice, blkOnBacking } from "./runtime-device.ts";
 
 /** §5.2.1: the block device's id. */
 export const VIRTIO_ID_BLOCK = 2;
@@ -52,26 +51,15 @@ export class BlkDevice implements VirtioDeviceBackend {
   #engines: (BlkQueueEngine | null)[] = [];
 
   constructor(o: BlkDeviceBackendOptions) {
-    const { backing, maxInFlight, logger, ...config } = o;
-    const options = {
-      ...config,
-      capacityBytes: backing.size,
-      readOnly: o.readOnly ?? backing.readOnly,
-    };
-    if (backing.readOnly && !options.readOnly)
-      throw new RangeError("a read-only backing store needs a read-only device");
-    this.core = new BlkDeviceCore(options);
-    this.backing = backing;
-    this.features = this.core.features;
-    this.config = this.core.config;
-    this.queueMaxSizes = Array.from({ length: this.core.numQueues }, () => o.queueSize ?? 256);
+    const { logger, ...rest } = o;
+    const { core, device } = blkOnBacking(rest);
+    this.core = core;
+    this.backing = o.backing;
+    this.features = core.features;
+    this.config = core.config;
+    this.queueMaxSizes = Array.from({ length: core.numQueues }, () => o.queueSize ?? 256);
     this.#log = logger ?? consoleLogger;
-    const policy = new DataplanePolicy(options, this.core.cacheMode);
-    this.#queues = new BlkRuntimeDevice(
-      backing,
-      policy,
-      maxInFlight === undefined ? {} : { maxInFlight },
-    );
+    this.#queues = device;
   }
 
   /** The blk view of the configuration and negotiated state. */

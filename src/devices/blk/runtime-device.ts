@@ -18,6 +18,7 @@ import type { BlkBacking } from "./backing.ts";
 import type { BackingOpener, BackingSpec } from "./backing-spec.ts";
 import { DataplanePolicy } from "./cache-mode.ts";
 import type { BlkDeviceOptions } from "./config.ts";
+import { BlkDeviceCore } from "./core.ts";
 import { BlkQueueEngine } from "./queue-engine.ts";
 
 /** The device kind of virtio-blk specs. */
@@ -133,4 +134,34 @@ export function blkDeviceOpener(openBacking: BackingOpener): DeviceOpener {
       throw e;
     }
   };
+}
+
+/** Options of {@link blkOnBacking}. */
+export interface BlkOnBackingOptions extends BlkDataplaneConfig, BlkEngineLimits {
+  readonly backing: BlkBacking;
+}
+
+/**
+ * A blk device over a backing store object, its queues on the calling
+ * thread: the control core and the dataplane half, sharing the cache-mode
+ * word (the capacity and RO come from the store).
+ *
+ * @throws {RangeError} for a bad configuration, or a read-only store under a writable device.
+ */
+export function blkOnBacking(o: BlkOnBackingOptions): {
+  core: BlkDeviceCore;
+  device: BlkRuntimeDevice;
+} {
+  const { backing, maxInFlight, budget, ...config } = o;
+  const readOnly = config.readOnly ?? backing.readOnly;
+  if (backing.readOnly && !readOnly)
+    throw new RangeError("a read-only backing store needs a read-only device");
+  const options = { ...config, capacityBytes: backing.size, readOnly };
+  const core = new BlkDeviceCore(options);
+  const limits = {
+    ...(maxInFlight === undefined ? {} : { maxInFlight }),
+    ...(budget === undefined ? {} : { budget }),
+  };
+  const policy = new DataplanePolicy(options, core.cacheMode);
+  return { core, device: new BlkRuntimeDevice(backing, policy, limits) };
 }

@@ -42,11 +42,7 @@ import {
   type BlkRequestOptions,
   type BlkWriteZeroesOptions,
 } from "./driver.ts";
-import {
-  parseBlkConfig,
-  selectBlkFeatures,
-  type BlkDriverConfig,
-} from "./driver-config.ts";
+import { parseBlkConfig, selectBlkFeatures, type BlkDriverConfig } from "./driver-config.ts";
 import { planBlkDriverMemory } from "./driver-memory.ts";
 import type { BlkRange, BlkSegment } from "./driver-plan.ts";
 import { VhostUserFrontend, type FrontendRing } from "../../vhost-user/frontend.ts";

@@ -19,14 +19,14 @@ import type { DataplaneDeviceHandle } from "../../dataplane/device-handle.ts";
 import type { DataplanePool } from "../../dataplane/pool.ts";
 import type { Logger } from "../../log.ts";
 import type { VhostUserBackend } from "../../vhost-user/backend.ts";
-import type { BlkBacking } from "./backing.ts";
 import type { BackingSpec } from "./backing-spec.ts";
-import { DataplanePolicy } from "./cache-mode.ts";
 import type { BlkDeviceConfig } from "./config.ts";
 import { BlkDeviceCore } from "./core.ts";
 import { openBlk } from "./open.ts";
 import {
-  BlkRuntimeDevice,
+  type BlkOnBackingOptions,
+  type BlkRuntimeDevice,
+  blkOnBacking,
   type BlkDataplaneConfig,
   type BlkDeviceInfo,
   type BlkEngineLimits,
@@ -76,32 +76,16 @@ export class VhostUserBlkBackend implements VhostUserBackend {
   /**
    * A device over a backing store object with its queues on the calling
    * thread: the control side and the dataplane half (open the latter in a
-   * runtime on this thread), sharing the cache-mode word.
+   * runtime on this thread).
    *
    * @throws {RangeError} for a bad configuration.
    */
-  static withBacking(o: BlkDataplaneConfig & BlkEngineLimits & { readonly backing: BlkBacking }): {
+  static withBacking(o: BlkOnBackingOptions): {
     backend: VhostUserBlkBackend;
     device: BlkRuntimeDevice;
   } {
-    const { backing, maxInFlight, budget, ...config } = o;
-    const options = {
-      ...config,
-      capacityBytes: backing.size,
-      readOnly: config.readOnly ?? backing.readOnly,
-    };
-    if (backing.readOnly && !options.readOnly)
-      throw new RangeError("a read-only backing store needs a read-only device");
-    const core = new BlkDeviceCore(options);
-    const policy = new DataplanePolicy(options, core.cacheMode);
-    const limits = {
-      ...(maxInFlight === undefined ? {} : { maxInFlight }),
-      ...(budget === undefined ? {} : { budget }),
-    };
-    return {
-      backend: new VhostUserBlkBackend(core),
-      device: new BlkRuntimeDevice(backing, policy, limits),
-    };
+    const { core, device } = blkOnBacking(o);
+    return { backend: new VhostUserBlkBackend(core), device };
   }
 }
 
