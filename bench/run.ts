@@ -124,10 +124,8 @@ async function runRing(cpus: number): Promise<void> {
       : { reps: 5, throughputTotal: 1_000_000, pingpongTotal: 30_000, pollSpin: 20_000 },
     cpus,
   );
-  mkdirSync(resultsDir, { recursive: true });
-  const json = JSON.stringify(ring, null, 2);
-  writeFileSync(`${resultsDir}ring.json`, json + "\n");
-  console.log(json);
+  writeResult("ring", ring);
+  console.log(JSON.stringify(ring, null, 2));
   console.log();
   console.log(
     `ring benchmark (${cpus} CPUs, Node ${process.version}); written to bench/results/ring.json`,
@@ -137,7 +135,7 @@ async function runRing(cpus: number): Promise<void> {
 
 async function runBlk(cpus: number): Promise<void> {
   const blk = await blkBench(blkBenchOptions(quick), cpus);
-  writeFileSync(`${resultsDir}blk.json`, JSON.stringify(blk, null, 2) + "\n");
+  writeResult("blk", blk);
   console.log();
   console.log(`blk benchmark (${cpus} CPUs); written to bench/results/blk.json`);
   console.log(blkTable(blk));

@@ -13,6 +13,7 @@
  * @module
  */
 import type { Logger } from "../log.ts";
+import { LineRateLimiter, type RateLimitOptions } from "./rate-limit.ts";
 
 /** The process's output streams and stop signals, injectable for tests. */
 export interface CliIo {
@@ -34,19 +35,31 @@ export class CliLog {
   /** Connection label prefixed to lines, e.g. `"conn 2"`; undefined while none is connected. */
   connection: string | undefined;
 
-  constructor(io: CliIo, verbose: boolean) {
+  readonly #limiter: LineRateLimiter;
+
+  constructor(io: CliIo, verbose: boolean, rateLimit?: RateLimitOptions) {
     this.#io = io;
     this.#verbose = verbose;
+    this.#limiter = new LineRateLimiter(
+      (summary) => this.#io.err(`virtio-ts: ${summary}`),
+      rateLimit,
+    );
   }
 
   get verbose(): boolean {
     return this.#verbose;
   }
 
-  /** One ordinary line on stderr. */
+  /** One ordinary line on stderr (rate-limited per kind: ./rate-limit.ts). */
   line(message: string): void {
     const conn = this.connection === undefined ? "" : `${this.connection}: `;
-    this.#io.err(`virtio-ts: ${conn}${message}`);
+    const line = `${conn}${message}`;
+    if (this.#limiter.allow(line)) this.#io.err(`virtio-ts: ${line}`);
+  }
+
+  /** Reports the lines the rate limit dropped so far (before exit). */
+  flush(): void {
+    this.#limiter.flush();
   }
 
   /** One ordinary line about the whole process (never names a connection). */

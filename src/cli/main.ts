@@ -100,6 +100,8 @@ async function runCommand(c: Command, argv: readonly string[], io: CliIo): Promi
     io.err(`virtio-ts: internal error: ${e instanceof Error ? e.message : String(e)}`);
     if (log?.verbose && e instanceof Error && e.stack !== undefined) io.err(e.stack);
     return ExitStatus.FAILURE;
+  } finally {
+    log?.flush();
   }
 }
 

@@ -139,6 +139,17 @@ export class DataplaneDeviceHandle {
   }
 
   /**
+   * Shutdown with requests stuck: every queue completes what it has in
+   * flight now with an error status. Resolves to how many requests that was.
+   */
+  async abort(): Promise<number> {
+    const counts = await Promise.all(
+      this.#hosts.map((r) => r.request<number>({ type: "abort", device: this.id })),
+    );
+    return counts.reduce((a, b) => a + b, 0);
+  }
+
+  /**
    * A device-specific operation, in the first hosting runtime and then in
    * the others (e.g. a resize: the first truncates the file).
    */

@@ -45,6 +45,12 @@ export interface QueueHandler {
   halt(): void;
   /** For reset: stop consuming, complete what is in flight into the used ring, then resolve. */
   stop(): Promise<void>;
+  /**
+   * Shutdown with requests stuck: complete what is in flight now with an
+   * error status, drop the late results; returns how many (absent: the
+   * handler cannot, and stop waits).
+   */
+  abort?(): number;
   /** Requests in flight now. */
   readonly inFlight: number;
 }

@@ -61,6 +61,7 @@ export type ControlMessage =
     }
   | { readonly type: "stop"; readonly id: number; readonly device: number; readonly queue: number }
   | { readonly type: "halt"; readonly id: number; readonly device: number }
+  | { readonly type: "abort"; readonly id: number; readonly device: number }
   | {
       readonly type: "control";
       readonly id: number;

@@ -94,6 +94,7 @@ const HANDLERS: { readonly [T in ControlMessage["type"]]: Handler<T> } = {
   doorbells: (r, m) => r.setDoorbells(m.device, m.queue, m.doorbells),
   stop: (r, m) => r.stopQueue(m.device, m.queue),
   halt: (r, m) => r.halt(m.device),
+  abort: (r, m) => r.abort(m.device),
   control: (r, m) => r.control(m.device, m.op, m.args),
   stats: (r, m) => r.stats(m.device),
   close: (r, m) => r.close(m.device),
@@ -312,6 +313,13 @@ export class DataplaneRuntime {
   /** The device is broken: every queue stops consuming and completing. */
   halt(id: number): void {
     for (const r of this.#device(id).queues.values()) r.handler.halt();
+  }
+
+  /** Shutdown: every queue's in-flight requests complete now with an error; returns how many. */
+  abort(id: number): number {
+    let n = 0;
+    for (const r of this.#device(id).queues.values()) n += r.handler.abort?.() ?? 0;
+    return n;
   }
 
   #broken(d: HostedDevice, activation: number, queue: number, err: VirtioError): void {

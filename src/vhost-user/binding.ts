@@ -45,6 +45,8 @@ export interface RegionEntry {
 export interface RegionTableDescriptor extends MemoryDescriptor {
   readonly kind: typeof VHOST_USER_MEMORY;
   readonly regions: readonly RegionEntry[];
+  /** Map region fds that can shrink (not sealed; the operator's choice; default false). */
+  readonly allowUnsealed?: boolean;
 }
 
 /** A ring's eventfds. */
@@ -73,7 +75,8 @@ export class RegionMemorySpace implements MemorySpace {
    *   fd cannot back; {@link RangeError} for removing a region while rings run.
    */
   update(descriptor: MemoryDescriptor, busy: boolean): void {
-    const table = (descriptor as RegionTableDescriptor).regions;
+    const d = descriptor as RegionTableDescriptor;
+    const table = d.regions;
     const keep = new Set(table.map((r) => r.id));
     const gone = [...this.#mapped.keys()].filter((id) => !keep.has(id));
     if (busy && gone.length > 0)
@@ -85,7 +88,7 @@ export class RegionMemorySpace implements MemorySpace {
     for (const entry of table) {
       if (this.#mapped.has(entry.id)) continue;
       if (entry.fd < 0) throw new RangeError(`region ${entry.id} has no fd and is not mapped`);
-      this.#mapped.set(entry.id, { entry, mapping: this.#map(entry) });
+      this.#mapped.set(entry.id, { entry, mapping: this.#map(entry, d.allowUnsealed === true) });
     }
     this.#table = table;
     this.#memory = null;
@@ -104,10 +107,10 @@ export class RegionMemorySpace implements MemorySpace {
     this.#memory = null;
   }
 
-  #map(r: RegionEntry): Mapping {
+  #map(r: RegionEntry, allowUnsealed: boolean): Mapping {
     let mapping: Mapping;
     try {
-      mapping = this.#mapper.map(r.fd, r.size, r.mmapOffset);
+      mapping = this.#mapper.map(r.fd, r.size, r.mmapOffset, { allowUnsealed });
     } catch (e) {
       // A failed mmap is ours (e.g. ENOMEM); anything the mapper refused (an fd that is not a
       // shared-memory file, a file smaller than the region) is the front-end's.

@@ -23,6 +23,11 @@ import {
   ftruncate,
   MAX_WINDOW,
   memfdCreate,
+  MFD_ALLOW_SEALING,
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
+  F_SEAL_SHRINK,
+  addSeals,
   mmap,
   munmap,
   pageSize,
@@ -99,9 +104,11 @@ export class SharedGuestMemory {
     if (size > MAX_WINDOW) throw new RangeError(`memory size ${size} exceeds ${MAX_WINDOW}`);
     if (!Number.isSafeInteger(base) || base < 0 || base % page !== 0 || base + size > 2 ** 53)
       throw new RangeError(`guestPhysAddr must be page-aligned and end below 2^53, got ${base}`);
-    const fd = memfdCreate(options.name ?? "virtio-ts-guest");
+    const fd = memfdCreate(options.name ?? "virtio-ts-guest", MFD_ALLOW_SEALING);
     try {
       ftruncate(fd, size);
+      // A back-end refuses memory that could shrink under its mapping (as QEMU's memfd backend seals).
+      addSeals(fd, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
       return new SharedGuestMemory(fd, mmap(fd, size, 0, true), base, size);
     } catch (e) {
       close(fd);

@@ -45,15 +45,26 @@ export interface Mapping {
   unmap(): void;
 }
 
+/** How {@link MemoryMapper.map} may map. */
+export interface MapOptions {
+  /**
+   * Accept a file that can shrink under the mapping (not sealed with
+   * F_SEAL_SHRINK): the operator accepts that a front-end can then make
+   * accesses fault (default false: such a file is refused).
+   */
+  readonly allowUnsealed?: boolean;
+}
+
 /** Maps shared memory received as an fd. */
 export interface MemoryMapper {
   /**
    * Maps `size` bytes of `fd` starting at file offset `offset`, shared and
    * read/write. The caller still owns `fd` (and may close it right after).
    *
-   * @throws {Error} if the mapping fails (the caller turns it into a protocol error).
+   * @throws {Error} if the mapping fails or the file is refused (the caller
+   *   turns it into a protocol error).
    */
-  map(fd: number, size: number, offset: number): Mapping;
+  map(fd: number, size: number, offset: number, options?: MapOptions): Mapping;
 }
 
 /** Callbacks of a {@link VhostUserSocket}. */

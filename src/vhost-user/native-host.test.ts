@@ -9,6 +9,9 @@ import { setImmediate as tick } from "node:timers/promises";
 import { ErrorCode } from "../errors.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import {
+  F_SEAL_SHRINK,
+  MFD_ALLOW_SEALING,
+  addSeals,
   close,
   eventfd,
   eventfdRead,
@@ -98,14 +101,14 @@ async function until(what: string, cond: () => boolean): Promise<void> {
   assert.fail(`timed out waiting: ${what}`);
 }
 
-function start(mapper = new NativeMapper()) {
+function start(mapper = new NativeMapper(), allowUnsealedMemory = false) {
   const [backendFd, frontendFd] = socketPair();
   const device = new RecordingBackend({ numQueues: 1 });
   const eventFds = new NativeEventFds();
   const logs: string[] = [];
   const conn = new VhostUserConnection(new NativeSocket(backendFd), {
     backend: device,
-    dataplane: new DataplaneRings(nativeTestDataplane(device, mapper)),
+    dataplane: new DataplaneRings(nativeTestDataplane(device, mapper), { allowUnsealedMemory }),
     fds: eventFds,
     log: (l) => logs.push(l),
   });
@@ -133,8 +136,9 @@ describe("vhost-user over real sockets, memfd and eventfds", { timeout: 20_000 }
     fe.send(R.SET_PROTOCOL_FEATURES, encodeU64(0xa209n));
 
     // Guest RAM: a memfd the front-end maps too.
-    const memfd = memfdCreate("guest-ram");
+    const memfd = memfdCreate("guest-ram", MFD_ALLOW_SEALING);
     ftruncate(memfd, MEM);
+    addSeals(memfd, F_SEAL_SHRINK); // a back-end refuses memory that could shrink
     const ram = mmap(memfd, MEM, 0);
     const guest = new GuestMemory([{ guestPhysAddr: 0, size: MEM, buffer: ram }]);
     fe.send(
@@ -225,6 +229,40 @@ describe("vhost-user over real sockets, memfd and eventfds", { timeout: 20_000 }
     assert.equal(error?.code, ErrorCode.VHOST_USER_PROTOCOL);
     assert.match(error.message, /smaller than offset 0 \+ size 1048576/);
     fe.close();
+    assert.deepEqual(fdsOpenedSince(fdsBefore), []);
+    assert.equal(mappingCount(), mappingsBefore);
+  });
+
+  test("a region whose fd can shrink under the mapping is refused unless the operator allows it", async (t) => {
+    const fdsBefore = fdSnapshot();
+    const mappingsBefore = mappingCount();
+    const region = encodeSingleMemRegion({
+      guestPhysAddr: 0n,
+      memorySize: BigInt(MEM),
+      userspaceAddr: UVA,
+      mmapOffset: 0n,
+    });
+    for (const allowed of [false, true]) {
+      const { conn, fe, cleanup } = start(new NativeMapper(), allowed);
+      t.after(cleanup);
+      fe.send(R.SET_FEATURES, encodeU64(0x1_4000_0000n));
+      fe.send(R.SET_PROTOCOL_FEATURES, encodeU64(0xa209n));
+      const memfd = memfdCreate("unsealed");
+      ftruncate(memfd, MEM);
+      fe.send(R.ADD_MEM_REG, region, [memfd], 0x9);
+      close(memfd);
+      const status = (await fe.reply()).payload[0];
+      if (allowed) {
+        assert.equal(status, 0, "mapped when the operator allows unsealed memory");
+        await within(conn.close(), 10_000, "connection close");
+      } else {
+        assert.equal(status, 1);
+        const { error } = await within(conn.closed, 10_000, "connection close");
+        assert.equal(error?.code, ErrorCode.VHOST_USER_PROTOCOL);
+        assert.match(error.message, /can shrink under the mapping/);
+      }
+      fe.close();
+    }
     assert.deepEqual(fdsOpenedSince(fdsBefore), []);
     assert.equal(mappingCount(), mappingsBefore);
   });

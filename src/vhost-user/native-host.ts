@@ -10,8 +10,10 @@
  */
 import { fstatSync } from "node:fs";
 import {
+  F_SEAL_SHRINK,
   PollEvent,
   close,
+  getSeals,
   eventfdRead,
   eventfdWrite,
   mapRegion,
@@ -21,7 +23,14 @@ import {
   watch,
   type FdWatch,
 } from "../native/index.ts";
-import type { EventFds, Mapping, MemoryMapper, SocketHandlers, VhostUserSocket } from "./host.ts";
+import type {
+  EventFds,
+  MapOptions,
+  Mapping,
+  MemoryMapper,
+  SocketHandlers,
+  VhostUserSocket,
+} from "./host.ts";
 
 /** Eventfds and fd closing on the calling thread's event loop. */
 export class NativeEventFds implements EventFds {
@@ -61,10 +70,15 @@ export class NativeEventFds implements EventFds {
 }
 
 /**
- * Maps regions of memfd / hugetlbfs / regular files. Before mapping, the file
- * must be a regular file at least `offset + size` bytes long: touching a page
- * of a shared mapping beyond the end of its file raises SIGBUS, which would
- * let a front-end kill the process.
+ * Maps regions of memfd / hugetlbfs / regular files. Touching a page of a
+ * shared mapping beyond the end of its file raises SIGBUS, which would let a
+ * front-end kill the process, so before mapping:
+ *
+ * - the file must be a regular file at least `offset + size` bytes long;
+ * - it must not be able to shrink afterwards: a memfd sealed with
+ *   F_SEAL_SHRINK (QEMU's `memory-backend-memfd` seals by default), unless
+ *   the caller accepts unsealed files (`allowUnsealed`, e.g. hugetlbfs or
+ *   tmpfs files, which cannot be sealed; docs/threat-model.md).
  */
 export class NativeMapper implements MemoryMapper {
   readonly #maxWindow: number | undefined;
@@ -74,11 +88,17 @@ export class NativeMapper implements MemoryMapper {
     this.#maxWindow = maxWindow;
   }
 
-  map(fd: number, size: number, offset: number): Mapping {
+  map(fd: number, size: number, offset: number, options: MapOptions = {}): Mapping {
     const st = fstatSync(fd);
     if (!st.isFile()) throw new Error(`fd ${fd} is not a shared-memory file`);
     if (st.size < offset + size)
       throw new Error(`file of ${st.size} bytes is smaller than offset ${offset} + size ${size}`);
+    if (options.allowUnsealed !== true && !cannotShrink(fd)) {
+      throw new Error(
+        `fd ${fd} can shrink under the mapping (not a memfd sealed with F_SEAL_SHRINK; ` +
+          "QEMU's memory-backend-memfd seals by default; allowing unsealed memory is an operator's choice)",
+      );
+    }
     const windows = mapRegion(
       fd,
       size,
@@ -98,6 +118,15 @@ export class NativeMapper implements MemoryMapper {
         unmapRegion(windows);
       },
     };
+  }
+}
+
+/** True if `fd` is a memfd sealed against shrinking. */
+function cannotShrink(fd: number): boolean {
+  try {
+    return (getSeals(fd) & F_SEAL_SHRINK) !== 0;
+  } catch {
+    return false; // EINVAL: a file that takes no seals (tmpfs, hugetlbfs, a disk file)
   }
 }
 

@@ -11,6 +11,9 @@ import { DataplanePool } from "../dataplane/pool.ts";
 import { silentLogger } from "../log.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import {
+  F_SEAL_SHRINK,
+  MFD_ALLOW_SEALING,
+  addSeals,
   close,
   eventfd,
   eventfdRead,
@@ -113,8 +116,9 @@ describe("DataplaneRings on worker threads", { timeout: 30_000 }, () => {
 
     send(R.SET_FEATURES, encodeU64(0x1_4000_0000n));
     send(R.SET_PROTOCOL_FEATURES, encodeU64(0xa209n));
-    const memfd = memfdCreate("guest-ram");
+    const memfd = memfdCreate("guest-ram", MFD_ALLOW_SEALING);
     ftruncate(memfd, MEM);
+    addSeals(memfd, F_SEAL_SHRINK); // a back-end refuses memory that could shrink
     const ram = mmap(memfd, MEM, 0);
     t.after(() => void munmap(ram));
     const guest = new GuestMemory([{ guestPhysAddr: 0, size: MEM, buffer: ram }]);

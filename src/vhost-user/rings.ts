@@ -33,6 +33,13 @@ interface Running {
 
 const hex = (v: number): string => `0x${v.toString(16)}`;
 
+/**
+ * Bound on one ring's stop (GET_VRING_BASE waits for the ring's requests in
+ * flight): generous, since a slow disk is not a fault; the engine's
+ * watchdog names stuck requests long before.
+ */
+export const RING_STOP_TIMEOUT_MS = 5 * 60_000;
+
 /** Activation numbers are unique across every connection of the process. */
 let nextActivation = 1;
 
@@ -43,9 +50,17 @@ export class DataplaneRings implements VringDataplane {
   #nextRegion = 1;
   readonly #rings = new Map<number, Running>();
   #unlisten: (() => void) | null = null;
+  readonly #allowUnsealed: boolean;
 
-  /** @param device the device the rings belong to (or its opening). */
-  constructor(device: DataplaneDeviceHandle | Promise<DataplaneDeviceHandle>) {
+  /**
+   * @param device the device the rings belong to (or its opening).
+   * @param options.allowUnsealedMemory map region fds that can shrink (see `MapOptions`).
+   */
+  constructor(
+    device: DataplaneDeviceHandle | Promise<DataplaneDeviceHandle>,
+    options: { readonly allowUnsealedMemory?: boolean } = {},
+  ) {
+    this.#allowUnsealed = options.allowUnsealedMemory === true;
     this.#device = Promise.resolve(device);
     this.#device.then(
       (d) => (this.#unlisten = d.listen((ev) => this.#onDeviceEvent(ev))),
@@ -106,7 +121,8 @@ export class DataplaneRings implements VringDataplane {
   async stopRing(index: number): Promise<number> {
     if (!this.#rings.has(index)) throw new RangeError(`ring ${index} is not running`);
     try {
-      return (await (await this.#device).stopQueue(index)).nextAvail;
+      const device = await this.#device;
+      return (await device.stopQueue(index, { timeoutMs: RING_STOP_TIMEOUT_MS })).nextAvail;
     } finally {
       this.#rings.delete(index);
     }
@@ -150,7 +166,11 @@ export class DataplaneRings implements VringDataplane {
       mmapOffset: r.info.mmapOffset,
       fd: r.id === newId ? fd : -1,
     }));
-    return { kind: VHOST_USER_MEMORY, regions: entries };
+    return {
+      kind: VHOST_USER_MEMORY,
+      regions: entries,
+      ...(this.#allowUnsealed ? { allowUnsealed: true } : {}),
+    };
   }
 }
 

@@ -37,6 +37,12 @@ export interface VhostUserServerOptions {
   readonly listenFd?: number;
   /** Remove a socket file at `path` on which no server answers before listening (default true). */
   readonly removeStale?: boolean;
+  /**
+   * Map guest memory fds that can shrink under the mapping (not a memfd
+   * sealed with F_SEAL_SHRINK; default false: refused, see
+   * docs/threat-model.md).
+   */
+  readonly allowUnsealedMemory?: boolean;
   /** Memory slots announced in GET_MAX_MEM_SLOTS. */
   readonly maxMemSlots?: number;
   /** Where log lines go (default: console.warn). */
@@ -150,7 +156,9 @@ export class VhostUserServer {
     const o = this.#options;
     const conn = new VhostUserConnection(new NativeSocket(fd), {
       backend: o.backend,
-      dataplane: new DataplaneRings(o.dataplane),
+      dataplane: new DataplaneRings(o.dataplane, {
+        allowUnsealedMemory: o.allowUnsealedMemory === true,
+      }),
       fds: this.#eventFds,
       log: this.#log,
       ...(o.maxMemSlots === undefined ? {} : { maxMemSlots: o.maxMemSlots }),

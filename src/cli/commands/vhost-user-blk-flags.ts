@@ -113,6 +113,21 @@ export const FLAGS: readonly FlagSpec[] = [
     group: "I/O",
     help: "Dataplane worker threads that run the queues (queue i\non thread i mod N; default 1). 0 runs the queues on\nthe thread that answers the VMM.",
   },
+  {
+    name: "shutdown-timeout",
+    kind: "integer",
+    metavar: "SECONDS",
+    min: 0,
+    max: 86400,
+    group: "Operation",
+    help: "On SIGINT / SIGTERM, wait at most this long for\nrequests in flight (default 30); then fail the rest\nwith an I/O error to the guest, flush the image and\nexit.",
+  },
+  {
+    name: "allow-unsealed-memory",
+    kind: "boolean",
+    group: "Operation",
+    help: "Map guest RAM from files that can shrink (hugetlbfs,\ntmpfs or disk files; not a memfd sealed against\nshrinking). Default: refused. A front-end that then\nshrinks the file breaks its device, not this\nprocess (docs/threat-model.md).",
+  },
 ];
 
 /** Help text after the flag list. */
@@ -126,7 +141,8 @@ export const EPILOG = `Example with QEMU (guest RAM must be shared memory):
 
 One front-end at a time; after it disconnects the next one may connect
 (reconnect=1 makes QEMU come back after a restart of this server).
-SIGINT or SIGTERM stops cleanly: in-flight requests complete, the image is
+SIGINT or SIGTERM stops cleanly: in-flight requests complete (those still
+in flight after --shutdown-timeout fail with an I/O error), the image is
 flushed, the socket file is removed, exit status 0. A second signal exits at
 once with status 1.
 
@@ -147,6 +163,8 @@ export interface Settings {
   readonly direct: boolean;
   readonly maxInFlight: number | undefined;
   readonly ioThreads: number;
+  readonly shutdownTimeoutSeconds: number;
+  readonly allowUnsealedMemory: boolean;
 }
 
 /**
@@ -170,5 +188,7 @@ export function settings(f: ParsedFlags): Settings {
     direct: f.has("direct"),
     maxInFlight: f.get("max-in-flight") as number | undefined,
     ioThreads: (f.get("io-threads") as number | undefined) ?? 1,
+    shutdownTimeoutSeconds: (f.get("shutdown-timeout") as number | undefined) ?? 30,
+    allowUnsealedMemory: f.has("allow-unsealed-memory"),
   };
 }

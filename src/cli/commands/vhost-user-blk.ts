@@ -103,6 +103,7 @@ function listen(s: Settings, blk: OpenedVhostUserBlk, log: CliLog): VhostUserSer
     return new VhostUserServer({
       backend: blk.backend,
       dataplane: blk.dataplane,
+      allowUnsealedMemory: s.allowUnsealedMemory,
       ...(s.socket === undefined ? { listenFd: s.fd! } : { path: s.socket }),
       log: (line) => log.line(line),
       onConnection: (conn) => {
@@ -149,14 +150,34 @@ function stopSignals(io: CliIo, second: () => void): { first: Promise<string>; o
   return { first, off };
 }
 
-/** Stops the server (rings drain), flushes the image, then closes it and ends the dataplane. */
+/**
+ * Stops the server: the rings drain for at most --shutdown-timeout, then
+ * what is still in flight fails with IOERR; flushes the image, then closes
+ * it and ends the dataplane.
+ */
 async function stop(
   s: Settings,
   server: VhostUserServer,
   pool: DataplanePool,
   blk: OpenedVhostUserBlk,
+  log: CliLog,
 ): Promise<number> {
-  await server.close();
+  const drained = server.close();
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<"late">(
+    (r) => (timer = setTimeout(() => r("late"), s.shutdownTimeoutSeconds * 1000)),
+  );
+  try {
+    if ((await Promise.race([drained, late])) === "late") {
+      const n = await blk.dataplane.abort().catch(() => 0);
+      log.process(
+        `requests still in flight after ${s.shutdownTimeoutSeconds} s: failed ${n} with an I/O error`,
+      );
+      await drained;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
   try {
     // fdatasync covers the file, whichever thread's descriptor wrote the data.
     if (!s.readOnly) await blk.dataplane.control("flush");
@@ -188,7 +209,7 @@ async function serve(s: Settings, ctx: CommandContext): Promise<number> {
   io.out(`listening on ${s.socket ?? `fd ${s.fd}`}`);
   const signal = await signals.first;
   log.process(`${signal}: stopping (draining requests in flight)`);
-  const stopped = stop(s, server, pool, blk);
+  const stopped = stop(s, server, pool, blk, log);
   stopped.then(() => log.process("stopped")).catch(() => {});
   try {
     return await Promise.race([stopped, forcedExit]);

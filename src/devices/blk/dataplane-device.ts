@@ -38,6 +38,7 @@ import type { BlkDeviceCore } from "./core.ts";
 import { type BlkDataplaneDeviceOptions, splitOptions, workerCount } from "./dataplane-options.ts";
 import { VIRTIO_ID_BLOCK } from "./device.ts";
 import { openBlk } from "./open.ts";
+import { engineLimits } from "./runtime-device.ts";
 
 /** How a queue stopped at the last quiesce. */
 export interface QueueStop extends StopResult {
@@ -138,8 +139,7 @@ export class BlkDataplaneDevice implements VirtioDeviceBackend {
         config,
         logger,
         onEvent,
-        ...(parts.maxInFlight === undefined ? {} : { maxInFlight: parts.maxInFlight }),
-        ...(parts.budget === undefined ? {} : { budget: parts.budget }),
+        ...engineLimits(parts),
       });
       device = new BlkDataplaneDevice(core, handle, ownPool, o);
     } catch (e) {

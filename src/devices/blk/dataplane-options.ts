@@ -36,6 +36,8 @@ export interface BlkDataplaneDeviceOptions extends BlkDataplaneConfig {
   readonly maxInFlight?: number;
   /** Chains popped per run before a worker yields to its event loop (default 256). */
   readonly budget?: number;
+  /** A request in flight this long is logged as stalled (default 30). */
+  readonly stallSeconds?: number;
   readonly logger?: Logger;
   /** Forward the workers' per-request trace lines to `logger.trace` (default false). */
   readonly trace?: boolean;
@@ -53,6 +55,7 @@ const PART_KEYS = [
   "ioThreads",
   "maxInFlight",
   "budget",
+  "stallSeconds",
   "logger",
   "trace",
   "timeoutMs",

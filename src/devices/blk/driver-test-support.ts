@@ -151,6 +151,9 @@ export class RecordingQueue implements BlkVirtqueue {
       this.#statusAddr.set(c.head, c.segAddr[c.numSegs - 1]! + c.segLen[c.numSegs - 1]! - 1);
     return c;
   }
+  hasAvailable(): boolean {
+    return this.q.hasAvailable();
+  }
   addUsed(head: number, len: number): void {
     const at = this.#statusAddr.get(head);
     if (this.statusOverride !== null && at !== undefined)

@@ -20,6 +20,7 @@ import {
   type BlkDeviceInfo,
   type BlkDeviceSpec,
   type BlkEngineLimits,
+  engineLimits,
 } from "./runtime-device.ts";
 
 /** What {@link openBlk} needs. */
@@ -55,8 +56,7 @@ export async function openBlk(o: OpenBlkOptions): Promise<OpenedBlk> {
     backing: o.backing,
     config: o.config,
     cacheMode,
-    ...(o.maxInFlight === undefined ? {} : { maxInFlight: o.maxInFlight }),
-    ...(o.budget === undefined ? {} : { budget: o.budget }),
+    ...engineLimits(o),
   };
   const handle = await o.pool.open(spec, {
     queues,

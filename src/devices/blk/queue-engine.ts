@@ -66,6 +66,8 @@ export interface BlkVirtqueue {
   enableNotification(): boolean;
   /** Asks the driver not to notify. */
   disableNotification(): void;
+  /** True if the driver made chains available that were not popped yet. Throws on a ring violation. */
+  hasAvailable(): boolean;
   /** The violation that broke the queue, or null. */
   readonly broken: VirtioError | null;
   /** Makes the queue broken (sticky until reset). */
@@ -142,6 +144,10 @@ export class BlkQueueEngine {
   /** Idle request objects: one per in-flight slot, plus one for requests answered at once. */
   readonly #free: BlkRequest[] = [];
   #inFlight = 0;
+  /** Requests submitted to the backing store and not completed (for the watchdog and abort). */
+  readonly #active = new Set<BlkRequest>();
+  /** The watchdog's tick (./engine-watchdog.ts); stamped on each submitted request. */
+  #tick = 0;
   /** addUsed calls not yet published. */
   #unpublished = 0;
   #running = false;
@@ -220,6 +226,63 @@ export class BlkQueueEngine {
     const done = new Promise<void>((resolve) => this.#stopWaiters.push(resolve));
     this.#maybeStopped();
     return done;
+  }
+
+  /**
+   * Shutdown with requests stuck in the backing store: completes every
+   * request in flight with IOERR now (the driver is told), and drops their
+   * results when the backing store settles. A read may still land in its
+   * guest buffer afterwards: call only when the driver is going away (the
+   * process stops). Returns how many were failed.
+   */
+  abort(): number {
+    const n = this.#active.size;
+    for (const req of this.#active) {
+      req.aborted = true;
+      req.status = VIRTIO_BLK_S_IOERR;
+      this.#log.error(
+        `virtio-blk vq ${this.#qi} req ${req.chain!.head}: ${blkTypeName(req.type)} sector ${req.sector} failed: still in flight at shutdown`,
+        { queue: this.#qi, req: req.chain!.head },
+      );
+      this.#completeOnly(req);
+    }
+    this.#active.clear();
+    this.#inFlight = 0;
+    this.#flush();
+    this.#maybeStopped();
+    return n;
+  }
+
+  /** Requests submitted to the backing store and not completed (the watchdog reads them). */
+  get active(): ReadonlySet<BlkRequest> {
+    return this.#active;
+  }
+
+  /** The watchdog's clock: stamped on each request submitted from now on. */
+  set tick(tick: number) {
+    this.#tick = tick;
+  }
+
+  /** True when nothing runs, waits or is in flight: only a kick would start work. */
+  get idle(): boolean {
+    return (
+      !this.#running &&
+      !this.#paused &&
+      !this.#stopping &&
+      !this.#halted &&
+      !this.#continuationScheduled &&
+      this.#inFlight === 0
+    );
+  }
+
+  /** True if the driver made chains available that were not popped (a ring violation breaks the device). */
+  hasAvailable(): boolean {
+    try {
+      return this.#q.hasAvailable();
+    } catch (e) {
+      this.#fail(e);
+      return false;
+    }
   }
 
   #maybeStopped(): void {
@@ -325,10 +388,19 @@ export class BlkQueueEngine {
       `virtio_blk_submit vq ${this.#qi} req ${chain.head} type ${blkTypeName(req.type)} sector ${req.sector} len ${req.length} segs ${req.segCount}`,
     );
     this.#inFlight++;
+    req.submittedTick = this.#tick;
+    this.#active.add(req);
     void executeBlkRequest(req, this.#backing, this.#policy).then(() => this.#onDone(req));
   }
 
   #onDone(req: BlkRequest): void {
+    if (req.aborted) {
+      // Completed with IOERR already (abort); only now may the request object be reused.
+      req.release();
+      this.#free.push(req);
+      return;
+    }
+    this.#active.delete(req);
     this.#inFlight--;
     if (req.status === VIRTIO_BLK_S_IOERR && req.error !== undefined) {
       this.#log.error(
@@ -358,6 +430,13 @@ export class BlkQueueEngine {
 
   /** Writes the status, adds the used entry (unless halted) and recycles the request. */
   #complete(req: BlkRequest): void {
+    this.#completeOnly(req);
+    req.release();
+    this.#free.push(req);
+  }
+
+  /** Writes the status and adds the used entry (unless halted); the request stays owned. */
+  #completeOnly(req: BlkRequest): void {
     const head = req.chain!.head;
     if (!this.#halted) {
       try {
@@ -371,8 +450,6 @@ export class BlkQueueEngine {
         this.#fail(e);
       }
     }
-    req.release();
-    this.#free.push(req);
   }
 
   /** Publishes what was added and notifies the driver if it asked to be. */

@@ -104,6 +104,12 @@ export class BlkRequest {
   usedLen = 0;
   /** Backing-store error that turned this request into IOERR, for logs. */
   error: unknown = undefined;
+  /** Watchdog tick at which the request was submitted to the backing store. */
+  submittedTick = 0;
+  /** Completed with IOERR before its backing I/O settled (shutdown): the late result is dropped. */
+  aborted = false;
+  /** The watchdog has logged this request as stalled. */
+  stallLogged = false;
 
   /** Byte offset of the status byte in the writable part. */
   get statusOffset(): number {
@@ -117,6 +123,8 @@ export class BlkRequest {
     this.writer = null;
     this.iov.length = 0;
     this.error = undefined;
+    this.aborted = false;
+    this.stallLogged = false;
   }
 }
 

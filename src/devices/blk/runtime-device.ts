@@ -19,6 +19,7 @@ import type { BackingOpener, BackingSpec } from "./backing-spec.ts";
 import { DataplanePolicy } from "./cache-mode.ts";
 import type { BlkDeviceOptions } from "./config.ts";
 import { BlkDeviceCore } from "./core.ts";
+import { EngineWatchdog } from "./engine-watchdog.ts";
 import { BlkQueueEngine } from "./queue-engine.ts";
 
 /** The device kind of virtio-blk specs. */
@@ -33,6 +34,17 @@ export interface BlkEngineLimits {
   readonly maxInFlight?: number;
   /** Chains popped per run before yielding (engine default when absent). */
   readonly budget?: number;
+  /** A request in flight this long is logged as stalled (default 30). */
+  readonly stallSeconds?: number;
+}
+
+/** The limits given in `o` (absent ones stay absent: the engine's defaults apply). */
+export function engineLimits(o: BlkEngineLimits): BlkEngineLimits {
+  return {
+    ...(o.maxInFlight === undefined ? {} : { maxInFlight: o.maxInFlight }),
+    ...(o.budget === undefined ? {} : { budget: o.budget }),
+    ...(o.stallSeconds === undefined ? {} : { stallSeconds: o.stallSeconds }),
+  };
 }
 
 /** How a runtime opens a blk device (plain data). */
@@ -56,11 +68,13 @@ export class BlkRuntimeDevice implements DataplaneDevice {
   readonly #policy: DataplanePolicy;
   readonly #limits: BlkEngineLimits;
   readonly #engines = new Map<number, BlkQueueEngine>();
+  readonly #watchdog: EngineWatchdog;
 
   constructor(backing: BlkBacking, policy: DataplanePolicy, limits: BlkEngineLimits = {}) {
     this.backing = backing;
     this.#policy = policy;
     this.#limits = limits;
+    this.#watchdog = new EngineWatchdog(limits.stallSeconds);
   }
 
   /** The engine of a running queue (for stats and tests). */
@@ -77,13 +91,14 @@ export class BlkRuntimeDevice implements DataplaneDevice {
       queueIndex: ctx.index,
       backing: this.backing,
       policy: this.#policy,
-      ...this.#limits,
+      ...engineLimits({ maxInFlight: this.#limits.maxInFlight, budget: this.#limits.budget }),
       signalUsed: () => void ctx.signalUsed(),
       onBroken: (err) => ctx.markBroken(err),
       logger: ctx.logger,
       schedule: ctx.schedule,
     });
     this.#engines.set(ctx.index, engine);
+    this.#watchdog.add(engine, ctx.index, ctx.logger);
     return engine;
   }
 
@@ -102,6 +117,7 @@ export class BlkRuntimeDevice implements DataplaneDevice {
   }
 
   async close(): Promise<void> {
+    this.#watchdog.stop();
     await this.backing.close();
   }
 }
@@ -124,11 +140,7 @@ export function blkDeviceOpener(openBacking: BackingOpener): DeviceOpener {
         spec.cacheMode,
       );
       const info: BlkDeviceInfo = { size: backing.size, readOnly };
-      const limits = {
-        ...(spec.maxInFlight === undefined ? {} : { maxInFlight: spec.maxInFlight }),
-        ...(spec.budget === undefined ? {} : { budget: spec.budget }),
-      };
-      return { device: new BlkRuntimeDevice(backing, policy, limits), info };
+      return { device: new BlkRuntimeDevice(backing, policy, engineLimits(spec)), info };
     } catch (e) {
       await backing.close().catch(() => {});
       throw e;
@@ -152,16 +164,12 @@ export function blkOnBacking(o: BlkOnBackingOptions): {
   core: BlkDeviceCore;
   device: BlkRuntimeDevice;
 } {
-  const { backing, maxInFlight, budget, ...config } = o;
+  const { backing, maxInFlight: _m, budget: _b, stallSeconds: _s, ...config } = o;
   const readOnly = config.readOnly ?? backing.readOnly;
   if (backing.readOnly && !readOnly)
     throw new RangeError("a read-only backing store needs a read-only device");
   const options = { ...config, capacityBytes: backing.size, readOnly };
   const core = new BlkDeviceCore(options);
-  const limits = {
-    ...(maxInFlight === undefined ? {} : { maxInFlight }),
-    ...(budget === undefined ? {} : { budget }),
-  };
   const policy = new DataplanePolicy(options, core.cacheMode);
-  return { core, device: new BlkRuntimeDevice(backing, policy, limits) };
+  return { core, device: new BlkRuntimeDevice(backing, policy, engineLimits(o)) };
 }

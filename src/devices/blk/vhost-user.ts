@@ -27,6 +27,7 @@ import {
   type BlkOnBackingOptions,
   type BlkRuntimeDevice,
   blkOnBacking,
+  engineLimits,
   type BlkDataplaneConfig,
   type BlkDeviceInfo,
   type BlkEngineLimits,
@@ -115,14 +116,13 @@ export interface OpenedVhostUserBlk {
  *   error, e.g. VirtioError `BLK_IMAGE`.
  */
 export async function openVhostUserBlk(o: OpenVhostUserBlkOptions): Promise<OpenedVhostUserBlk> {
-  const { pool, backing, logger, maxInFlight, budget, ...config } = o;
+  const { pool, backing, logger, maxInFlight: _m, budget: _b, stallSeconds: _s, ...config } = o;
   const opened = await openBlk({
     pool,
     backing,
     config,
     ...(logger === undefined ? {} : { logger }),
-    ...(maxInFlight === undefined ? {} : { maxInFlight }),
-    ...(budget === undefined ? {} : { budget }),
+    ...engineLimits(o),
   });
   return {
     backend: new VhostUserBlkBackend(opened.core),

@@ -1,0 +1,183 @@
+/**
+ * The dataplane runtime and pool on the calling thread with a fake device
+ * and a fake binding: opening, memory before starts, queue start / kick /
+ * stop, the broken report (once per activation, none for a stop's detach),
+ * abort, counters, and errors that cross back with their kind.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { ErrorCode, VirtioError } from "../errors.ts";
+import { silentLogger } from "../log.ts";
+import { GuestMemory } from "../memory/guest-memory.ts";
+import { MockSplitQueue } from "../testing/index.ts";
+import type { DataplaneDevice, QueueContext, QueueHandler } from "./device.ts";
+import type { DeviceEvent } from "./device-handle.ts";
+import { LOCAL_RUNTIME, localThreadHost } from "./local.ts";
+import { DataplanePool } from "./pool.ts";
+import { serveDataplane } from "./runtime.ts";
+import type { DoorbellOpener, QueueDoorbells } from "./seams.ts";
+
+const QSIZE = 16;
+
+/** A device whose queues complete each chain at once, or hold them. */
+class FakeDevice implements DataplaneDevice {
+  readonly contexts = new Map<number, QueueContext>();
+  hold = false;
+  readonly held: { ctx: QueueContext; head: number }[] = [];
+  startQueue(ctx: QueueContext): QueueHandler {
+    this.contexts.set(ctx.index, ctx);
+    const held = this.held;
+    const hold = (): boolean => this.hold;
+    return {
+      kick() {
+        for (let c = ctx.queue.popAvail(); c !== null; c = ctx.queue.popAvail()) {
+          if (hold()) held.push({ ctx, head: c.head });
+          else ctx.queue.addUsed(c.head, 0);
+        }
+        ctx.signalUsed();
+      },
+      halt() {},
+      stop: () => Promise.resolve(),
+      abort() {
+        const n = held.length;
+        for (const h of held.splice(0)) h.ctx.queue.addUsed(h.head, 1);
+        ctx.signalUsed();
+        return n;
+      },
+      get inFlight() {
+        return held.length;
+      },
+    };
+  }
+}
+
+/** Doorbells a test rings by hand. */
+function fakeBells(): { opener: DoorbellOpener; kick: (q: number) => void; calls: number[] } {
+  const kicks = new Map<number, () => void>();
+  const calls: number[] = [];
+  const opener: DoorbellOpener = (queue) => {
+    const bells: QueueDoorbells = {
+      wakeups: 0,
+      calls: 0,
+      start(onKick) {
+        kicks.set(queue, onKick);
+        onKick();
+      },
+      call() {
+        calls.push(queue);
+      },
+      stop() {
+        kicks.delete(queue);
+      },
+    };
+    return bells;
+  };
+  return { opener, kick: (q) => kicks.get(q)?.(), calls };
+}
+
+async function setup() {
+  const device = new FakeDevice();
+  const mem = GuestMemory.createShared([{ guestPhysAddr: 0, size: 1 << 20 }]);
+  const bells = fakeBells();
+  const host = localThreadHost((endpoint) =>
+    serveDataplane({
+      endpoint,
+      devices: { fake: () => ({ device, info: { hello: 1 } }) },
+      memory: {
+        fake: () => ({ update: () => {}, memory: () => mem, dispose: () => {} }),
+      },
+      doorbells: { fake: bells.opener },
+    }),
+  );
+  const pool = await DataplanePool.start({
+    host,
+    module: LOCAL_RUNTIME,
+    runtimes: 1,
+    logger: silentLogger,
+  });
+  const events: DeviceEvent[] = [];
+  const handle = await pool.open({ kind: "fake" }, { queues: 2, onEvent: (e) => events.push(e) });
+  const drvs = [0, 1].map((q) => new MockSplitQueue(mem, QSIZE, 0x1000 + q * 0x2000));
+  const ring = (q: number, nextAvail = 0) => ({
+    ...drvs[q]!.addresses,
+    size: QSIZE,
+    features: 0n,
+    nextAvail,
+  });
+  return { device, pool, handle, events, drvs, ring, bells };
+}
+
+const chain = (drv: MockSplitQueue) =>
+  drv.publish(
+    drv.buildChain([
+      { addr: 0x8000, len: 16 },
+      { addr: 0x9000, len: 1, writable: true },
+    ]),
+  );
+
+test("open answers the opener's info; a start before memory and an unknown kind are refused with their kind", async () => {
+  const s = await setup();
+  assert.deepEqual(s.handle.info, [{ hello: 1 }]);
+  await assert.rejects(
+    s.handle.startQueue(0, 1, s.ring(0), { kind: "fake" }),
+    /started before guest memory/,
+  );
+  await assert.rejects(s.pool.open({ kind: "nope" }, { queues: 1 }), TypeError);
+  await s.handle.setMemory({ kind: "fake" });
+  await assert.rejects(s.handle.startQueue(0, 1, s.ring(0), { kind: "other" }), TypeError);
+  await s.pool.close();
+});
+
+test("a started queue takes kicks, calls, stops at its next index, and its detach is not reported as broken", async () => {
+  const s = await setup();
+  await s.handle.setMemory({ kind: "fake" });
+  await s.handle.startQueue(0, 1, s.ring(0), { kind: "fake" });
+  chain(s.drvs[0]!);
+  chain(s.drvs[0]!);
+  s.bells.kick(0);
+  assert.equal(s.drvs[0]!.usedIdx, 2);
+  assert.ok(s.bells.calls.includes(0));
+  assert.deepEqual(await s.handle.stopQueue(0), { nextAvail: 2, drained: 0 });
+  await s.handle.startQueue(0, 2, s.ring(0, 2), { kind: "fake" });
+  assert.deepEqual(await s.handle.stopQueue(0), { nextAvail: 2, drained: 0 });
+  await new Promise((r) => setTimeout(r, 5));
+  assert.deepEqual(s.events, []);
+  await assert.rejects(s.handle.stopQueue(0), RangeError);
+  await s.pool.close();
+});
+
+test("a ring violation is reported once per activation, with its code", async () => {
+  const s = await setup();
+  await s.handle.setMemory({ kind: "fake" });
+  await s.handle.startQueue(0, 7, s.ring(0), { kind: "fake" });
+  await s.handle.startQueue(1, 7, s.ring(1), { kind: "fake" });
+  s.drvs[0]!.publish(QSIZE + 1); // a head outside the ring
+  s.bells.kick(0);
+  s.drvs[1]!.publish(QSIZE + 2);
+  s.bells.kick(1);
+  await new Promise((r) => setTimeout(r, 5));
+  assert.equal(s.events.length, 1);
+  const e = s.events[0]!;
+  assert.equal(e.type, "broken");
+  assert.ok(e.type === "broken" && e.activation === 7 && e.queue === 0);
+  assert.ok(e.error instanceof VirtioError && e.error.code === ErrorCode.HEAD_OUT_OF_RANGE);
+  await s.pool.close();
+});
+
+test("abort completes what the handlers hold and answers how many", async () => {
+  const s = await setup();
+  await s.handle.setMemory({ kind: "fake" });
+  await s.handle.startQueue(0, 1, s.ring(0), { kind: "fake" });
+  s.device.hold = true;
+  chain(s.drvs[0]!);
+  chain(s.drvs[0]!);
+  s.bells.kick(0);
+  assert.deepEqual(
+    (await s.handle.stats()).map((q) => [q.queue, q.inFlight]),
+    [[0, 2]],
+  );
+  assert.equal(await s.handle.abort(), 2);
+  assert.equal(s.drvs[0]!.usedIdx, 2);
+  await s.handle.close();
+  await s.pool.close();
+});
