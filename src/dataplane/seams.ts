@@ -18,6 +18,7 @@
  * @module
  */
 import type { GuestMemory } from "../memory/guest-memory.ts";
+import type { SplitInflightLog } from "../ring/inflight-split.ts";
 
 /** Where guest memory comes from; `kind` selects the runtime's {@link MemorySpace}. */
 export interface MemoryDescriptor {
@@ -53,6 +54,13 @@ export interface MemorySpace {
    * @throws {VirtioError} if it is not usable (e.g. regions overlap).
    */
   memory(): GuestMemory | null;
+  /**
+   * The inflight log of queue `queue`, where the transport keeps one
+   * (vhost-user inflight I/O tracking); absent or null otherwise. A new log
+   * object per call: each queue start recovers from what the shared memory
+   * holds.
+   */
+  inflight?(queue: number): SplitInflightLog | null;
   /** Releases every mapping (the device is closed). */
   dispose(): void;
 }

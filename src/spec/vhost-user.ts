@@ -165,3 +165,42 @@ export const VHOST_USER_INFLIGHT_SIZE = 24;
 export function vhostUserMemoryTableSize(n: number): number {
   return VHOST_USER_MEMORY_HDR_SIZE + VHOST_USER_MEM_REGION_SIZE * n;
 }
+
+/*
+ * "Inflight I/O tracking", split virtqueue layout: the shared buffer holds
+ * one QueueRegionSplit per queue, each a 16-byte header (features u64,
+ * version u16, desc_num u16, last_batch_head u16, used_idx u16) followed by
+ * desc_num DescStateSplit entries of 16 bytes (inflight u8, padding u8[5],
+ * next u16, counter u64), indexed by head descriptor index. QEMU and
+ * libvhost-user place the queue regions 64-byte aligned.
+ */
+/** QueueRegionSplit.features (u64, "Now it's initialized to 0"). */
+export const INFLIGHT_OFF_FEATURES = 0;
+/** QueueRegionSplit.version (u16): "It's 1 currently. Zero value indicates an uninitialized buffer". */
+export const INFLIGHT_OFF_VERSION = 8;
+/** QueueRegionSplit.desc_num (u16): the queue size. */
+export const INFLIGHT_OFF_DESC_NUM = 10;
+/** QueueRegionSplit.last_batch_head (u16): head of the list of the last batch of used descriptors. */
+export const INFLIGHT_OFF_LAST_BATCH_HEAD = 12;
+/** QueueRegionSplit.used_idx (u16): the used ring's idx after the last completed batch. */
+export const INFLIGHT_OFF_USED_IDX = 14;
+/** QueueRegionSplit.desc: the first DescStateSplit. */
+export const INFLIGHT_OFF_DESC = 16;
+/** Bytes of one DescStateSplit. */
+export const INFLIGHT_DESC_SIZE = 16;
+/** DescStateSplit.inflight (u8). */
+export const INFLIGHT_DESC_OFF_INFLIGHT = 0;
+/** DescStateSplit.next (u16): the next entry of a used batch. */
+export const INFLIGHT_DESC_OFF_NEXT = 6;
+/** DescStateSplit.counter (u64): the order descriptors were fetched in. */
+export const INFLIGHT_DESC_OFF_COUNTER = 8;
+/** The version this implementation writes. */
+export const INFLIGHT_VERSION = 1;
+/** Queue regions are aligned to a cache line. */
+export const INFLIGHT_ALIGNMENT = 64;
+
+/** Bytes of one queue's region for a queue of `queueSize` entries. */
+export function inflightQueueRegionSize(queueSize: number): number {
+  const raw = INFLIGHT_OFF_DESC + INFLIGHT_DESC_SIZE * queueSize;
+  return Math.ceil(raw / INFLIGHT_ALIGNMENT) * INFLIGHT_ALIGNMENT;
+}

@@ -24,6 +24,8 @@ import type {
 } from "../dataplane/seams.ts";
 import { ErrorCode, VirtioError, isVirtioError } from "../errors.ts";
 import { GuestMemory, type RegionDescriptor } from "../memory/guest-memory.ts";
+import { SplitInflightLog } from "../ring/inflight-split.ts";
+import { inflightQueueRegionSize } from "../spec/vhost-user.ts";
 import type { EventFds, Mapping, MemoryMapper } from "./host.ts";
 
 /** Memory kind: the front-end's region table. */
@@ -41,10 +43,22 @@ export interface RegionEntry {
   readonly fd: number;
 }
 
+/** The inflight tracking buffer; `fd` is -1 once the runtime has mapped this `id`. */
+export interface InflightEntry {
+  readonly id: number;
+  readonly fd: number;
+  readonly size: number;
+  readonly offset: number;
+  readonly numQueues: number;
+  readonly queueSize: number;
+}
+
 /** The whole region table: regions not listed are unmapped, new ones mapped from their fd. */
 export interface RegionTableDescriptor extends MemoryDescriptor {
   readonly kind: typeof VHOST_USER_MEMORY;
   readonly regions: readonly RegionEntry[];
+  /** The inflight buffer (SET_INFLIGHT_FD), if any. */
+  readonly inflight?: InflightEntry;
   /** Map region fds that can shrink (not sealed; the operator's choice; default false). */
   readonly allowUnsealed?: boolean;
 }
@@ -65,6 +79,7 @@ export class RegionMemorySpace implements MemorySpace {
   readonly #mapped = new Map<number, { entry: RegionEntry; mapping: Mapping }>();
   #table: readonly RegionEntry[] = [];
   #memory: GuestMemory | null = null;
+  #inflight: { entry: InflightEntry; mapping: Mapping; bytes: Uint8Array } | null = null;
 
   constructor(mapper: MemoryMapper) {
     this.#mapper = mapper;
@@ -88,10 +103,58 @@ export class RegionMemorySpace implements MemorySpace {
     for (const entry of table) {
       if (this.#mapped.has(entry.id)) continue;
       if (entry.fd < 0) throw new RangeError(`region ${entry.id} has no fd and is not mapped`);
-      this.#mapped.set(entry.id, { entry, mapping: this.#map(entry, d.allowUnsealed === true) });
+      const what = `region gpa ${hex(entry.gpa)}`;
+      this.#mapped.set(entry.id, {
+        entry,
+        mapping: this.#map(entry, d.allowUnsealed === true, what),
+      });
     }
     this.#table = table;
     this.#memory = null;
+    this.#updateInflight(d.inflight, busy, d.allowUnsealed === true);
+  }
+
+  /** Maps a new inflight buffer, or unmaps one that is gone (never while rings run on it). */
+  #updateInflight(entry: InflightEntry | undefined, busy: boolean, allowUnsealed: boolean): void {
+    if (this.#inflight !== null && this.#inflight.entry.id === entry?.id) return;
+    if (this.#inflight !== null) {
+      if (busy) throw new RangeError("the inflight buffer changed while rings run");
+      this.#inflight.mapping.unmap();
+      this.#inflight = null;
+    }
+    if (entry === undefined) return;
+    const region = {
+      id: entry.id,
+      gpa: 0,
+      size: entry.size,
+      mmapOffset: entry.offset,
+      fd: entry.fd,
+    };
+    const mapping = this.#map(region, allowUnsealed, "the inflight buffer");
+    const w = mapping.windows;
+    if (w.length !== 1) {
+      mapping.unmap();
+      throw new VirtioError(
+        ErrorCode.VHOST_USER_PROTOCOL,
+        `inflight buffer of ${entry.size} bytes is too large`,
+      );
+    }
+    this.#inflight = {
+      entry,
+      mapping,
+      bytes: new Uint8Array(w[0]!.buffer, w[0]!.byteOffset, w[0]!.byteLength),
+    };
+  }
+
+  /** Queue `queue`'s part of the inflight buffer as a log, or null without a buffer or for a queue it has no room for. */
+  inflight(queue: number): SplitInflightLog | null {
+    const i = this.#inflight;
+    if (i === null || queue >= i.entry.numQueues) return null;
+    const stride = inflightQueueRegionSize(i.entry.queueSize);
+    return new SplitInflightLog(
+      i.bytes.subarray(queue * stride, (queue + 1) * stride),
+      i.entry.queueSize,
+    );
   }
 
   /** Guest memory of the table's regions, in table order (null for an empty table); built once per table. */
@@ -103,11 +166,13 @@ export class RegionMemorySpace implements MemorySpace {
   dispose(): void {
     for (const m of this.#mapped.values()) m.mapping.unmap();
     this.#mapped.clear();
+    this.#inflight?.mapping.unmap();
+    this.#inflight = null;
     this.#table = [];
     this.#memory = null;
   }
 
-  #map(r: RegionEntry, allowUnsealed: boolean): Mapping {
+  #map(r: RegionEntry, allowUnsealed: boolean, what: string): Mapping {
     let mapping: Mapping;
     try {
       mapping = this.#mapper.map(r.fd, r.size, r.mmapOffset, { allowUnsealed });
@@ -118,7 +183,7 @@ export class RegionMemorySpace implements MemorySpace {
         isVirtioError(e, ErrorCode.NATIVE)
           ? ErrorCode.VHOST_USER_BACKEND
           : ErrorCode.VHOST_USER_PROTOCOL,
-        `cannot map region gpa ${hex(r.gpa)} size ${hex(r.size)} from fd ${r.fd} at offset ${hex(r.mmapOffset)}: ${e instanceof Error ? e.message : String(e)}`,
+        `cannot map ${what} size ${hex(r.size)} from fd ${r.fd} at offset ${hex(r.mmapOffset)}: ${e instanceof Error ? e.message : String(e)}`,
         { gpa: r.gpa, size: r.size, fd: r.fd },
       );
     }

@@ -28,7 +28,7 @@ import type { VhostUserBackend } from "./backend.ts";
 import { encodeReply, encodeU64 } from "./codec.ts";
 import type { VringDataplane } from "./dataplane.ts";
 import { MessageReader, needsReply, type VhostUserMessage } from "./framing.ts";
-import { VHOST_USER_HANDLERS, REPLY_ACK_FAILED } from "./handlers.ts";
+import { VHOST_USER_HANDLERS, REPLY_ACK_FAILED, type HandlerResult } from "./handlers.ts";
 import type { EventFds, VhostUserSocket } from "./host.ts";
 import { VHOST_USER_REQUEST_RULES } from "./request-rules.ts";
 import { VhostUserSession } from "./session.ts";
@@ -54,6 +54,11 @@ export interface VhostUserConnectionOptions {
   readonly fds: Pick<EventFds, "close" | "signal">;
   /** Memory slots announced in GET_MAX_MEM_SLOTS (default {@link DEFAULT_MAX_MEM_SLOTS}). */
   readonly maxMemSlots?: number;
+  /**
+   * Creates a zeroed, sealed shared-memory fd of a size (GET_INFLIGHT_FD);
+   * absent: inflight I/O tracking is not offered.
+   */
+  readonly allocateShared?: (size: number) => number;
   /** Where log lines go (default: console.warn). */
   readonly log?: (line: string) => void;
 }
@@ -105,6 +110,7 @@ export class VhostUserConnection {
       maxMemSlots: options.maxMemSlots ?? DEFAULT_MAX_MEM_SLOTS,
       log: this.#log,
       schedule: (task) => this.#enqueue(task),
+      ...(options.allocateShared === undefined ? {} : { allocateShared: options.allocateShared }),
     });
     this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
   }
@@ -204,9 +210,7 @@ export class VhostUserConnection {
         throw e;
       }
       if (rule.reply) {
-        if (!(result instanceof Uint8Array))
-          throw new Error(`${vhostUserRequestName(msg.request)} handler returned no reply body`);
-        this.#send(encodeReply(msg.request, result));
+        this.#sendReply(msg, result);
       } else {
         this.#ack(msg, typeof result === "number" ? result : 0);
       }
@@ -235,10 +239,22 @@ export class VhostUserConnection {
       this.#send(encodeReply(msg.request, encodeU64(BigInt(status))));
   }
 
-  #send(bytes: Uint8Array): void {
+  /** A reply body, with the fds a handler attached (closed here once sent). */
+  #sendReply(msg: VhostUserMessage, result: HandlerResult): void {
+    if (result instanceof Uint8Array) return this.#send(encodeReply(msg.request, result));
+    if (typeof result !== "object")
+      throw new Error(`${vhostUserRequestName(msg.request)} handler returned no reply body`);
+    try {
+      this.#send(encodeReply(msg.request, result.payload), result.fds);
+    } finally {
+      for (const fd of result.fds) this.#session.closeFd(fd);
+    }
+  }
+
+  #send(bytes: Uint8Array, fds: readonly number[] = []): void {
     if (this.#closing) return;
     try {
-      this.#socket.send(bytes);
+      this.#socket.send(bytes, fds);
     } catch (e) {
       this.#fail(new VirtioError(ErrorCode.VHOST_USER_DISCONNECTED, `send failed: ${String(e)}`));
     }

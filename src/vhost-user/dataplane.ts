@@ -23,6 +23,16 @@ export interface VringStart extends RingStart {
   readonly callFd: number | null;
 }
 
+/** The inflight tracking buffer of SET_INFLIGHT_FD (the caller owns the fd). */
+export interface InflightShm {
+  readonly fd: number;
+  /** Bytes from `offset`: at least `numQueues` queue regions for `queueSize` entries. */
+  readonly size: number;
+  readonly offset: number;
+  readonly numQueues: number;
+  readonly queueSize: number;
+}
+
 /** What a dataplane reports about a running ring. */
 export interface RingEvents {
   /** The ring (or the device through it) became broken. At most once per start. */
@@ -59,6 +69,14 @@ export interface VringDataplane {
   stopRing(index: number): Promise<number>;
   /** Replaces the call eventfd of a running ring (the old one is no longer used once this resolves). */
   setCallFd(index: number, fd: number | null): Promise<void>;
+  /**
+   * Maps the inflight tracking buffer (or forgets it: null); rings started
+   * later keep their inflight logs in it. No ring is running. Absent: the
+   * dataplane cannot track (INFLIGHT_SHMFD is not offered).
+   *
+   * @throws {VirtioError} `VHOST_USER_PROTOCOL` for a buffer the fd cannot back.
+   */
+  setInflight?(inflight: InflightShm | null): Promise<void>;
   /** Stops every ring and unmaps every region. */
   dispose(): Promise<void>;
 }

@@ -32,11 +32,18 @@ import {
   encodeVringState,
 } from "./codec.ts";
 import { takeFd, type VhostUserMessage } from "./framing.ts";
+import { getInflightFd, setInflightFd } from "./handlers-inflight.ts";
 import { validateRegion } from "./memory-table.ts";
 import type { VhostUserSession } from "./session.ts";
 
-/** Reply body, REPLY_ACK status (0 = success), or nothing (success). */
-export type HandlerResult = Uint8Array | number | undefined;
+/** A reply body with fds attached; the connection sends them, then closes its copies. */
+export interface ReplyWithFds {
+  readonly payload: Uint8Array;
+  readonly fds: readonly number[];
+}
+
+/** Reply body (with fds), REPLY_ACK status (0 = success), or nothing (success). */
+export type HandlerResult = Uint8Array | ReplyWithFds | number | undefined;
 
 /** Handles one request. */
 export type Handler = (
@@ -292,6 +299,7 @@ const resetDevice: Handler = async (s) => {
   for (const r of s.rings) s.resetRing(r);
   s.features = 0n;
   s.broken = null;
+  await s.dropInflight();
   await s.backend.reset?.();
 };
 
@@ -319,4 +327,6 @@ export const VHOST_USER_HANDLERS: ReadonlyMap<number, Handler> = new Map<number,
   [R.GET_MAX_MEM_SLOTS, getMaxMemSlots],
   [R.ADD_MEM_REG, addMemReg],
   [R.REM_MEM_REG, remMemReg],
+  [R.GET_INFLIGHT_FD, getInflightFd],
+  [R.SET_INFLIGHT_FD, setInflightFd],
 ]);

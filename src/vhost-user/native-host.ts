@@ -10,9 +10,15 @@
  */
 import { fstatSync } from "node:fs";
 import {
+  F_SEAL_GROW,
+  F_SEAL_SEAL,
   F_SEAL_SHRINK,
+  MFD_ALLOW_SEALING,
   PollEvent,
+  addSeals,
   close,
+  ftruncate,
+  memfdCreate,
   getSeals,
   eventfdRead,
   eventfdWrite,
@@ -118,6 +124,23 @@ export class NativeMapper implements MemoryMapper {
         unmapRegion(windows);
       },
     };
+  }
+}
+
+/**
+ * A zeroed memfd of `size` bytes sealed against shrinking, growing and
+ * further seals: shared memory a peer can map but not pull away
+ * (GET_INFLIGHT_FD's buffer, as libvhost-user makes it).
+ */
+export function sealedMemfd(name: string, size: number): number {
+  const fd = memfdCreate(name, MFD_ALLOW_SEALING);
+  try {
+    ftruncate(fd, size);
+    addSeals(fd, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+    return fd;
+  } catch (e) {
+    close(fd);
+    throw e;
   }
 }
 

@@ -11,6 +11,7 @@
  */
 import {
   VHOST_USER_CONFIG_HDR_SIZE,
+  VHOST_USER_INFLIGHT_SIZE,
   VHOST_USER_MAX_CONFIG_SIZE,
   VHOST_USER_MEMORY_HDR_SIZE,
   VHOST_USER_MEM_REGION_SIZE,
@@ -55,6 +56,7 @@ const u64 = exact(VHOST_USER_U64_SIZE);
 const none = exact(0);
 const state = exact(VHOST_USER_VRING_STATE_SIZE);
 const region = exact(VHOST_USER_SINGLE_MEM_REGION_SIZE);
+const inflight = exact(VHOST_USER_INFLIGHT_SIZE);
 
 /** Rules of every request the back-end handles (see handlers.ts). */
 export const VHOST_USER_REQUEST_RULES: ReadonlyMap<number, RequestRule> = new Map<
@@ -83,6 +85,8 @@ export const VHOST_USER_REQUEST_RULES: ReadonlyMap<number, RequestRule> = new Ma
   [R.GET_MAX_MEM_SLOTS, { payload: none, fds: "none", reply: true }],
   [R.ADD_MEM_REG, { payload: region, fds: "one", reply: false }],
   [R.REM_MEM_REG, { payload: region, fds: "at-most-one", reply: false }],
+  [R.GET_INFLIGHT_FD, { payload: inflight, fds: "none", reply: true }],
+  [R.SET_INFLIGHT_FD, { payload: inflight, fds: "one", reply: false }],
 ]);
 
 /** Largest payload any rule allows (a GET_CONFIG of 256 bytes: 268). */

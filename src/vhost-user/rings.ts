@@ -17,7 +17,7 @@ import {
   type RegionEntry,
   type RegionTableDescriptor,
 } from "./binding.ts";
-import type { RingEvents, VringDataplane, VringStart } from "./dataplane.ts";
+import type { InflightShm, RingEvents, VringDataplane, VringStart } from "./dataplane.ts";
 import type { RegionInfo } from "./memory-table.ts";
 
 interface Region {
@@ -51,6 +51,7 @@ export class DataplaneRings implements VringDataplane {
   readonly #rings = new Map<number, Running>();
   #unlisten: (() => void) | null = null;
   readonly #allowUnsealed: boolean;
+  #inflight: { id: number; shm: InflightShm; mapped: boolean } | null = null;
 
   /**
    * @param device the device the rings belong to (or its opening).
@@ -133,12 +134,28 @@ export class DataplaneRings implements VringDataplane {
     if (r !== undefined) await (await this.#device).setDoorbells(index, bells(r.kickFd, fd));
   }
 
+  async setInflight(shm: InflightShm | null): Promise<void> {
+    if (this.#rings.size > 0)
+      throw new RangeError(`setInflight while ${this.#rings.size} rings are running`);
+    const next = shm === null ? null : { id: this.#nextRegion++, shm, mapped: false };
+    const previous = this.#inflight;
+    this.#inflight = next;
+    try {
+      await (await this.#device).setMemory(this.#table(this.#regions));
+    } catch (e) {
+      this.#inflight = previous;
+      throw e;
+    }
+    if (next !== null) next.mapped = true;
+  }
+
   async dispose(): Promise<void> {
     const errors: unknown[] = [];
     for (const index of [...this.#rings.keys()])
       await this.stopRing(index).catch((e: unknown) => errors.push(e));
-    if (this.#regions.length > 0) {
+    if (this.#regions.length > 0 || this.#inflight !== null) {
       this.#regions = [];
+      this.#inflight = null;
       await (await this.#device).setMemory(this.#table([])).catch((e: unknown) => errors.push(e));
     }
     await this.#device.catch(() => {});
@@ -166,10 +183,12 @@ export class DataplaneRings implements VringDataplane {
       mmapOffset: r.info.mmapOffset,
       fd: r.id === newId ? fd : -1,
     }));
+    const i = this.#inflight;
     return {
       kind: VHOST_USER_MEMORY,
       regions: entries,
       ...(this.#allowUnsealed ? { allowUnsealed: true } : {}),
+      ...(i === null ? {} : { inflight: { id: i.id, ...i.shm, fd: i.mapped ? -1 : i.shm.fd } }),
     };
   }
 }

@@ -31,7 +31,7 @@ import { availRingSize, descTableSize, isValidQueueSize, usedRingSize } from "..
 import { VhostUserProtocolFeature as PF } from "../spec/vhost-user.ts";
 import type { VhostUserBackend } from "./backend.ts";
 import type { VringAddr } from "./codec.ts";
-import type { VringDataplane, VringStart } from "./dataplane.ts";
+import type { InflightShm, VringDataplane, VringStart } from "./dataplane.ts";
 import type { EventFds } from "./host.ts";
 import { MemoryTable } from "./memory-table.ts";
 
@@ -76,6 +76,12 @@ export interface VhostUserSessionOptions {
   readonly log: (line: string) => void;
   /** Runs `task` after the message being handled (serialised with messages). */
   readonly schedule: (task: () => Promise<void>) => void;
+  /**
+   * Creates a zeroed shared-memory fd of `size` bytes that cannot change
+   * size (a sealed memfd), for GET_INFLIGHT_FD. Absent: INFLIGHT_SHMFD is
+   * not offered.
+   */
+  readonly allocateShared?: (size: number) => number;
 }
 
 const hex = (v: number | bigint): string => `0x${v.toString(16)}`;
@@ -99,6 +105,9 @@ export class VhostUserSession {
   owner = false;
   /** A ring violation stopped every ring; cleared when all were stopped by the front-end. */
   broken: VirtioError | null = null;
+  /** The inflight tracking buffer's fd (SET_INFLIGHT_FD), or null. */
+  inflightFd: number | null = null;
+  readonly #allocateShared: ((size: number) => number) | undefined;
 
   constructor(options: VhostUserSessionOptions) {
     const n = options.backend.numQueues;
@@ -112,6 +121,7 @@ export class VhostUserSession {
     this.log = options.log;
     this.#fds = options.fds;
     this.#schedule = options.schedule;
+    this.#allocateShared = options.allocateShared;
   }
 
   /** Virtio features offered in GET_FEATURES. */
@@ -131,6 +141,8 @@ export class VhostUserSession {
       featureBit(PF.CONFIGURE_MEM_SLOTS) |
       featureBit(PF.RESET_DEVICE);
     if (this.backend.config !== undefined) f |= featureBit(PF.CONFIG);
+    if (this.#allocateShared !== undefined && this.dataplane.setInflight !== undefined)
+      f |= featureBit(PF.INFLIGHT_SHMFD);
     return f;
   }
 
@@ -223,6 +235,41 @@ export class VhostUserSession {
     }
   }
 
+  /**
+   * A zeroed shared buffer for GET_INFLIGHT_FD.
+   *
+   * @throws {VirtioError} `VHOST_USER_BACKEND` if it cannot be created.
+   */
+  allocateInflight(size: number): number {
+    try {
+      return this.#allocateShared!(size);
+    } catch (e) {
+      throw new VirtioError(
+        ErrorCode.VHOST_USER_BACKEND,
+        `cannot create the inflight buffer of ${size} bytes: ${asError(e).message}`,
+        { size },
+      );
+    }
+  }
+
+  /** Maps the inflight buffer (SET_INFLIGHT_FD; no ring runs); the session owns `fd` from now on. */
+  async setInflight(inflight: InflightShm): Promise<void> {
+    try {
+      await this.dataplane.setInflight!(inflight);
+    } catch (e) {
+      this.closeFd(inflight.fd);
+      throw e;
+    }
+    this.inflightFd = this.replaceFd(this.inflightFd, inflight.fd);
+  }
+
+  /** Forgets the inflight buffer (RESET_DEVICE: the next start gets a fresh one). */
+  async dropInflight(): Promise<void> {
+    if (this.inflightFd === null) return;
+    await this.dataplane.setInflight?.(null);
+    this.inflightFd = this.replaceFd(this.inflightFd, null);
+  }
+
   /** Forgets a ring's configuration (RESET_DEVICE); the ring must be stopped. */
   resetRing(ring: VringState): void {
     ring.kickFd = this.replaceFd(ring.kickFd, null);
@@ -248,6 +295,7 @@ export class VhostUserSession {
       r.callFd = this.replaceFd(r.callFd, null);
       r.errFd = this.replaceFd(r.errFd, null);
     }
+    this.inflightFd = this.replaceFd(this.inflightFd, null);
     this.memory.clear();
     if (first !== undefined) throw first;
   }

@@ -25,6 +25,8 @@ export interface BackendOptions {
   readonly numQueues: number;
   /** Export read-only (VIRTIO_BLK_F_RO). */
   readonly readOnly?: boolean;
+  /** More command-line flags for this project's CLI (ignored by other backends). */
+  readonly cliArgs?: readonly string[];
 }
 
 /** A running backend. */
@@ -165,6 +167,7 @@ export const startVirtioTsCli: StartBackend = (o) => {
       "--num-queues",
       String(o.numQueues),
       ...(o.readOnly ? ["--read-only"] : []),
+      ...(o.cliArgs ?? []),
     ],
     o.socketPath,
     { stdoutLine: new RegExp(`listening on ${escapeRegExp(o.socketPath)}`) },

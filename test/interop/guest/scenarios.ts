@@ -57,6 +57,8 @@ export interface ScenarioSetup {
   readonly readOnly?: boolean;
   /** Bytes written at offset 0 of the image before the backend starts. */
   readonly prefill?: Uint8Array;
+  /** More flags for this project's CLI (other backends ignore them). */
+  readonly cliArgs?: readonly string[];
 }
 
 /** A backend exit after our SIGTERM counts as clean when it is code 0 or the signal itself. */
