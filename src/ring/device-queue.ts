@@ -11,22 +11,9 @@
  * calls `onBroken` once and throws a {@link VirtioError} with a stable code.
  * While broken the queue reads and writes nothing.
  *
- * Decisions where the spec leaves room (see docs/conformance.md):
- * - Chain length: at most `size` buffer descriptors per chain, direct and
- *   indirect entries counted together (§2.7.5.3.1 "A driver MUST NOT create a
- *   descriptor chain longer than the Queue Size of the device"); the
- *   descriptor that points to an indirect table is not a buffer and is not
- *   counted. Inside an indirect table, also at most `table length` entries
- *   (an in-table loop is caught early). Both surface as `DESC_LOOP`. A device
- *   that advertises a segment limit (virtio-blk `seg_max`) must keep it at or
- *   below `size - 2`, as QEMU does.
- * - INDIRECT when VIRTIO_F_INDIRECT_DESC was not negotiated: `INDIRECT_TABLE`.
- * - Indirect tables are read in place through a cached whole-region
- *   {@link GuestSlice} (no allocation, no copy: each entry is read once into
- *   locals, so a copy would buy no extra consistency). A table that straddles
- *   two contiguous regions (legal, rare) is copied once into a private buffer.
- * - Zero-length buffers are accepted whatever their address (nothing is ever
- *   accessed through them) and are not recorded as chain segments.
+ * Chains are walked and validated by {@link ChainWalker} (chain-walk.ts:
+ * chain length, indirect tables, zero-length buffers). Decisions where the
+ * spec leaves room (see docs/conformance.md):
  * - `disableNotification` with EVENT_IDX is a no-op: `avail_event` is only
  *   moved by {@link DeviceQueue.enableNotification}, so the driver kicks at
  *   most once more after the device stopped re-arming. The device must follow
@@ -38,71 +25,26 @@
  * @module
  */
 import { ErrorCode, VirtioError, type ErrorCodeValue } from "../errors.ts";
-import { GuestMemory, type GuestSlice } from "../memory/guest-memory.ts";
+import type { GuestMemory, GuestSlice } from "../memory/guest-memory.ts";
 import {
-  VIRTQ_AVAIL_ALIGN,
   VIRTQ_AVAIL_F_NO_INTERRUPT,
   VIRTQ_AVAIL_OFF_FLAGS,
   VIRTQ_AVAIL_OFF_IDX,
   VIRTQ_AVAIL_OFF_RING,
-  VIRTQ_DESC_ALIGN,
-  VIRTQ_DESC_F_INDIRECT,
-  VIRTQ_DESC_F_NEXT,
-  VIRTQ_DESC_F_WRITE,
-  VIRTQ_DESC_OFF_FLAGS,
-  VIRTQ_DESC_OFF_LEN,
-  VIRTQ_DESC_OFF_NEXT,
-  VIRTQ_DESC_SIZE,
-  VIRTQ_USED_ALIGN,
   VIRTQ_USED_ELEM_SIZE,
   VIRTQ_USED_F_NO_NOTIFY,
   VIRTQ_USED_OFF_FLAGS,
   VIRTQ_USED_OFF_IDX,
   VIRTQ_USED_OFF_RING,
   availEventOffset,
-  availRingSize,
-  descTableSize,
-  isValidQueueSize,
   usedEventOffset,
-  usedRingSize,
   vringNeedEvent,
 } from "../spec/virtqueue.ts";
 import { DescriptorChain } from "./chain.ts";
+import { ChainWalker, MAX_CHAIN_BYTES } from "./chain-walk.ts";
+import { mapDeviceQueue, type DeviceQueueConfig } from "./device-queue-config.ts";
 
-/** Default cap on the entries of one indirect table (the largest a le32 length / 16 allows in a u16-indexed table). */
-export const DEFAULT_MAX_INDIRECT_ENTRIES = 65535;
-
-/** The largest total chain length in bytes (§2.7.5.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total"). */
-const MAX_CHAIN_BYTES = 0xffff_ffff;
-
-/** Configuration of one device-side queue (what the driver, or a vhost-user frontend, set up). */
-export interface DeviceQueueConfig {
-  /** Queue size: a power of two in 1..32768. */
-  size: number;
-  /** Guest-physical address of the descriptor table (16-aligned, 16·size bytes). */
-  descAddr: number;
-  /** Guest-physical address of the available ring (2-aligned, 6 + 2·size bytes). */
-  availAddr: number;
-  /** Guest-physical address of the used ring (4-aligned, 6 + 8·size bytes). */
-  usedAddr: number;
-  /** VIRTIO_F_EVENT_IDX was negotiated. */
-  eventIdx?: boolean;
-  /** VIRTIO_F_INDIRECT_DESC was negotiated. */
-  indirect?: boolean;
-  /** Largest accepted indirect table, in entries (1..65535, default {@link DEFAULT_MAX_INDIRECT_ENTRIES}). */
-  maxIndirectEntries?: number;
-  /** Initial last_avail_idx (e.g. vhost-user SET_VRING_BASE), 0..65535; default 0. */
-  nextAvail?: number;
-  /** Start `nextUsed` from `used.idx` in guest memory (vhost-user reconnect) instead of 0. */
-  usedIdxFromMemory?: boolean;
-  /** Called once, when the queue becomes broken. */
-  onBroken?: (err: VirtioError) => void;
-}
-
-const configError = (msg: string, details: Record<string, number>): VirtioError =>
-  new VirtioError(ErrorCode.QUEUE_CONFIG, msg, details);
-
-const hex = (v: number): string => `0x${v.toString(16)}`;
+export { DEFAULT_MAX_INDIRECT_ENTRIES, type DeviceQueueConfig } from "./device-queue-config.ts";
 
 /**
  * The device side of one split virtqueue: pops validated descriptor chains
@@ -131,8 +73,7 @@ export class DeviceQueue {
   readonly #used: GuestSlice;
   readonly #mask: number;
   readonly #eventIdx: boolean;
-  readonly #indirect: boolean;
-  readonly #maxIndirect: number;
+  readonly #walker: ChainWalker;
   readonly #onBroken: ((err: VirtioError) => void) | undefined;
   readonly #usedEventOff: number;
   readonly #availEventOff: number;
@@ -157,13 +98,6 @@ export class DeviceQueue {
   #usedFlags = 0;
   #broken: VirtioError | null = null;
 
-  /** Region bounds and lazily created whole-region slices for indirect tables. */
-  readonly #regionStart: number[];
-  readonly #regionEnd: number[];
-  readonly #regionSlice: (GuestSlice | undefined)[];
-  /** Reused result of #indirectTable (no allocation per indirect chain). */
-  readonly #tableRef: { slice: GuestSlice; base: number };
-
   /**
    * Validates the configuration and maps the three ring parts once.
    *
@@ -173,38 +107,15 @@ export class DeviceQueue {
    * @throws {RangeError} for a bad `maxIndirectEntries`.
    */
   constructor(memory: GuestMemory, config: DeviceQueueConfig) {
-    const { size, descAddr, availAddr, usedAddr } = config;
-    // §2.7: "Queue Size ... is always a power of 2. The maximum Queue Size value is 32768."
-    if (!isValidQueueSize(size))
-      throw configError(`queue size ${size} is not a power of two in 1..32768`, { size });
-    const maxIndirect = config.maxIndirectEntries ?? DEFAULT_MAX_INDIRECT_ENTRIES;
-    if (!Number.isInteger(maxIndirect) || maxIndirect < 1 || maxIndirect > 65535)
-      throw new RangeError(`maxIndirectEntries must be an integer in 1..65535, got ${maxIndirect}`);
-    const nextAvail = config.nextAvail ?? 0;
-    if (!Number.isInteger(nextAvail) || nextAvail < 0 || nextAvail > 0xffff)
-      throw configError(`initial avail index ${nextAvail} is not a u16`, { nextAvail });
+    const { size, desc, avail, used, maxIndirect, nextAvail } = mapDeviceQueue(memory, config);
     this.size = size;
     this.#memory = memory;
-    // §2.7 alignment table: descriptor table 16, available ring 2, used ring 4.
-    this.#desc = mapPart(
-      memory,
-      "descriptor table",
-      descAddr,
-      descTableSize(size),
-      VIRTQ_DESC_ALIGN,
-    );
-    this.#avail = mapPart(
-      memory,
-      "available ring",
-      availAddr,
-      availRingSize(size),
-      VIRTQ_AVAIL_ALIGN,
-    );
-    this.#used = mapPart(memory, "used ring", usedAddr, usedRingSize(size), VIRTQ_USED_ALIGN);
+    this.#desc = desc;
+    this.#avail = avail;
+    this.#used = used;
     this.#mask = size - 1;
     this.#eventIdx = config.eventIdx ?? false;
-    this.#indirect = config.indirect ?? false;
-    this.#maxIndirect = maxIndirect;
+    this.#walker = new ChainWalker(this, memory, desc, size, config.indirect ?? false, maxIndirect);
     this.#onBroken = config.onBroken;
     this.#usedEventOff = usedEventOffset(size);
     this.#availEventOff = availEventOffset(size);
@@ -216,11 +127,6 @@ export class DeviceQueue {
     this.#nextUsed = config.usedIdxFromMemory ? this.#used.atomicLoadU16(VIRTQ_USED_OFF_IDX) : 0;
     this.#publishedUsed = this.#nextUsed;
     this.#lastSignalUsed = this.#nextUsed;
-    const layout = memory.layout;
-    this.#regionStart = layout.map((r) => r.guestPhysAddr);
-    this.#regionEnd = layout.map((r) => r.guestPhysAddr + r.size);
-    this.#regionSlice = layout.map(() => undefined);
-    this.#tableRef = { slice: this.#desc, base: 0 };
   }
 
   /** Free-running index of the next available-ring entry to consume (last_avail_idx). */
@@ -302,6 +208,22 @@ export class DeviceQueue {
     const pos = this.#nextAvail & this.#mask;
     // Plain read, ordered after the Atomics.load of avail.idx that published this entry.
     const head = this.#avail.readU16(VIRTQ_AVAIL_OFF_RING + 2 * pos);
+    this.#checkHead(head);
+    let chain = this.#pool[head];
+    if (chain === undefined) {
+      chain = new DescriptorChain(this.#memory);
+      this.#pool[head] = chain;
+    }
+    chain.reset(head);
+    this.#walker.walk(chain);
+    this.#inFlightHead[head] = 1;
+    this.#inFlight++;
+    this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
+    return chain;
+  }
+
+  /** Checks a head taken from the available ring: a descriptor index, not in flight, room for one more chain. */
+  #checkHead(head: number): void {
     // §2.7.6: ring[] entries are descriptor-chain heads, i.e. indexes into a table of `size` entries.
     if (head >= this.size) {
       throw this.#fail(
@@ -324,17 +246,6 @@ export class DeviceQueue {
         { availIdx: this.#nextAvail, head },
       );
     }
-    let chain = this.#pool[head];
-    if (chain === undefined) {
-      chain = new DescriptorChain(this.#memory);
-      this.#pool[head] = chain;
-    }
-    chain.reset(head);
-    this.#walk(chain);
-    this.#inFlightHead[head] = 1;
-    this.#inFlight++;
-    this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
-    return chain;
   }
 
   /**
@@ -491,254 +402,4 @@ export class DeviceQueue {
     this.markBroken(err);
     return err;
   }
-
-  /**
-   * Walks the chain starting at `chain.head`, reading each descriptor once
-   * into locals and validating it, and fills `chain` with the buffers.
-   * Bounded: each iteration either records a buffer (at most `size`, else
-   * DESC_LOOP) or switches into the single allowed indirect table.
-   */
-  #walk(chain: DescriptorChain): void {
-    const head = chain.head;
-    const size = this.size;
-    let table = this.#desc;
-    let base = 0;
-    let tableLen = size;
-    let indirectAt = -1; // main-table index of the INDIRECT descriptor, -1 while walking the main table
-    let tableWalked = 0;
-    let buffers = 0;
-    let total = 0;
-    let writable = false;
-    let i = head;
-    for (;;) {
-      const off = base + VIRTQ_DESC_SIZE * i;
-      const addr = table.readU64AsNumber(off);
-      const len = table.readU32(off + VIRTQ_DESC_OFF_LEN);
-      const flags = table.readU16(off + VIRTQ_DESC_OFF_FLAGS);
-      const next = table.readU16(off + VIRTQ_DESC_OFF_NEXT);
-      if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
-        this.#checkIndirect(head, i, indirectAt, flags, len);
-        const t = this.#indirectTable(head, i, addr, len);
-        table = t.slice;
-        base = t.base;
-        tableLen = len / VIRTQ_DESC_SIZE;
-        indirectAt = i;
-        tableWalked = 0;
-        i = 0;
-        chain.descCount++;
-        continue;
-      }
-      buffers++;
-      tableWalked++;
-      chain.descCount++;
-      if ((flags & VIRTQ_DESC_F_WRITE) !== 0) writable = true;
-      else if (writable) {
-        // §2.7.4.2: "The driver MUST place any device-writable descriptor elements after any device-readable descriptor elements."
-        throw this.#failDesc(
-          ErrorCode.READ_AFTER_WRITE,
-          head,
-          i,
-          indirectAt,
-          "is device-readable but follows a device-writable one",
-          {},
-        );
-      }
-      if (len > 0 && !this.#memory.isValidRange(addr, len)) {
-        throw this.#failDesc(
-          ErrorCode.DESC_OUT_OF_BOUNDS,
-          head,
-          i,
-          indirectAt,
-          `buffer [${hex(addr)}, +${len}) is not inside guest memory`,
-          { addr, len },
-        );
-      }
-      total += len;
-      if (total > MAX_CHAIN_BYTES) {
-        // §2.7.5.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total".
-        throw this.#failDesc(
-          ErrorCode.CHAIN_TOO_LONG,
-          head,
-          i,
-          indirectAt,
-          `brings the chain to ${total} bytes, above 2^32 - 1`,
-          { total },
-        );
-      }
-      chain.pushSegment(addr, len, writable);
-      if ((flags & VIRTQ_DESC_F_NEXT) === 0) return;
-      if (next >= tableLen) {
-        throw this.#failDesc(
-          ErrorCode.NEXT_OUT_OF_RANGE,
-          head,
-          i,
-          indirectAt,
-          `has next ${next}, table has ${tableLen} entries`,
-          { next, tableLen },
-        );
-      }
-      // §2.7.5.3.1: "A driver MUST NOT create a descriptor chain longer than the Queue Size of the device."
-      if (buffers >= size || tableWalked >= tableLen) {
-        throw this.#failDesc(
-          ErrorCode.DESC_LOOP,
-          head,
-          i,
-          indirectAt,
-          `continues to ${next} after ${buffers} buffers (${tableWalked} in this table of ${tableLen}); queue size is ${size}: loop or chain too long`,
-          { next, buffers, tableLen, size },
-        );
-      }
-      i = next;
-    }
-  }
-
-  /** Checks the flags of a descriptor that has INDIRECT set. */
-  #checkIndirect(head: number, i: number, indirectAt: number, flags: number, len: number): void {
-    if (indirectAt >= 0) {
-      // §2.7.5.3.1: "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag within an indirect descriptor".
-      throw this.#failDesc(
-        ErrorCode.INDIRECT_NESTED,
-        head,
-        i,
-        indirectAt,
-        "sets INDIRECT inside an indirect table",
-        {},
-      );
-    }
-    if (!this.#indirect) {
-      // §2.7.5.3.1: "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag unless the VIRTIO_F_INDIRECT_DESC feature was negotiated."
-      throw this.#failDesc(
-        ErrorCode.INDIRECT_TABLE,
-        head,
-        i,
-        indirectAt,
-        "sets INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated",
-        { len },
-      );
-    }
-    if ((flags & VIRTQ_DESC_F_NEXT) !== 0) {
-      // §2.7.5.3.1: "A driver MUST NOT set both VIRTQ_DESC_F_INDIRECT and VIRTQ_DESC_F_NEXT in flags."
-      throw this.#failDesc(
-        ErrorCode.INDIRECT_NEXT,
-        head,
-        i,
-        indirectAt,
-        "sets both INDIRECT and NEXT",
-        {},
-      );
-    }
-    // The WRITE flag on an INDIRECT descriptor is ignored (§2.7.5.3.2: "The device MUST ignore the write-only flag").
-  }
-
-  /** Validates an indirect table and returns where to read it. */
-  #indirectTable(
-    head: number,
-    i: number,
-    addr: number,
-    len: number,
-  ): { slice: GuestSlice; base: number } {
-    const entries = len / VIRTQ_DESC_SIZE;
-    if (len === 0 || len % VIRTQ_DESC_SIZE !== 0 || entries > this.#maxIndirect) {
-      throw this.#failDesc(
-        ErrorCode.INDIRECT_TABLE,
-        head,
-        i,
-        -1,
-        `points to an indirect table of ${len} bytes: not a non-zero multiple of 16 of at most ${this.#maxIndirect} entries`,
-        { len, maxEntries: this.#maxIndirect },
-      );
-    }
-    const r = this.#regionOf(addr, len);
-    if (r >= 0) {
-      let slice = this.#regionSlice[r];
-      if (slice === undefined) {
-        slice = this.#memory.slice(
-          this.#regionStart[r]!,
-          this.#regionEnd[r]! - this.#regionStart[r]!,
-        );
-        this.#regionSlice[r] = slice;
-      }
-      this.#tableRef.slice = slice;
-      this.#tableRef.base = addr - this.#regionStart[r]!;
-      return this.#tableRef;
-    }
-    if (!this.#memory.isValidRange(addr, len)) {
-      throw this.#failDesc(
-        ErrorCode.INDIRECT_TABLE,
-        head,
-        i,
-        -1,
-        `points to an indirect table [${hex(addr)}, +${len}) that is not inside guest memory`,
-        { addr, len },
-      );
-    }
-    return { slice: copyTable(this.#memory, addr, len), base: 0 };
-  }
-
-  /** Index of the region holding all of [addr, addr + len), or -1. */
-  #regionOf(addr: number, len: number): number {
-    const starts = this.#regionStart;
-    let lo = 0;
-    let hi = starts.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      if (addr < starts[mid]!) hi = mid - 1;
-      else if (addr >= this.#regionEnd[mid]!) lo = mid + 1;
-      else return addr + len <= this.#regionEnd[mid]! ? mid : -1;
-    }
-    return -1;
-  }
-
-  /** Breaks the queue with a message naming the descriptor (queue-relative). */
-  #failDesc(
-    code: ErrorCodeValue,
-    head: number,
-    i: number,
-    indirectAt: number,
-    what: string,
-    details: Record<string, number>,
-  ): VirtioError {
-    const where =
-      indirectAt < 0
-        ? `descriptor ${i}`
-        : `entry ${i} of the indirect table of descriptor ${indirectAt}`;
-    return this.#fail(code, `chain with head ${head}: ${where} ${what}`, {
-      head,
-      desc: i,
-      indirectOf: indirectAt,
-      ...details,
-    });
-  }
-}
-
-/** Maps one ring part: aligned, inside one region. */
-function mapPart(
-  memory: GuestMemory,
-  name: string,
-  addr: number,
-  len: number,
-  align: number,
-): GuestSlice {
-  if (!Number.isSafeInteger(addr) || addr < 0)
-    throw configError(`${name} address ${addr} is not a guest address`, { addr });
-  // §2.7: the driver MUST align each part (descriptor table 16, available ring 2, used ring 4).
-  if (addr % align !== 0)
-    throw configError(`${name} at ${hex(addr)} is not ${align}-aligned`, { addr, align });
-  if (!memory.isInOneRegion(addr, len)) {
-    throw configError(`${name} [${hex(addr)}, +${len}) is not inside one guest memory region`, {
-      addr,
-      len,
-    });
-  }
-  return memory.slice(addr, len);
-}
-
-/**
- * Copies an indirect table that straddles contiguous regions into a private
- * buffer (rare; allocates) so it can be read through one slice.
- */
-function copyTable(memory: GuestMemory, addr: number, len: number): GuestSlice {
-  const bytes = new Uint8Array(len);
-  memory.read(addr, bytes);
-  return new GuestMemory([{ guestPhysAddr: 0, size: len, buffer: bytes.buffer }]).slice(0, len);
 }

@@ -10,6 +10,11 @@
  * right there). Every scan is bounded by the page count. No allocation of
  * JS objects per call.
  *
+ * {@link FairBounce} shares the pool between the driver's queues first come,
+ * first served: a queue that found no room waits in line, and no queue
+ * behind it takes memory until it was served (so a large request is not
+ * starved by small ones on other queues).
+ *
  * @module
  */
 
@@ -108,5 +113,103 @@ export class BouncePool {
       if (run === n) return i - n + 1;
     }
     return -1;
+  }
+}
+
+/** A queue as the bounce line sees it. */
+export interface BounceQueue {
+  readonly index: number;
+  /** True while the queue is in the line. */
+  waitingForBounce: boolean;
+}
+
+/** The bounce pool shared fairly between queues (see the module header). */
+export class FairBounce {
+  readonly pool: BouncePool;
+  /** Queues waiting for bounce memory, first come first served. */
+  readonly #waiters: number[] = [];
+  /** The queue being served by {@link serve}, or -1. */
+  #serving = -1;
+  /** Memory went back while queues may be waiting: the owner calls {@link serve}. */
+  freed = false;
+
+  constructor(pool: BouncePool) {
+    this.pool = pool;
+  }
+
+  /**
+   * Bounce memory for `q`: a queue may take memory only when no other queue
+   * waits before it. -1 = wait (the queue is then in the line).
+   */
+  alloc(q: BounceQueue, bytes: number): number {
+    const waiters = this.#waiters;
+    const mayTake = waiters.length === 0 || this.#serving === q.index || waiters[0] === q.index;
+    const addr = mayTake ? this.pool.alloc(bytes) : -1;
+    if (addr >= 0) {
+      if (waiters[0] === q.index) {
+        waiters.shift();
+        q.waitingForBounce = false;
+      }
+      return addr;
+    }
+    if (!q.waitingForBounce) {
+      q.waitingForBounce = true;
+      waiters.push(q.index);
+    }
+    return -1;
+  }
+
+  /** Returns a run taken for a request that did not start; queues waiting behind it get a turn. */
+  undo(addr: number, bytes: number): void {
+    if (addr < 0) return;
+    this.pool.free(addr, bytes);
+    if (this.#waiters.length > 0) this.freed = true;
+  }
+
+  /** Returns the run of a request that is over. */
+  release(addr: number, bytes: number): void {
+    this.pool.free(addr, bytes);
+    this.freed = true;
+  }
+
+  /** Takes `q` out of the line (its queue failed); the queues behind it may fit now. */
+  leave(q: BounceQueue): void {
+    const i = this.#waiters.indexOf(q.index);
+    if (i >= 0) {
+      this.#waiters.splice(i, 1);
+      this.freed = true;
+    }
+    q.waitingForBounce = false;
+  }
+
+  /** Empties the line (device reset). */
+  clear(): void {
+    this.#waiters.length = 0;
+  }
+
+  /**
+   * Lets waiting queues retry in order (`retry` submits what `q` waits
+   * with), stopping at the first that still does not fit.
+   */
+  serve<Q extends BounceQueue>(queues: readonly Q[], retry: (q: Q) => void): void {
+    const waiters = this.#waiters;
+    // Bounded by the number of queues: each round removes a waiter or stops.
+    for (let n = waiters.length; n > 0 && waiters.length > 0; n--) {
+      const qi = waiters.shift()!;
+      const q = queues[qi]!;
+      q.waitingForBounce = false;
+      this.#serving = qi;
+      try {
+        retry(q);
+      } finally {
+        this.#serving = -1;
+      }
+      if (q.waitingForBounce) {
+        // Still does not fit: back to the head of the line.
+        waiters.splice(waiters.indexOf(qi), 1);
+        waiters.unshift(qi);
+        break;
+      }
+    }
   }
 }

@@ -13,13 +13,16 @@
  * ```
  *
  * Each request slot is reused for one request at a time, so submitting a
- * request allocates no guest memory.
+ * request allocates no guest memory. {@link mapBlkDriverArena} checks an
+ * arena and maps its two parts for the driver.
  *
  * @module
  */
+import type { GuestMemory, GuestSlice } from "../../memory/guest-memory.ts";
 import type { IndirectArena } from "../../ring/driver-queue.ts";
 import { indirectArenaBytes } from "../../ring/driver-queue.ts";
 import { vringLayout, type VringLayout } from "../../ring/layout.ts";
+import { BouncePool } from "./driver-bounce.ts";
 
 /** Bytes of one request slot: header (16), status (1), padding. */
 export const BLK_DRIVER_SLOT_BYTES = 32;
@@ -71,6 +74,58 @@ export function splitBlkDriverArena(
       `arena [0x${arena.addr.toString(16)}, +${arena.bytes}) is too small for ${slots} request slots and one ${pageSize}-byte bounce page`,
     );
   return { slotsAddr: arena.addr, bounceAddr, bounceBytes };
+}
+
+/** An arena as the driver uses it: the slot area and the bounce pool, mapped. */
+export interface BlkDriverArenaMap {
+  /** Guest address of the first request slot. */
+  readonly slotsAddr: number;
+  /** The request slots (header + status of each). */
+  readonly slotArea: GuestSlice;
+  /** Page allocator over the bounce window. */
+  readonly bounce: BouncePool;
+  /** The bounce window (offset 0 = `bounce.addr`). */
+  readonly bounceArea: GuestSlice;
+  /** The whole arena, [start, end): zero-copy buffers must stay out of it. */
+  readonly start: number;
+  readonly end: number;
+}
+
+/** True for a non-negative safe integer. */
+const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+
+/**
+ * Checks `arena` for `slots` request slots and maps it (see {@link splitBlkDriverArena}).
+ *
+ * @throws {RangeError} if the arena's numbers are not non-negative safe
+ *   integers, it is too small, it is not inside one guest memory region, or
+ *   `pageSize` is not a power of two ≥ 16.
+ */
+export function mapBlkDriverArena(
+  memory: GuestMemory,
+  arena: BlkDriverArena,
+  slots: number,
+  pageSize: number,
+): BlkDriverArenaMap {
+  if (!isCount(arena.addr) || !isCount(arena.bytes))
+    throw new RangeError("arena addr and bytes must be non-negative safe integers");
+  const parts = splitBlkDriverArena(arena, slots, pageSize);
+  const slotBytes = slots * BLK_DRIVER_SLOT_BYTES;
+  if (
+    !memory.isInOneRegion(parts.slotsAddr, slotBytes) ||
+    !memory.isInOneRegion(parts.bounceAddr, parts.bounceBytes)
+  )
+    throw new RangeError("the driver arena must lie inside one guest memory region");
+  const slotArea = memory.slice(parts.slotsAddr, slotBytes);
+  const bounce = new BouncePool(parts.bounceAddr, parts.bounceBytes, pageSize);
+  return {
+    slotsAddr: parts.slotsAddr,
+    slotArea,
+    bounce,
+    bounceArea: memory.slice(parts.bounceAddr, bounce.bytes),
+    start: arena.addr,
+    end: arena.addr + arena.bytes,
+  };
 }
 
 /** Options of {@link planBlkDriverMemory}. */

@@ -103,8 +103,30 @@ export function nextDataPieces(
       off = 0;
     }
   }
-  let excess = bytes % lim.blockSize;
-  // Cut the tail back to a block boundary; bounded by n.
+  out.count = n;
+  bytes = cutToBlock(out, bytes, lim.blockSize);
+  if (bytes === 0) return 0;
+  const last = out.count - 1;
+  const lastIdx = out.idx[last]!;
+  const lastEnd = out.off[last]! + out.len[last]!;
+  if (lastEnd === segs[lastIdx]!.len) {
+    cur.index = lastIdx + 1;
+    cur.off = 0;
+  } else {
+    cur.index = lastIdx;
+    cur.off = lastEnd;
+  }
+  return bytes;
+}
+
+/**
+ * Cuts the tail of the `out.count` pieces holding `bytes` back to a multiple
+ * of `blockSize` (dropping or shortening pieces); returns the bytes left.
+ */
+function cutToBlock(out: PieceScratch, bytes: number, blockSize: number): number {
+  let n = out.count;
+  let excess = bytes % blockSize;
+  // Bounded by n.
   while (excess > 0 && n > 0) {
     const last = out.len[n - 1]!;
     if (last > excess) {
@@ -118,16 +140,6 @@ export function nextDataPieces(
     }
   }
   out.count = n;
-  if (bytes === 0) return 0;
-  const lastIdx = out.idx[n - 1]!;
-  const lastEnd = out.off[n - 1]! + out.len[n - 1]!;
-  if (lastEnd === segs[lastIdx]!.len) {
-    cur.index = lastIdx + 1;
-    cur.off = 0;
-  } else {
-    cur.index = lastIdx;
-    cur.off = lastEnd;
-  }
   return bytes;
 }
 
@@ -180,4 +192,19 @@ export function nextRangePieces(
   }
   out.count = n;
   return n;
+}
+
+/**
+ * Moves `cur` past the ranges with nothing aligned to `align` left; true if
+ * some part of a range remains.
+ */
+export function rangesLeft(ranges: readonly BlkRange[], cur: PlanCursor, align: number): boolean {
+  // Bounded by the number of ranges.
+  while (cur.index < ranges.length) {
+    const { start, end } = alignedRange(ranges[cur.index]!, align);
+    if (start + cur.off < end) return true;
+    cur.index++;
+    cur.off = 0;
+  }
+  return false;
 }

@@ -9,8 +9,15 @@
  * EOPNOTSUPP, FileBacking falls back (writes zeroes; a DISCARD does
  * nothing, which the spec allows).
  *
+ * {@link FileFallocate} is FileBacking's use of it: DISCARD punches a hole
+ * (PUNCH_HOLE | KEEP_SIZE); WRITE_ZEROES uses ZERO_RANGE, or a hole with
+ * UNMAP (then ZERO_RANGE if holes are refused). A mode the file system
+ * refused is not tried again.
+ *
  * @module
  */
+import type { FileHandle } from "node:fs/promises";
+import type { Logger } from "../../log.ts";
 
 /** fallocate(2) mode bits (linux/falloc.h). */
 export const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -55,4 +62,60 @@ export function loadNativeFallocate(): Promise<FallocateFn | null> {
     () => null,
   );
   return loaded;
+}
+
+/** fallocate for one image file (see the module header). */
+export class FileFallocate {
+  readonly #fh: FileHandle;
+  readonly #path: string;
+  readonly #log: Logger;
+  /** A function, null (never use fallocate), or undefined (load the addon on first use). */
+  #fn: FallocateFn | null | undefined;
+  /** Modes the file system refused with EOPNOTSUPP: not tried again. */
+  readonly #unsupportedModes = new Set<number>();
+
+  constructor(fh: FileHandle, path: string, log: Logger, fn: FallocateFn | null | undefined) {
+    this.#fh = fh;
+    this.#path = path;
+    this.#log = log;
+    this.#fn = fn;
+  }
+
+  /** DISCARD: punches a hole; does nothing where holes are not supported. */
+  async discard(offset: number, length: number): Promise<void> {
+    // §5.2.6.2: "the device MAY deallocate": without hole punching a DISCARD does nothing.
+    await this.#try(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+  }
+
+  /** WRITE_ZEROES without writing; false if no mode was supported (the caller writes zeroes). */
+  async zeroRange(offset: number, length: number, unmap: boolean): Promise<boolean> {
+    // A punched hole reads back as zeroes, so both modes satisfy "reads ... MUST return zeroes".
+    const mode = unmap ? FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE : FALLOC_FL_ZERO_RANGE;
+    if (await this.#try(mode, offset, length)) return true;
+    return unmap && (await this.#try(FALLOC_FL_ZERO_RANGE, offset, length));
+  }
+
+  async #load(): Promise<FallocateFn | null> {
+    if (this.#fn === undefined) {
+      this.#fn = await loadNativeFallocate();
+      if (this.#fn === null)
+        this.#log.warn(
+          `disk image ${this.#path}: native fallocate unavailable; WRITE_ZEROES writes zeroes`,
+        );
+    }
+    return this.#fn;
+  }
+
+  /** fallocate, or false if unsupported (then that mode is not tried again). */
+  async #try(mode: number, offset: number, length: number): Promise<boolean> {
+    if (this.#unsupportedModes.has(mode)) return false;
+    const fn = await this.#load();
+    if (fn === null) return false;
+    if (fn(this.#fh.fd, mode, offset, length)) return true;
+    this.#unsupportedModes.add(mode);
+    this.#log.warn(
+      `disk image ${this.#path}: fallocate mode ${mode} not supported by the file system`,
+    );
+    return false;
+  }
 }
