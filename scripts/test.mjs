@@ -42,4 +42,11 @@ if (files.length === 0) {
   process.exit(1);
 }
 // A hung test fails after 10 minutes instead of holding CI.
-run("node", ["--import", "tsx", "--test", "--test-concurrency=2", "--test-timeout=600000", ...files]);
+run("node", [
+  "--import",
+  "tsx",
+  "--test",
+  "--test-concurrency=2",
+  "--test-timeout=600000",
+  ...files,
+]);

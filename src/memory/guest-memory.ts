@@ -3,11 +3,11 @@
  * ArrayBuffers (SharedArrayBuffer for the in-process transport, mmap'd
  * external buffers for vhost-user).
  *
- * This module and {@link GuestSlice} are the only code in virtio-ts that
- * indexes raw buffers. Every address and length given to them is untrusted:
- * anything outside the regions is a {@link VirtioError} with code
- * `VIRTIO_ERR_MEM_OUT_OF_RANGE`, never a typed-array RangeError and never a
- * silent wrap. Addresses are JS numbers; a region must end at or below 2^53,
+ * This module, {@link GuestSlice} (./guest-slice.ts) and the regions
+ * (./region.ts) are the only code in virtio-ts that indexes raw buffers.
+ * Every address and length given to them is untrusted: anything outside the
+ * regions is a {@link VirtioError} with code `VIRTIO_ERR_MEM_OUT_OF_RANGE`,
+ * never a typed-array RangeError and never a silent wrap. Addresses are JS numbers; a region must end at or below 2^53,
  * so any 64-bit guest address at or above 2^53 (which a double cannot hold
  * exactly) is simply outside every region.
  *
@@ -16,193 +16,11 @@
  *
  * @module
  */
-import { ErrorCode, VirtioError } from "../errors.ts";
+import { GuestSlice } from "./guest-slice.ts";
+import { MAX_GUEST_ADDRESS, MemoryRegion, outOfRange, type RegionDescriptor } from "./region.ts";
 
-if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
-  // Atomics on Uint16Array use host byte order; virtio rings are little-endian.
-  throw new Error("virtio-ts requires a little-endian host");
-}
-
-/** Upper bound (exclusive) of any region end: addresses must be exact doubles. */
-export const MAX_GUEST_ADDRESS = 2 ** 53;
-
-/** Describes one region for {@link GuestMemory}'s constructor. */
-export interface RegionDescriptor {
-  /** Guest-physical address of the region's first byte (multiple of 8). */
-  readonly guestPhysAddr: number;
-  /** Length in bytes (> 0). */
-  readonly size: number;
-  /** Backing store: SharedArrayBuffer, or an ArrayBuffer such as an mmap window. */
-  readonly buffer: ArrayBufferLike;
-  /** Byte offset of the region in `buffer` (multiple of 8, default 0). */
-  readonly bufferOffset?: number;
-}
-
-/** One mapped region. Fields are for memory/ only. @internal */
-export class MemoryRegion {
-  readonly gpa: number;
-  readonly size: number;
-  readonly end: number;
-  readonly buffer: ArrayBufferLike;
-  readonly bufferOffset: number;
-  readonly u8: Uint8Array;
-  readonly dv: DataView;
-
-  constructor(d: RegionDescriptor) {
-    const off = d.bufferOffset ?? 0;
-    for (const [name, v] of [
-      ["guestPhysAddr", d.guestPhysAddr],
-      ["size", d.size],
-      ["bufferOffset", off],
-    ] as const) {
-      if (!Number.isSafeInteger(v) || v < 0)
-        throw new RangeError(`region ${name} must be a non-negative safe integer, got ${v}`);
-    }
-    if (d.size === 0) throw new RangeError("region size must be > 0");
-    if (d.guestPhysAddr % 8 !== 0 || off % 8 !== 0)
-      throw new RangeError("region guestPhysAddr and bufferOffset must be multiples of 8");
-    if (d.guestPhysAddr + d.size > MAX_GUEST_ADDRESS)
-      throw new RangeError("region must end below 2^53");
-    if (off + d.size > d.buffer.byteLength) {
-      throw new RangeError(
-        `region [${off}, ${off + d.size}) exceeds its buffer of ${d.buffer.byteLength} bytes`,
-      );
-    }
-    this.gpa = d.guestPhysAddr;
-    this.size = d.size;
-    this.end = d.guestPhysAddr + d.size;
-    this.buffer = d.buffer;
-    this.bufferOffset = off;
-    this.u8 = new Uint8Array(d.buffer, off, d.size);
-    this.dv = new DataView(d.buffer, off, d.size);
-  }
-}
-
-function outOfRange(addr: number, len: number): VirtioError {
-  return new VirtioError(
-    ErrorCode.MEM_OUT_OF_RANGE,
-    `guest range [0x${addr.toString(16)}, +${len}) is not inside guest memory`,
-    {
-      addr,
-      len,
-    },
-  );
-}
-
-/**
- * A bounds-checked window [addr, addr + length) of guest memory that lies in
- * one region, validated once (e.g. a ring part at queue setup). Offsets are
- * relative to the window; every access checks them.
- */
-export class GuestSlice {
-  /** Guest-physical address of the window's first byte. */
-  readonly addr: number;
-  readonly length: number;
-  readonly #dv: DataView;
-  readonly #u8: Uint8Array;
-  readonly #u16: Uint16Array;
-
-  /** @internal use {@link GuestMemory.slice}. */
-  constructor(region: MemoryRegion, addr: number, length: number) {
-    this.addr = addr;
-    this.length = length;
-    const byteOffset = region.bufferOffset + (addr - region.gpa);
-    this.#dv = new DataView(region.buffer, byteOffset, length);
-    this.#u8 = new Uint8Array(region.buffer, byteOffset, length);
-    // A 16-bit view for Atomics exists only when the window is 2-aligned.
-    this.#u16 =
-      byteOffset % 2 === 0
-        ? new Uint16Array(region.buffer, byteOffset, length >>> 1)
-        : new Uint16Array(0);
-  }
-
-  #check(off: number, n: number): void {
-    // Offsets come from validated indexes; a bad one is still an error with a code.
-    if (!(off >= 0 && off + n <= this.length)) throw outOfRange(this.addr + off, n);
-  }
-
-  readU8(off: number): number {
-    this.#check(off, 1);
-    return this.#dv.getUint8(off);
-  }
-  readU16(off: number): number {
-    this.#check(off, 2);
-    return this.#dv.getUint16(off, true);
-  }
-  readU32(off: number): number {
-    this.#check(off, 4);
-    return this.#dv.getUint32(off, true);
-  }
-  /** Reads a le64 as a double: exact below 2^53, and any larger value is outside guest memory anyway. */
-  readU64AsNumber(off: number): number {
-    this.#check(off, 8);
-    return this.#dv.getUint32(off, true) + this.#dv.getUint32(off + 4, true) * 0x1_0000_0000;
-  }
-  readU64(off: number): bigint {
-    this.#check(off, 8);
-    return this.#dv.getBigUint64(off, true);
-  }
-  writeU8(off: number, v: number): void {
-    this.#check(off, 1);
-    this.#dv.setUint8(off, v);
-  }
-  writeU16(off: number, v: number): void {
-    this.#check(off, 2);
-    this.#dv.setUint16(off, v, true);
-  }
-  writeU32(off: number, v: number): void {
-    this.#check(off, 4);
-    this.#dv.setUint32(off, v, true);
-  }
-  /** Writes a le64 from a non-negative safe integer. */
-  writeU64(off: number, v: number | bigint): void {
-    this.#check(off, 8);
-    if (typeof v === "bigint") {
-      this.#dv.setBigUint64(off, v, true);
-    } else {
-      this.#dv.setUint32(off, v >>> 0, true);
-      this.#dv.setUint32(off + 4, Math.floor(v / 0x1_0000_0000) >>> 0, true);
-    }
-  }
-  /** Copies `dst.length` bytes from offset `off` into `dst`. */
-  readBytes(off: number, dst: Uint8Array): void {
-    this.#check(off, dst.length);
-    dst.set(this.#u8.subarray(off, off + dst.length));
-  }
-  /** Copies `src` to offset `off`. */
-  writeBytes(off: number, src: Uint8Array): void {
-    this.#check(off, src.length);
-    this.#u8.set(src, off);
-  }
-  fill(off: number, len: number, value = 0): void {
-    this.#check(off, len);
-    this.#u8.fill(value, off, off + len);
-  }
-
-  #checkAtomic16(off: number): number {
-    this.#check(off, 2);
-    if (off % 2 !== 0 || this.#u16.length === 0) {
-      throw new VirtioError(
-        ErrorCode.MEM_MISALIGNED,
-        `atomic 16-bit access at unaligned guest address 0x${(this.addr + off).toString(16)}`,
-        {
-          addr: this.addr + off,
-        },
-      );
-    }
-    return off >>> 1;
-  }
-  /** Sequentially consistent 16-bit load (a ring index or event field). */
-  atomicLoadU16(off: number): number {
-    // Atomics.load: SeqCst load; later plain reads of what this index publishes are not hoisted above it.
-    return Atomics.load(this.#u16, this.#checkAtomic16(off));
-  }
-  /** Sequentially consistent 16-bit store (a ring index or event field). */
-  atomicStoreU16(off: number, v: number): void {
-    // Atomics.store: SeqCst store; earlier plain writes (payload, ring entries) become visible first.
-    Atomics.store(this.#u16, this.#checkAtomic16(off), v);
-  }
-}
+export { GuestSlice } from "./guest-slice.ts";
+export { MAX_GUEST_ADDRESS, MemoryRegion, type RegionDescriptor } from "./region.ts";
 
 /** What {@link GuestMemory.toTransferable} returns: structured-cloneable when buffers are SharedArrayBuffers. */
 export interface TransferableGuestMemory {

@@ -4,11 +4,17 @@
  * descriptors), §2.7.13 (supplying buffers to the device), §2.7.7 / §2.7.10
  * (notification suppression), §2.7.14 (receiving used buffers).
  *
- * The shape follows Linux's split ring driver: a free list of descriptors
- * threaded through driver-private state (never through guest-visible memory,
- * which the device could scribble over), shadow copies of the indexes the
- * driver writes, `kickNeeded` = kick_prepare, `enableCallbacks` = enable_cb
- * (prepare + poll), `enableCallbacksDelayed` = enable_cb_delayed.
+ * The shape follows Linux's split ring driver: shadow copies of the indexes
+ * the driver writes, `kickNeeded` = kick_prepare, `enableCallbacks` =
+ * enable_cb (prepare + poll), `enableCallbacksDelayed` = enable_cb_delayed.
+ * This module keeps the split ring's indexes; the rest of the split layout
+ * is the configuration and its checks (./driver-queue-config.ts), the
+ * descriptor table writes (./driver-desc.ts) and the suppression fields
+ * (./driver-suppression.ts). What does not depend on the layout is in
+ * modules of its own, for a packed-ring driver queue to share: the free list
+ * of buffer IDs and the record of outstanding chains (./driver-ids.ts), the
+ * indirect table arena (./driver-indirect.ts), the request checks
+ * (./driver-segments.ts) and the kick decision (./driver-kick.ts).
  *
  * The device is untrusted: every used entry is validated against the
  * driver's own record of outstanding heads before anything is freed. A bad
@@ -23,108 +29,26 @@
  * @module
  */
 import { ErrorCode, VirtioError } from "../errors.ts";
-import type { ErrorCodeValue } from "../errors.ts";
 import type { GuestMemory, GuestSlice } from "../memory/guest-memory.ts";
 import {
-  VIRTQ_AVAIL_ALIGN,
-  VIRTQ_AVAIL_F_NO_INTERRUPT,
-  VIRTQ_AVAIL_OFF_FLAGS,
   VIRTQ_AVAIL_OFF_IDX,
   VIRTQ_AVAIL_OFF_RING,
-  VIRTQ_DESC_ALIGN,
-  VIRTQ_DESC_F_INDIRECT,
-  VIRTQ_DESC_F_NEXT,
-  VIRTQ_DESC_F_WRITE,
-  VIRTQ_DESC_OFF_ADDR,
-  VIRTQ_DESC_OFF_FLAGS,
-  VIRTQ_DESC_OFF_LEN,
-  VIRTQ_DESC_OFF_NEXT,
-  VIRTQ_DESC_SIZE,
-  VIRTQ_USED_ALIGN,
   VIRTQ_USED_ELEM_SIZE,
-  VIRTQ_USED_F_NO_NOTIFY,
-  VIRTQ_USED_OFF_FLAGS,
   VIRTQ_USED_OFF_IDX,
   VIRTQ_USED_OFF_RING,
-  availEventOffset,
-  availRingSize,
-  descTableSize,
   isValidQueueSize,
-  usedEventOffset,
-  usedRingSize,
-  vringNeedEvent,
 } from "../spec/virtqueue.ts";
+import { writeDirectChain, writeIndirectHead, writeIndirectTable } from "./driver-desc.ts";
+import { DriverIds } from "./driver-ids.ts";
+import { IndirectTables } from "./driver-indirect.ts";
+import { kickByCount } from "./driver-kick.ts";
+import { driverRingParts, initialIndex, type DriverQueueConfig } from "./driver-queue-config.ts";
+import { checkSegments, type Segment, type UsedBuffer } from "./driver-segments.ts";
+import { SplitDriverSuppression } from "./driver-suppression.ts";
 
-/** Guest memory the driver owns for indirect tables: one table slot per head. */
-export interface IndirectArena {
-  /** Guest-physical address (16-aligned) of `size * entriesPerChain * 16` bytes in one region. */
-  readonly addr: number;
-  /** Descriptors per table (2..32768, at most the queue size). */
-  readonly entriesPerChain: number;
-}
-
-/** Where the ring lives and which ring features were negotiated. */
-export interface DriverQueueConfig {
-  /** Queue size: a power of two in 1..32768. */
-  readonly size: number;
-  readonly descAddr: number;
-  readonly availAddr: number;
-  readonly usedAddr: number;
-  /** VIRTIO_F_EVENT_IDX negotiated. */
-  readonly eventIdx?: boolean;
-  /** VIRTIO_F_INDIRECT_DESC negotiated (needs {@link indirectArena}). */
-  readonly indirect?: boolean;
-  readonly indirectArena?: IndirectArena;
-  /** Called once when the device breaks the protocol and the queue becomes broken. */
-  readonly onBroken?: (err: VirtioError) => void;
-  /**
-   * Free-running index (u16) the ring starts at: the constructor writes it to
-   * both avail.idx and used.idx (default 0, the spec's state after reset).
-   * For tests that need the 16-bit wrap early, and for resuming a ring; the
-   * device must start at the same index (DeviceQueue `nextAvail` plus
-   * `usedIdxFromMemory`). {@link DriverQueue.detachAll} returns to 0.
-   */
-  readonly initialIndex?: number;
-}
-
-/** A buffer in guest memory: `len` bytes at guest-physical `addr`. */
-export interface Segment {
-  readonly addr: number;
-  readonly len: number;
-}
-
-/** A completed request as {@link DriverQueue.getUsed} returns it. */
-export interface UsedBuffer<T> {
-  readonly token: T;
-  /** Bytes the device says it wrote into the chain's writable part. */
-  readonly len: number;
-}
-
-/** Bytes of the indirect arena for `size` heads of `entriesPerChain` descriptors. */
-export function indirectArenaBytes(size: number, entriesPerChain: number): number {
-  return size * entriesPerChain * VIRTQ_DESC_SIZE;
-}
-
-/** §2.7.5.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total". */
-const MAX_CHAIN_BYTES = 0xffff_ffff;
-/** Linux forces a kick after this many adds without one so 16-bit windows stay exact. */
-const FORCE_KICK_ADDED = 0xffff;
-
-function checkedSlice(
-  memory: GuestMemory,
-  what: string,
-  addr: number,
-  len: number,
-  align: number,
-): GuestSlice {
-  if (!Number.isSafeInteger(addr) || addr < 0 || addr % align !== 0)
-    throw new RangeError(`${what} address ${addr} is not a ${align}-aligned guest address`);
-  if (!memory.isInOneRegion(addr, len))
-    throw new RangeError(
-      `${what} [0x${addr.toString(16)}, +${len}) is not inside one guest memory region`,
-    );
-  return memory.slice(addr, len);
-}
+export { indirectArenaBytes, type IndirectArena } from "./driver-indirect.ts";
+export type { DriverQueueConfig } from "./driver-queue-config.ts";
+export type { Segment, UsedBuffer } from "./driver-segments.ts";
 
 /**
  * The driver end of one split virtqueue.
@@ -144,26 +68,13 @@ export class DriverQueue<T> {
   readonly #desc: GuestSlice;
   readonly #avail: GuestSlice;
   readonly #used: GuestSlice;
-  readonly #arena: GuestSlice | null;
-  readonly #entriesPerChain: number;
-  readonly #eventIdx: boolean;
+  readonly #arena: IndirectTables | null;
   readonly #memory: GuestMemory;
   readonly #onBroken: ((err: VirtioError) => void) | undefined;
-  readonly #usedEventOff: number;
-  readonly #availEventOff: number;
-
-  // Driver-private free list (Linux desc_extra[].next): never read back from guest memory.
-  readonly #next: Uint16Array;
-  #freeHead = 0;
-  #numFree: number;
-
-  // Per-head record of each outstanding chain; headCount 0 = not an outstanding head.
-  readonly #headCount: Uint16Array;
-  readonly #headTail: Uint16Array;
-  readonly #headWritable: Float64Array;
-  readonly #headIndirect: Uint8Array;
-  readonly #token: (T | undefined)[];
-  #outstanding = 0;
+  /** avail_event / used_event and the flags: whom to notify when. */
+  readonly #suppression: SplitDriverSuppression;
+  /** Free IDs (= descriptors) and the outstanding chains: never read back from guest memory. */
+  readonly #ids: DriverIds<T>;
 
   // Shadows of what this side writes, and how far it has read.
   #availIdxShadow = 0;
@@ -172,11 +83,7 @@ export class DriverQueue<T> {
   #lastUsedIdx = 0;
   /** used.idx as last loaded: entries in [lastUsedIdx, usedShadow) are known published (one load per batch). */
   #usedShadow = 0;
-  #callbacksDisabled = false;
   #broken: VirtioError | null = null;
-
-  /** Writable bytes of the request #validateSegments last accepted. */
-  #validatedWritable = 0;
 
   // Zero-allocation results of nextUsed().
   #usedToken: T | undefined = undefined;
@@ -196,71 +103,31 @@ export class DriverQueue<T> {
     this.size = n;
     this.#memory = memory;
     // §2.7 alignment table: descriptor table 16, available ring 2, used ring 4.
-    this.#desc = checkedSlice(
-      memory,
-      "descriptor table",
-      config.descAddr,
-      descTableSize(n),
-      VIRTQ_DESC_ALIGN,
+    const parts = driverRingParts(memory, config);
+    this.#desc = parts.desc;
+    this.#avail = parts.avail;
+    this.#used = parts.used;
+    this.#suppression = new SplitDriverSuppression(
+      parts.avail,
+      parts.used,
+      n,
+      config.eventIdx === true,
     );
-    this.#avail = checkedSlice(
-      memory,
-      "available ring",
-      config.availAddr,
-      availRingSize(n),
-      VIRTQ_AVAIL_ALIGN,
-    );
-    this.#used = checkedSlice(
-      memory,
-      "used ring",
-      config.usedAddr,
-      usedRingSize(n),
-      VIRTQ_USED_ALIGN,
-    );
-    this.#eventIdx = config.eventIdx === true;
     this.#onBroken = config.onBroken;
-    this.#usedEventOff = usedEventOffset(n);
-    this.#availEventOff = availEventOffset(n);
-    this.#arena = null;
-    this.#entriesPerChain = 0;
-    if (config.indirect === true) {
-      const a = config.indirectArena;
-      if (a === undefined) throw new RangeError("indirect descriptors need an indirectArena");
-      const e = a.entriesPerChain;
-      if (!Number.isInteger(e) || e < 2 || e > n)
-        throw new RangeError(
-          `indirectArena.entriesPerChain ${e} must be an integer in 2..${n} (queue size)`,
-        );
-      this.#arena = checkedSlice(
-        memory,
-        "indirect arena",
-        a.addr,
-        indirectArenaBytes(n, e),
-        VIRTQ_DESC_ALIGN,
-      );
-      this.#entriesPerChain = e;
-    }
-    this.#next = new Uint16Array(n);
-    this.#headCount = new Uint16Array(n);
-    this.#headTail = new Uint16Array(n);
-    this.#headWritable = new Float64Array(n);
-    this.#headIndirect = new Uint8Array(n);
-    this.#token = new Array<T | undefined>(n).fill(undefined);
-    this.#numFree = n;
-    const start = config.initialIndex ?? 0;
-    if (!Number.isInteger(start) || start < 0 || start > 0xffff)
-      throw new RangeError(`initialIndex ${start} is not a u16`);
-    this.#resetState(start);
+    this.#arena =
+      config.indirect === true ? new IndirectTables(memory, config.indirectArena, n) : null;
+    this.#ids = new DriverIds<T>(n);
+    this.#resetState(initialIndex(config));
   }
 
   /** Free descriptors in the table. */
   get numFree(): number {
-    return this.#numFree;
+    return this.#ids.numFree;
   }
 
   /** Requests added and not yet returned by {@link getUsed} (staged ones included). */
   get numOutstanding(): number {
-    return this.#outstanding;
+    return this.#ids.outstanding;
   }
 
   /** The protocol violation that broke the queue, or null. */
@@ -306,16 +173,16 @@ export class DriverQueue<T> {
    */
   stage(readable: readonly Segment[], writable: readonly Segment[], token: T): boolean {
     if (this.#broken !== null) throw this.#broken;
-    const total = this.#validateSegments(readable, writable);
-    const useIndirect = this.#arena !== null && total > 1 && total <= this.#entriesPerChain;
-    const needed = useIndirect ? 1 : total;
-    if (needed > this.#numFree) return false;
-    const head = this.#freeHead;
-    if (useIndirect) this.#writeIndirect(head, readable, writable);
+    const writableBytes = checkSegments(this.#memory, this.size, readable, writable);
+    const total = readable.length + writable.length;
+    const arena = this.#arena;
+    const useIndirect = arena !== null && total > 1 && total <= arena.entriesPerChain;
+    const ids = this.#ids;
+    if ((useIndirect ? 1 : total) > ids.numFree) return false;
+    const head = ids.freeHead;
+    if (useIndirect) this.#writeIndirect(arena, head, readable, writable);
     else this.#writeDirect(head, readable, writable);
-    this.#headWritable[head] = this.#validatedWritable;
-    this.#token[head] = token;
-    this.#outstanding++;
+    ids.own(head, writableBytes, token);
     // Plain write: ordered before the device can read it by the avail.idx store in publish().
     this.#avail.writeU16(VIRTQ_AVAIL_OFF_RING + 2 * (this.#availIdxShadow & (this.size - 1)), head);
     this.#availIdxShadow = (this.#availIdxShadow + 1) & 0xffff;
@@ -343,21 +210,7 @@ export class DriverQueue<T> {
     this.publish();
     const added = this.#numAdded;
     this.#numAdded = 0;
-    if (added === 0) return false;
-    // Beyond 65535 adds the 16-bit window (old, new] no longer tells; a spurious kick is harmless (§2.7.10).
-    if (added >= FORCE_KICK_ADDED) return true;
-    const newIdx = this.#availIdxShadow;
-    if (this.#eventIdx) {
-      // Atomics.load (SeqCst): ordered after the avail.idx store in publish() (full barrier), so a device that
-      // re-armed avail_event before seeing our idx is seen here (Linux: virtio_mb before reading avail_event).
-      const availEvent = this.#used.atomicLoadU16(this.#availEventOff);
-      // §2.7.10 "the driver MUST ... check avail_event ... [notify] if the new idx ... passed avail_event".
-      return vringNeedEvent(availEvent, newIdx, (newIdx - added) & 0xffff);
-    }
-    // Atomics.load (SeqCst): ordered after the avail.idx store (same full barrier as above).
-    const flags = this.#used.atomicLoadU16(VIRTQ_USED_OFF_FLAGS);
-    // §2.7.10 "If flags is 1, the driver SHOULD NOT send a notification"; otherwise it MUST.
-    return (flags & VIRTQ_USED_F_NO_NOTIFY) === 0;
+    return kickByCount(added) ?? this.#suppression.kickWanted(this.#availIdxShadow, added);
   }
 
   /** True if the device has published used entries not yet taken (false when broken). */
@@ -396,47 +249,18 @@ export class DriverQueue<T> {
       this.#usedShadow = usedIdx;
       if (usedIdx === last) return false;
     }
-    const pending = (usedIdx - last) & 0xffff;
-    if (pending > this.#outstanding)
-      return this.#fail(
-        ErrorCode.USED_IDX_JUMP,
-        `device moved used.idx from ${last} to ${usedIdx} with ${this.#outstanding} requests outstanding`,
-        { last, usedIdx, outstanding: this.#outstanding },
-      );
+    const ids = this.#ids;
+    if (((usedIdx - last) & 0xffff) > ids.outstanding) return this.#idxJump(last, usedIdx);
     const off = VIRTQ_USED_OFF_RING + VIRTQ_USED_ELEM_SIZE * (last & (this.size - 1));
     // Read each device-written field once, validate the copy, use the copy.
     const id = this.#used.readU32(off);
     const len = this.#used.readU32(off + 4);
-    if (id >= this.size)
-      return this.#fail(
-        ErrorCode.USED_ID_OUT_OF_RANGE,
-        `used id ${id} is out of range (size ${this.size})`,
-        { id, size: this.size },
-      );
-    if (this.#headCount[id] === 0)
-      return this.#fail(
-        ErrorCode.USED_ID_NOT_OUTSTANDING,
-        `used id ${id} is not an outstanding head`,
-        { id },
-      );
-    const max = this.#headWritable[id]!;
-    // §2.7.8.2 "The device MUST NOT write more than len bytes" is the device's side; a len larger than the
-    // writable part is a device claim the driver cannot honour: the queue is broken, not clamped.
-    if (len > max)
-      return this.#fail(
-        ErrorCode.USED_LEN_TOO_LONG,
-        `used len ${len} for head ${id} exceeds its ${max} writable bytes`,
-        { id, len, max },
-      );
-    this.#usedToken = this.#token[id];
+    const violation = ids.checkUsed(id, len);
+    if (violation !== null) return this.#fail(violation);
     this.#usedLen = len;
-    this.#detach(id);
+    this.#usedToken = ids.release(id);
     this.#lastUsedIdx = (last + 1) & 0xffff;
-    if (this.#eventIdx && !this.#callbacksDisabled) {
-      // Atomics.store (SeqCst): re-arm used_event at the next entry we will read (Linux get_buf), so the
-      // device notifies for the very next completion.
-      this.#avail.atomicStoreU16(this.#usedEventOff, this.#lastUsedIdx);
-    }
+    this.#suppression.rearm(this.#lastUsedIdx);
     return true;
   }
 
@@ -459,15 +283,7 @@ export class DriverQueue<T> {
    * driver takes none (Linux writes 0 here instead).
    */
   disableCallbacks(): void {
-    if (this.#callbacksDisabled) return;
-    this.#callbacksDisabled = true;
-    if (this.#eventIdx) {
-      // Atomics.store (SeqCst): publish the parked event index.
-      this.#avail.atomicStoreU16(this.#usedEventOff, (this.#lastUsedIdx - 1) & 0xffff);
-    } else {
-      // Atomics.store (SeqCst): publish NO_INTERRUPT.
-      this.#avail.atomicStoreU16(VIRTQ_AVAIL_OFF_FLAGS, VIRTQ_AVAIL_F_NO_INTERRUPT);
-    }
+    this.#suppression.disable(this.#lastUsedIdx);
   }
 
   /**
@@ -480,10 +296,7 @@ export class DriverQueue<T> {
    *   True when broken (there is nothing more to drain).
    */
   enableCallbacks(): boolean {
-    this.#callbacksDisabled = false;
-    if (this.#broken !== null) return true;
-    this.#armUsedEvent(this.#lastUsedIdx);
-    return !this.#pollUsed();
+    return this.#suppression.enable(this.#lastUsedIdx, this.#broken !== null);
   }
 
   /**
@@ -494,14 +307,8 @@ export class DriverQueue<T> {
    * @returns false if that many buffers are already used: drain again.
    */
   enableCallbacksDelayed(): boolean {
-    if (!this.#eventIdx) return this.enableCallbacks();
-    this.#callbacksDisabled = false;
-    if (this.#broken !== null) return true;
-    const bufs = Math.floor((this.#outstanding * 3) / 4);
-    this.#armUsedEvent((this.#lastUsedIdx + bufs) & 0xffff);
-    // Atomics.load (SeqCst): after the used_event store above (full barrier), as in #pollUsed.
-    const usedIdx = this.#used.atomicLoadU16(VIRTQ_USED_OFF_IDX);
-    return ((usedIdx - this.#lastUsedIdx) & 0xffff) <= bufs;
+    const outstanding = this.#ids.outstanding;
+    return this.#suppression.enableDelayed(this.#lastUsedIdx, outstanding, this.#broken !== null);
   }
 
   /**
@@ -512,10 +319,7 @@ export class DriverQueue<T> {
    * before the ring was handed over.
    */
   detachAll(): T[] {
-    const tokens: T[] = [];
-    for (let h = 0; h < this.size; h++) {
-      if (this.#headCount[h] !== 0) tokens.push(this.#token[h] as T);
-    }
+    const tokens = this.#ids.tokens();
     this.#resetState(0);
     return tokens;
   }
@@ -523,21 +327,12 @@ export class DriverQueue<T> {
   // ---- internals ----
 
   #resetState(start: number): void {
-    const n = this.size;
-    for (let i = 0; i < n; i++) this.#next[i] = (i + 1) & 0xffff;
-    this.#freeHead = 0;
-    this.#numFree = n;
-    this.#headCount.fill(0);
-    this.#headIndirect.fill(0);
-    this.#headWritable.fill(0);
-    this.#token.fill(undefined);
-    this.#outstanding = 0;
+    this.#ids.reset();
     this.#availIdxShadow = start;
     this.#availIdxPublished = start;
     this.#numAdded = 0;
     this.#lastUsedIdx = start;
     this.#usedShadow = start;
-    this.#callbacksDisabled = false;
     this.#broken = null;
     this.#usedToken = undefined;
     this.#usedLen = 0;
@@ -550,152 +345,41 @@ export class DriverQueue<T> {
     this.#avail.atomicStoreU16(VIRTQ_AVAIL_OFF_IDX, start);
     // Atomics.store (SeqCst): used.idx, ordered likewise (the device reads it when it starts).
     this.#used.atomicStoreU16(VIRTQ_USED_OFF_IDX, start);
-    if (this.#eventIdx) {
-      // Atomics.store (SeqCst): used_event = the first used entry, so the first completion is notified.
-      this.#avail.atomicStoreU16(this.#usedEventOff, start);
-    }
-  }
-
-  /**
-   * Validates both lists (before anything changes) and returns the segment
-   * count; leaves the writable byte count in #validatedWritable. No allocation.
-   */
-  #validateSegments(readable: readonly Segment[], writable: readonly Segment[]): number {
-    if (!isArray(readable) || !isArray(writable))
-      throw new TypeError("readable and writable must be arrays of segments");
-    const nr = readable.length;
-    const total = nr + writable.length;
-    if (total === 0) throw new RangeError("a request needs at least one segment");
-    // §2.7.5.3.1 "A driver MUST NOT create a descriptor chain longer than the Queue Size of the device."
-    if (total > this.size)
-      throw new RangeError(`${total} segments exceed the queue size ${this.size}`);
-    let bytes = 0;
-    for (let k = 0; k < total; k++) {
-      const { addr, len } = k < nr ? readable[k]! : writable[k - nr]!;
-      if (!Number.isSafeInteger(len) || len <= 0 || len > MAX_CHAIN_BYTES)
-        throw new RangeError(`segment length ${len} must be an integer in 1..2^32-1`);
-      if (!this.#memory.isValidRange(addr, len))
-        throw new RangeError(`segment [${addr}, +${len}) is not inside guest memory`);
-      if (k === nr) this.#validatedWritable = bytes;
-      bytes += len;
-    }
-    // §2.7.5.2 "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total".
-    if (bytes > MAX_CHAIN_BYTES) throw new RangeError(`request of ${bytes} bytes exceeds 2^32-1`);
-    this.#validatedWritable = nr === total ? 0 : bytes - this.#validatedWritable;
-    return total;
-  }
-
-  /** Takes `count` descriptors off the free list for a chain at `head` (the current free head). */
-  #take(head: number, count: number): number {
-    let tail = head;
-    for (let i = 1; i < count; i++) tail = this.#next[tail]!;
-    this.#freeHead = this.#next[tail]!;
-    this.#numFree -= count;
-    this.#headCount[head] = count;
-    this.#headTail[head] = tail;
-    return tail;
+    this.#suppression.reset(start);
   }
 
   #writeDirect(head: number, readable: readonly Segment[], writable: readonly Segment[]): void {
-    const nr = readable.length;
-    const total = nr + writable.length;
-    this.#take(head, total);
-    this.#headIndirect[head] = 0;
-    let i = head;
-    for (let k = 0; k < total; k++) {
-      const last = k === total - 1;
-      // §2.7.4.2 "The driver MUST place any device-writable descriptor elements after any device-readable" ones.
-      const flags = (k < nr ? 0 : VIRTQ_DESC_F_WRITE) | (last ? 0 : VIRTQ_DESC_F_NEXT);
-      const next = last ? 0 : this.#next[i]!;
-      writeDesc(
-        this.#desc,
-        i * VIRTQ_DESC_SIZE,
-        k < nr ? readable[k]! : writable[k - nr]!,
-        flags,
-        next,
-      );
-      i = next;
-    }
+    const total = readable.length + writable.length;
+    this.#ids.take(head, total, false);
+    // The chain's descriptors are the IDs taken, linked as on the free list.
+    writeDirectChain(this.#desc, this.#ids.next, head, readable, writable);
   }
 
-  #writeIndirect(head: number, readable: readonly Segment[], writable: readonly Segment[]): void {
-    const arena = this.#arena!;
-    const nr = readable.length;
-    const total = nr + writable.length;
-    const base = head * this.#entriesPerChain * VIRTQ_DESC_SIZE;
-    for (let k = 0; k < total; k++) {
-      const last = k === total - 1;
-      // §2.7.5.3.1 "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag within an indirect descriptor".
-      const flags = (k < nr ? 0 : VIRTQ_DESC_F_WRITE) | (last ? 0 : VIRTQ_DESC_F_NEXT);
-      const seg = k < nr ? readable[k]! : writable[k - nr]!;
-      writeDesc(arena, base + k * VIRTQ_DESC_SIZE, seg, flags, last ? 0 : k + 1);
-    }
-    this.#take(head, 1);
-    this.#headIndirect[head] = 1;
-    // §2.7.5.3.1 "The driver MUST NOT set both VIRTQ_DESC_F_INDIRECT and VIRTQ_DESC_F_NEXT in flags."
-    writeIndirectHead(
-      this.#desc,
-      head * VIRTQ_DESC_SIZE,
-      arena.addr + base,
-      total * VIRTQ_DESC_SIZE,
+  #writeIndirect(
+    arena: IndirectTables,
+    head: number,
+    readable: readonly Segment[],
+    writable: readonly Segment[],
+  ): void {
+    writeIndirectTable(arena, head, readable, writable);
+    this.#ids.take(head, 1, true);
+    writeIndirectHead(this.#desc, arena, head, readable.length + writable.length);
+  }
+
+  #idxJump(last: number, usedIdx: number): false {
+    const outstanding = this.#ids.outstanding;
+    return this.#fail(
+      new VirtioError(
+        ErrorCode.USED_IDX_JUMP,
+        `device moved used.idx from ${last} to ${usedIdx} with ${outstanding} requests outstanding`,
+        { last, usedIdx, outstanding },
+      ),
     );
   }
 
-  /** Returns head's chain to the front of the free list (Linux detach_buf_split). */
-  #detach(head: number): void {
-    const tail = this.#headTail[head]!;
-    this.#next[tail] = this.#freeHead;
-    this.#freeHead = head;
-    this.#numFree += this.#headCount[head]!;
-    this.#headCount[head] = 0;
-    this.#headIndirect[head] = 0;
-    this.#headWritable[head] = 0;
-    this.#token[head] = undefined;
-    this.#outstanding--;
-  }
-
-  #armUsedEvent(event: number): void {
-    if (this.#eventIdx) {
-      // Atomics.store (SeqCst): used_event must be visible before the used.idx re-check that follows (store→load
-      // full barrier; Linux enable_cb_prepare + virtqueue_poll's mb).
-      this.#avail.atomicStoreU16(this.#usedEventOff, event);
-    } else {
-      // Atomics.store (SeqCst): clear NO_INTERRUPT before the re-check (same store→load ordering).
-      this.#avail.atomicStoreU16(VIRTQ_AVAIL_OFF_FLAGS, 0);
-    }
-  }
-
-  /** True if used.idx moved past what was read (re-check after arming). */
-  #pollUsed(): boolean {
-    // Atomics.load (SeqCst): after the arming store, so either the device sees our used_event/flags or we see its idx.
-    return this.#used.atomicLoadU16(VIRTQ_USED_OFF_IDX) !== this.#lastUsedIdx;
-  }
-
-  #fail(code: ErrorCodeValue, message: string, details: Record<string, number>): false {
-    const err = new VirtioError(code, message, details);
+  #fail(err: VirtioError): false {
     this.#broken = err;
     this.#onBroken?.(err);
     return false;
   }
-}
-
-/** Array.isArray without narrowing readonly arrays to any[]. */
-function isArray(v: unknown): boolean {
-  return Array.isArray(v);
-}
-
-/** Writes one descriptor (plain writes: published later by the avail.idx store). */
-function writeDesc(s: GuestSlice, off: number, seg: Segment, flags: number, next: number): void {
-  s.writeU64(off + VIRTQ_DESC_OFF_ADDR, seg.addr);
-  s.writeU32(off + VIRTQ_DESC_OFF_LEN, seg.len);
-  s.writeU16(off + VIRTQ_DESC_OFF_FLAGS, flags);
-  s.writeU16(off + VIRTQ_DESC_OFF_NEXT, next);
-}
-
-/** Writes the main-table descriptor that points to an indirect table. */
-function writeIndirectHead(s: GuestSlice, off: number, tableAddr: number, tableLen: number): void {
-  s.writeU64(off + VIRTQ_DESC_OFF_ADDR, tableAddr);
-  s.writeU32(off + VIRTQ_DESC_OFF_LEN, tableLen);
-  s.writeU16(off + VIRTQ_DESC_OFF_FLAGS, VIRTQ_DESC_F_INDIRECT);
-  s.writeU16(off + VIRTQ_DESC_OFF_NEXT, 0);
 }

@@ -9,7 +9,8 @@
  * tables can be nested, looped or of any length. That is the point: tests
  * build exactly the ring they want and check what the device does with it.
  * The convenience methods ({@link MockSplitQueue.addChain} and friends)
- * build well-formed chains.
+ * build well-formed chains. Raw descriptors are ./mock-descriptors.ts, test
+ * buffer addresses ./mock-allocator.ts.
  *
  * Index fields (`avail.idx`, `avail.flags`, `used_event`) are written with
  * `Atomics` as a real driver publishes them, so the mock also works across
@@ -39,10 +40,6 @@ import {
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
-  VIRTQ_DESC_OFF_ADDR,
-  VIRTQ_DESC_OFF_FLAGS,
-  VIRTQ_DESC_OFF_LEN,
-  VIRTQ_DESC_OFF_NEXT,
   VIRTQ_DESC_SIZE,
   VIRTQ_USED_ELEM_SIZE,
   VIRTQ_USED_OFF_FLAGS,
@@ -54,31 +51,24 @@ import {
   usedEventOffset,
   usedRingSize,
 } from "../spec/virtqueue.ts";
+import {
+  chainEntries,
+  readDescAt,
+  writeDescAt,
+  type MockBuffer,
+  type MockDescriptor,
+  type MockDescriptorRead,
+} from "./mock-descriptors.ts";
 
-/** A raw descriptor, any values allowed (`addr` up to 2^64 − 1 as a bigint). */
-export interface MockDescriptor {
-  addr: number | bigint;
-  len: number;
-  /** VIRTQ_DESC_F_* bits (default 0). */
-  flags?: number;
-  /** Next index (default 0). */
-  next?: number;
-}
-
-/** A raw descriptor as read back: `addr` as a bigint (exact). */
-export interface MockDescriptorRead {
-  addr: bigint;
-  len: number;
-  flags: number;
-  next: number;
-}
-
-/** A buffer of a chain to build: readable by the device unless `writable`. */
-export interface MockBuffer {
-  addr: number;
-  len: number;
-  writable?: boolean;
-}
+export { MockAllocator } from "./mock-allocator.ts";
+export {
+  chainEntries,
+  readDescAt,
+  writeDescAt,
+  type MockBuffer,
+  type MockDescriptor,
+  type MockDescriptorRead,
+} from "./mock-descriptors.ts";
 
 /** How {@link MockSplitQueue.buildChain} lays out a chain. */
 export interface MockChainOptions {
@@ -377,63 +367,5 @@ export class MockSplitQueue {
     for (let k = 0; k < n; k++) out.push((this.#descCursor + k) % this.size);
     this.#descCursor = (this.#descCursor + n) % this.size;
     return out;
-  }
-}
-
-/** Descriptor-table entries chaining `buffers` as 0 → 1 → … (for an indirect table). */
-export function chainEntries(buffers: readonly MockBuffer[]): MockDescriptor[] {
-  return buffers.map((b, k) => {
-    const last = k === buffers.length - 1;
-    return {
-      addr: b.addr,
-      len: b.len,
-      flags: (b.writable ? VIRTQ_DESC_F_WRITE : 0) | (last ? 0 : VIRTQ_DESC_F_NEXT),
-      next: last ? 0 : k + 1,
-    };
-  });
-}
-
-/** Writes one raw descriptor at guest address `at`. */
-export function writeDescAt(memory: GuestMemory, at: number, d: MockDescriptor): void {
-  memory.writeU64(at + VIRTQ_DESC_OFF_ADDR, BigInt.asUintN(64, BigInt(d.addr)));
-  memory.writeU32(at + VIRTQ_DESC_OFF_LEN, d.len >>> 0);
-  memory.writeU16(at + VIRTQ_DESC_OFF_FLAGS, (d.flags ?? 0) & 0xffff);
-  memory.writeU16(at + VIRTQ_DESC_OFF_NEXT, (d.next ?? 0) & 0xffff);
-}
-
-/** Reads one raw descriptor at guest address `at`. */
-export function readDescAt(memory: GuestMemory, at: number): MockDescriptorRead {
-  return {
-    addr: memory.readU64(at + VIRTQ_DESC_OFF_ADDR),
-    len: memory.readU32(at + VIRTQ_DESC_OFF_LEN),
-    flags: memory.readU16(at + VIRTQ_DESC_OFF_FLAGS),
-    next: memory.readU16(at + VIRTQ_DESC_OFF_NEXT),
-  };
-}
-
-/**
- * A bump allocator for test buffers in [start, end): hands out aligned,
- * non-overlapping guest addresses.
- */
-export class MockAllocator {
-  #next: number;
-  readonly #end: number;
-
-  constructor(start: number, end: number) {
-    this.#next = start;
-    this.#end = end;
-  }
-
-  /**
-   * Returns the address of `len` fresh bytes aligned to `align` (default 16).
-   *
-   * @throws {RangeError} when the area is exhausted.
-   */
-  alloc(len: number, align = 16): number {
-    const addr = Math.ceil(this.#next / align) * align;
-    if (addr + len > this.#end)
-      throw new RangeError(`mock allocator exhausted: ${len} bytes at 0x${addr.toString(16)}`);
-    this.#next = addr + Math.max(len, 1);
-    return addr;
   }
 }

@@ -5,17 +5,14 @@
  * "Communication" (which requests have replies), "REPLY_ACK";
  * docs/vhost-user.md
  *
- * The back-end is untrusted. A reply is accepted only if its flags are
- * exactly 0x5 (version 1 + REPLY; "the back-end MUST ... set the reply bit"),
- * it answers the request in flight (same id), its size is exactly what that
- * request's reply needs, it carries no fds, and its content echoes what the
- * request asked (ring index, config offset/size/flags). Bytes that arrive
+ * The back-end is untrusted. What a reply must look like is
+ * ./frontend-reply.ts; a reply must also carry no fds, and bytes that arrive
  * while no reply is awaited are a violation too. Any violation closes the
  * channel with a {@link VirtioError} `VIRTIO_ERR_VHOST_USER_PROTOCOL`: the
  * request in flight and every queued one reject with it, and so does every
- * later request. A REPLY_ACK with a non-zero status is not a violation: that
- * request rejects with `VIRTIO_ERR_VHOST_USER_REFUSED` and the channel stays
- * open.
+ * later request. A refusal (a REPLY_ACK with a non-zero status) is not a
+ * violation: that request rejects with `VIRTIO_ERR_VHOST_USER_REFUSED` and
+ * the channel stays open.
  *
  * NEED_REPLY: once REPLY_ACK is negotiated, libblkio sets it on every
  * request. Here it is set on every request that has no reply body of its own
@@ -31,44 +28,23 @@
  */
 import { ErrorCode, VirtioError, isVirtioError } from "../errors.ts";
 import {
-  VHOST_USER_CONFIG_HDR_SIZE,
   VHOST_USER_HDR_SIZE,
   VHOST_USER_NEED_REPLY_MASK,
-  VHOST_USER_REPLY_FLAGS,
-  VHOST_USER_U64_SIZE,
   VHOST_USER_VERSION,
-  VHOST_USER_VRING_STATE_SIZE,
   vhostUserRequestName,
 } from "../spec/vhost-user.ts";
+import { encodeMessage } from "./codec.ts";
 import {
-  decodeConfig,
-  decodeHeader,
-  decodeU64,
-  decodeVringState,
-  encodeMessage,
-  type VringState,
-} from "./codec.ts";
+  checkReplyHeader,
+  decodeReply,
+  protocolError,
+  type Expect,
+  type ReplyBody,
+  type ReplyValue,
+} from "./frontend-reply.ts";
 import type { FdCloser, VhostUserSocket } from "./host.ts";
 
-/** What a request with a reply body expects back (requests without one get an ack or nothing). */
-export type ReplyBody =
-  | { readonly kind: "u64" }
-  | { readonly kind: "vring-state"; readonly index: number }
-  | {
-      readonly kind: "config";
-      readonly offset: number;
-      readonly size: number;
-      readonly flags: number;
-    };
-
-/** The decoded reply of a request, by {@link ReplyBody} kind. */
-export type ReplyValue<B extends ReplyBody | undefined> = B extends { kind: "u64" }
-  ? bigint
-  : B extends { kind: "vring-state" }
-    ? VringState
-    : B extends { kind: "config" }
-      ? Uint8Array
-      : undefined;
+export type { ReplyBody, ReplyValue } from "./frontend-reply.ts";
 
 /** Options of {@link ControlChannel}. */
 export interface ControlChannelOptions {
@@ -84,9 +60,6 @@ export interface ControlChannelOptions {
   readonly onClose?: (error: VirtioError) => void;
 }
 
-/** How a request is answered. */
-type Expect = "none" | "ack" | ReplyBody;
-
 interface Op {
   readonly request: number;
   readonly bytes: Uint8Array;
@@ -96,30 +69,7 @@ interface Op {
   readonly reject: (e: VirtioError) => void;
 }
 
-/** Replies are small (the largest is a 256-byte config); this bounds what we buffer. */
-const MAX_REPLY_PAYLOAD = VHOST_USER_CONFIG_HDR_SIZE + 256;
-
 const DEFAULT_REPLY_TIMEOUT_MS = 30_000;
-
-function replySize(expect: Expect): number {
-  if (expect === "ack") return VHOST_USER_U64_SIZE;
-  if (expect === "none") return 0;
-  switch (expect.kind) {
-    case "u64":
-      return VHOST_USER_U64_SIZE;
-    case "vring-state":
-      return VHOST_USER_VRING_STATE_SIZE;
-    case "config":
-      return VHOST_USER_CONFIG_HDR_SIZE + expect.size;
-  }
-}
-
-function protocolError(
-  message: string,
-  details: Record<string, number | string | bigint | boolean> = {},
-): VirtioError {
-  return new VirtioError(ErrorCode.VHOST_USER_PROTOCOL, message, details);
-}
 
 /**
  * A request/response channel over a connected {@link VhostUserSocket}. Owns
@@ -342,7 +292,7 @@ export class ControlChannel {
         this.#hdrFill += n;
         off += n;
         if (this.#hdrFill < VHOST_USER_HDR_SIZE) return;
-        this.#payload = new Uint8Array(this.#checkHeader(op));
+        this.#payload = new Uint8Array(checkReplyHeader(this.#hdr, op.request, op.expect));
         this.#payloadFill = 0;
       }
       const n = Math.min(this.#payload.byteLength - this.#payloadFill, bytes.byteLength - off);
@@ -361,32 +311,6 @@ export class ControlChannel {
     }
   }
 
-  /** Validates a reply header against the request in flight; returns the payload size. */
-  #checkHeader(op: Op): number {
-    const h = decodeHeader(this.#hdr);
-    const name = vhostUserRequestName(op.request);
-    const details = { request: op.request, replyRequest: h.request, flags: h.flags, size: h.size };
-    // "The back-end MUST ... set the reply bit"; QEMU accepts exactly 0x5 and nothing else.
-    if (h.flags !== VHOST_USER_REPLY_FLAGS)
-      throw protocolError(
-        `reply to ${name}: flags 0x${h.flags.toString(16)}, expected exactly 0x5`,
-        details,
-      );
-    if (h.request !== op.request)
-      throw protocolError(
-        `reply to ${name} carries request ${vhostUserRequestName(h.request)}`,
-        details,
-      );
-    const want = replySize(op.expect);
-    // libvhost-user answers a GET_CONFIG it cannot serve with an empty payload
-    // ("resize to zero to indicate an error to frontend"): a refusal, decoded below.
-    const refusedConfig =
-      h.size === 0 && op.expect !== "ack" && op.expect !== "none" && op.expect.kind === "config";
-    if (!refusedConfig && (h.size > MAX_REPLY_PAYLOAD || h.size !== want))
-      throw protocolError(`reply to ${name}: ${h.size} payload bytes, expected ${want}`, details);
-    return h.size;
-  }
-
   /** Decodes the reply; a violation leaves `op` in flight so that close() rejects it. */
   #complete(op: Op, payload: Uint8Array): void {
     this.#clearTimer();
@@ -395,7 +319,7 @@ export class ControlChannel {
     this.#payloadFill = 0;
     let value: unknown;
     try {
-      value = decodeReply(op, payload);
+      value = decodeReply(op.request, op.expect, payload);
     } catch (e) {
       if (!isVirtioError(e, ErrorCode.VHOST_USER_REFUSED)) throw e;
       this.#inflight = undefined;
@@ -406,52 +330,5 @@ export class ControlChannel {
     this.#inflight = undefined;
     op.resolve(value);
     this.#pump();
-  }
-}
-
-/** Decodes and checks a reply payload of the right size. */
-function decodeReply(op: Op, payload: Uint8Array): unknown {
-  const name = vhostUserRequestName(op.request);
-  const expect = op.expect;
-  if (expect === "ack") {
-    const status = decodeU64(payload);
-    // "REPLY_ACK ... a zero value indicates success, a non-zero value failure."
-    if (status !== 0n)
-      throw new VirtioError(
-        ErrorCode.VHOST_USER_REFUSED,
-        `the back-end refused ${name} (status ${status})`,
-        { request: op.request, status },
-      );
-    return undefined;
-  }
-  if (expect === "none") return undefined;
-  switch (expect.kind) {
-    case "u64":
-      return decodeU64(payload);
-    case "vring-state": {
-      const s = decodeVringState(payload);
-      if (s.index !== expect.index)
-        throw protocolError(`reply to ${name} is for ring ${s.index}, asked for ${expect.index}`, {
-          index: s.index,
-          expected: expect.index,
-        });
-      return s;
-    }
-    case "config": {
-      if (payload.byteLength === 0)
-        throw new VirtioError(
-          ErrorCode.VHOST_USER_REFUSED,
-          `the back-end refused ${name} of ${expect.size} bytes at offset ${expect.offset} (empty reply)`,
-          { request: op.request, offset: expect.offset, size: expect.size },
-        );
-      const c = decodeConfig(payload);
-      // The back-end answers with the request's own header: offset, size and flags echoed.
-      if (c.offset !== expect.offset || c.flags !== expect.flags)
-        throw protocolError(
-          `reply to ${name}: offset ${c.offset} flags ${c.flags}, asked for offset ${expect.offset} flags ${expect.flags}`,
-          { offset: c.offset, flags: c.flags },
-        );
-      return c.data;
-    }
   }
 }

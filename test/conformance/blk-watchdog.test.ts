@@ -34,7 +34,9 @@ test("the watchdog names a request stuck in the backing store (queue, request, w
   await until(() => r.log.warnings.length > 0, "a stall warning");
   assert.match(
     r.log.warnings[0]!,
-    new RegExp(`^virtio-blk vq 0 req ${req.head}: IN sector 8 len 4096 in flight for \\d+ s, waiting for the backing store$`),
+    new RegExp(
+      `^virtio-blk vq 0 req ${req.head}: IN sector 8 len 4096 in flight for \\d+ s, waiting for the backing store$`,
+    ),
   );
   await new Promise((res) => setTimeout(res, 100));
   assert.equal(r.log.warnings.length, 1, "logged once");

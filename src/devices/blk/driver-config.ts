@@ -147,6 +147,9 @@ export interface BlkDriverConfig {
 
 const U32_MAX = 0xffff_ffff;
 
+const u32 = (dv: DataView, off: number): number => dv.getUint32(off, true);
+const orNoLimit = (v: number): number => (v === 0 ? U32_MAX : v);
+
 function badConfig(message: string, details: Record<string, number | bigint>): VirtioError {
   return new VirtioError(ErrorCode.BLK_BAD_CONFIG, `virtio-blk config: ${message}`, details);
 }
@@ -165,64 +168,98 @@ export function parseBlkConfig(bytes: Uint8Array, features: bigint): BlkDriverCo
   raw.set(bytes.subarray(0, VIRTIO_BLK_CONFIG_SIZE));
   const dv = new DataView(raw.buffer);
   const has = (bit: number): boolean => hasFeature(features, bit);
-  const u32 = (off: number): number => dv.getUint32(off, true);
-
-  const capacity64 = dv.getBigUint64(BlkConfig.capacity, true);
-  if (capacity64 * BigInt(VIRTIO_BLK_SECTOR_SIZE) > BigInt(Number.MAX_SAFE_INTEGER))
-    throw badConfig(`capacity ${capacity64} sectors is beyond 2^53 bytes`, {
-      capacity: capacity64,
-    });
-  const capacity = Number(capacity64);
-
-  let blockSize = VIRTIO_BLK_SECTOR_SIZE;
-  if (has(VIRTIO_BLK_F_BLK_SIZE)) {
-    blockSize = u32(BlkConfig.blk_size);
-    if (blockSize < 512 || blockSize > 65536 || (blockSize & (blockSize - 1)) !== 0)
-      throw badConfig(`blk_size ${blockSize} is not a power of two in 512..65536`, { blockSize });
-  }
-
-  let numQueues = 1;
-  if (has(VIRTIO_BLK_F_MQ)) {
-    numQueues = dv.getUint16(BlkConfig.num_queues, true);
-    if (numQueues === 0) throw badConfig("MQ negotiated but num_queues is 0", { numQueues });
-  }
-
-  const sizeMax = has(VIRTIO_BLK_F_SIZE_MAX) ? Math.max(512, u32(BlkConfig.size_max)) : U32_MAX;
-  const segMaxRaw = has(VIRTIO_BLK_F_SEG_MAX) ? u32(BlkConfig.seg_max) : 0;
+  const capacity = readCapacity(dv);
+  const blockSize = has(VIRTIO_BLK_F_BLK_SIZE) ? readBlockSize(dv) : VIRTIO_BLK_SECTOR_SIZE;
+  const numQueues = has(VIRTIO_BLK_F_MQ) ? readNumQueues(dv) : 1;
+  const segMaxRaw = has(VIRTIO_BLK_F_SEG_MAX) ? u32(dv, BlkConfig.seg_max) : 0;
   const flush = has(VIRTIO_BLK_F_FLUSH);
-  // §5.2.5.1: without CONFIG_WCE "If VIRTIO_BLK_F_CONFIG_WCE was not negotiated but
-  // VIRTIO_BLK_F_FLUSH was, the driver SHOULD assume presence of a writeback cache."
-  const writeback = has(VIRTIO_BLK_F_CONFIG_WCE) ? raw[BlkConfig.writeback] !== 0 : flush;
-  const topology = has(VIRTIO_BLK_F_TOPOLOGY);
-  const discard = has(VIRTIO_BLK_F_DISCARD);
-  const writeZeroes = has(VIRTIO_BLK_F_WRITE_ZEROES);
-  const orNoLimit = (v: number): number => (v === 0 ? U32_MAX : v);
-  const blockSectors = blockSize / VIRTIO_BLK_SECTOR_SIZE;
-
   return {
     features,
     capacity,
     capacityBytes: capacity * VIRTIO_BLK_SECTOR_SIZE,
     blockSize,
-    sizeMax,
+    sizeMax: has(VIRTIO_BLK_F_SIZE_MAX) ? Math.max(512, u32(dv, BlkConfig.size_max)) : U32_MAX,
     segMax: segMaxRaw === 0 ? Infinity : segMaxRaw,
     numQueues,
     readOnly: has(VIRTIO_BLK_F_RO),
     flush,
-    writeback,
-    physicalBlockExp: topology ? raw[BlkConfig.physical_block_exp]! : 0,
-    alignmentOffset: topology ? raw[BlkConfig.alignment_offset]! : 0,
+    // §5.2.5.1: without CONFIG_WCE "If VIRTIO_BLK_F_CONFIG_WCE was not negotiated but
+    // VIRTIO_BLK_F_FLUSH was, the driver SHOULD assume presence of a writeback cache."
+    writeback: has(VIRTIO_BLK_F_CONFIG_WCE) ? raw[BlkConfig.writeback] !== 0 : flush,
+    ...topologyFields(dv, has(VIRTIO_BLK_F_TOPOLOGY)),
+    ...discardFields(dv, has(VIRTIO_BLK_F_DISCARD), blockSize / VIRTIO_BLK_SECTOR_SIZE),
+    ...writeZeroesFields(dv, has(VIRTIO_BLK_F_WRITE_ZEROES)),
+  };
+}
+
+/** `capacity` in sectors, at most 2^53 bytes. */
+function readCapacity(dv: DataView): number {
+  const capacity64 = dv.getBigUint64(BlkConfig.capacity, true);
+  if (capacity64 * BigInt(VIRTIO_BLK_SECTOR_SIZE) > BigInt(Number.MAX_SAFE_INTEGER))
+    throw badConfig(`capacity ${capacity64} sectors is beyond 2^53 bytes`, {
+      capacity: capacity64,
+    });
+  return Number(capacity64);
+}
+
+/** `blk_size`: a power of two in 512..65536. */
+function readBlockSize(dv: DataView): number {
+  const blockSize = u32(dv, BlkConfig.blk_size);
+  if (blockSize < 512 || blockSize > 65536 || (blockSize & (blockSize - 1)) !== 0)
+    throw badConfig(`blk_size ${blockSize} is not a power of two in 512..65536`, { blockSize });
+  return blockSize;
+}
+
+/** `num_queues` (MQ negotiated): at least 1. */
+function readNumQueues(dv: DataView): number {
+  const numQueues = dv.getUint16(BlkConfig.num_queues, true);
+  if (numQueues === 0) throw badConfig("MQ negotiated but num_queues is 0", { numQueues });
+  return numQueues;
+}
+
+type TopologyFields = Pick<
+  BlkDriverConfig,
+  "physicalBlockExp" | "alignmentOffset" | "minIoSize" | "optIoSize"
+>;
+
+/** The TOPOLOGY fields (0 when not negotiated). */
+function topologyFields(dv: DataView, topology: boolean): TopologyFields {
+  return {
+    physicalBlockExp: topology ? dv.getUint8(BlkConfig.physical_block_exp) : 0,
+    alignmentOffset: topology ? dv.getUint8(BlkConfig.alignment_offset) : 0,
     minIoSize: topology ? dv.getUint16(BlkConfig.min_io_size, true) : 0,
-    optIoSize: topology ? u32(BlkConfig.opt_io_size) : 0,
+    optIoSize: topology ? u32(dv, BlkConfig.opt_io_size) : 0,
+  };
+}
+
+type DiscardFields = Pick<
+  BlkDriverConfig,
+  "discard" | "maxDiscardSectors" | "maxDiscardSeg" | "discardSectorAlignment"
+>;
+
+/** The DISCARD limits; the alignment defaults to the logical block size. */
+function discardFields(dv: DataView, discard: boolean, blockSectors: number): DiscardFields {
+  return {
     discard,
-    maxDiscardSectors: discard ? orNoLimit(u32(BlkConfig.max_discard_sectors)) : 0,
-    maxDiscardSeg: discard ? Math.max(1, u32(BlkConfig.max_discard_seg)) : 0,
+    maxDiscardSectors: discard ? orNoLimit(u32(dv, BlkConfig.max_discard_sectors)) : 0,
+    maxDiscardSeg: discard ? Math.max(1, u32(dv, BlkConfig.max_discard_seg)) : 0,
     discardSectorAlignment: discard
-      ? u32(BlkConfig.discard_sector_alignment) || blockSectors
+      ? u32(dv, BlkConfig.discard_sector_alignment) || blockSectors
       : blockSectors,
+  };
+}
+
+type WriteZeroesFields = Pick<
+  BlkDriverConfig,
+  "writeZeroes" | "maxWriteZeroesSectors" | "maxWriteZeroesSeg" | "writeZeroesMayUnmap"
+>;
+
+/** The WRITE_ZEROES limits. */
+function writeZeroesFields(dv: DataView, writeZeroes: boolean): WriteZeroesFields {
+  return {
     writeZeroes,
-    maxWriteZeroesSectors: writeZeroes ? orNoLimit(u32(BlkConfig.max_write_zeroes_sectors)) : 0,
-    maxWriteZeroesSeg: writeZeroes ? Math.max(1, u32(BlkConfig.max_write_zeroes_seg)) : 0,
-    writeZeroesMayUnmap: writeZeroes && raw[BlkConfig.write_zeroes_may_unmap] !== 0,
+    maxWriteZeroesSectors: writeZeroes ? orNoLimit(u32(dv, BlkConfig.max_write_zeroes_sectors)) : 0,
+    maxWriteZeroesSeg: writeZeroes ? Math.max(1, u32(dv, BlkConfig.max_write_zeroes_seg)) : 0,
+    writeZeroesMayUnmap: writeZeroes && dv.getUint8(BlkConfig.write_zeroes_may_unmap) !== 0,
   };
 }

@@ -22,101 +22,33 @@
  * parallel instead of waiting for the whole batch.
  *
  * The engine knows no transport: it is given a queue, a backing store, a
- * policy (usually a {@link BlkDeviceConfig}) and callbacks.
+ * policy (usually a {@link BlkDeviceConfig}) and callbacks
+ * (./queue-engine-options.ts).
  *
  * @module
  */
-import { CHEAP_YIELD, nextTask } from "../../dataplane/schedule.ts";
+import { nextTask } from "../../dataplane/schedule.ts";
 import { ErrorCode, VirtioError } from "../../errors.ts";
 import type { DescriptorChain } from "../../ring/chain.ts";
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_GET_ID } from "../../spec/blk.ts";
 import type { BlkBacking } from "./backing.ts";
-import { type BlkExecPolicy, executeBlkRequest, executeGetId, writeStatus } from "./execute.ts";
+import { executeBlkRequest, executeGetId, writeStatus } from "./execute.ts";
 import { type Logger, consoleLogger, errorText } from "../../log.ts";
 import { blkTypeName } from "./log.ts";
 import {
-  BLK_STATUS_PENDING,
-  BlkRequest,
-  type BlkRequestPolicy,
-  parseBlkRequest,
-} from "./request.ts";
+  engineLimits,
+  type BlkEnginePolicy,
+  type BlkQueueEngineOptions,
+  type BlkVirtqueue,
+} from "./queue-engine-options.ts";
+import { BLK_STATUS_PENDING, BlkRequest, parseBlkRequest } from "./request.ts";
 
-/**
- * Default chains per run. 16 with `setImmediate` (measured over vhost-user,
- * 4 KiB cached reads at queue depth 32: +60% IOPS and about −10% CPU per
- * request against 256, which publishes nothing before the whole batch is
- * done); 256 where the only yield is a clamped timer.
- */
-export const DEFAULT_BLK_ENGINE_BUDGET: number = CHEAP_YIELD ? 16 : 256;
-
-/**
- * The device-side queue operations the engine uses (what the ring's
- * DeviceQueue provides).
- */
-export interface BlkVirtqueue {
-  /** Next available chain, or null. Throws VirtioError on a ring violation (the queue is then broken). */
-  popAvail(): DescriptorChain | null;
-  /** Writes a used-ring entry (not yet visible to the driver). */
-  addUsed(head: number, len: number): void;
-  /** Makes the entries added so far visible (stores used.idx). */
-  publishUsed(): void;
-  /** True if the driver wants a notification for what was published since the last call. */
-  needsNotification(): boolean;
-  /** Re-enables driver notifications; true if work slipped in and the caller must re-poll. */
-  enableNotification(): boolean;
-  /** Asks the driver not to notify. */
-  disableNotification(): void;
-  /** True if the driver made chains available that were not popped yet. Throws on a ring violation. */
-  hasAvailable(): boolean;
-  /** The violation that broke the queue, or null. */
-  readonly broken: VirtioError | null;
-  /** Makes the queue broken (sticky until reset). */
-  markBroken(err: VirtioError): void;
-}
-
-/** What the engine reads per request: the parser's policy plus the cache mode. */
-export type BlkEnginePolicy = BlkRequestPolicy & BlkExecPolicy;
-
-/** Options for {@link BlkQueueEngine}. */
-export interface BlkQueueEngineOptions {
-  readonly queue: BlkVirtqueue;
-  /** Queue number, for logs. */
-  readonly queueIndex: number;
-  readonly backing: BlkBacking;
-  /** Device state read per request (a {@link BlkDeviceConfig}). */
-  readonly policy: BlkEnginePolicy;
-  /** Requests submitted to the store at once, 1 … 32768 (default 32). */
-  readonly maxInFlight?: number;
-  /**
-   * Chains popped per run before yielding to the event loop (default
-   * {@link DEFAULT_BLK_ENGINE_BUDGET}: 16 where `setImmediate` exists, else 256).
-   */
-  readonly budget?: number;
-  /**
-   * Sends a used-buffer notification ("call") to the driver. The engine
-   * publishes and asks `needsNotification` itself, then calls this.
-   * Give either `notify` or `signalUsed`.
-   */
-  readonly notify?: () => void;
-  /**
-   * Publishes the used entries and notifies if the driver wants it, in one
-   * call (the device framework's `ActivationContext.signalUsed`). Replaces
-   * the engine's own publish → needsNotification → notify.
-   */
-  readonly signalUsed?: () => void;
-  /**
-   * The device became broken (a ring violation, or a request with no room
-   * for a header or status). The embedder sets DEVICE_NEEDS_RESET, tells the
-   * driver, and halts the device's other queues.
-   */
-  readonly onBroken: (err: VirtioError) => void;
-  readonly logger?: Logger;
-  /**
-   * Runs `fn` later on the event loop (default `setImmediate` where it
-   * exists — no timer clamp —, else `setTimeout(fn, 0)`).
-   */
-  readonly schedule?: (fn: () => void) => void;
-}
+export {
+  DEFAULT_BLK_ENGINE_BUDGET,
+  type BlkEnginePolicy,
+  type BlkQueueEngineOptions,
+  type BlkVirtqueue,
+} from "./queue-engine-options.ts";
 
 /**
  * Processes one virtqueue of a virtio-blk device.
@@ -162,20 +94,13 @@ export class BlkQueueEngine {
   readonly #stopWaiters: (() => void)[] = [];
 
   constructor(o: BlkQueueEngineOptions) {
-    const max = o.maxInFlight ?? 32;
-    if (!Number.isInteger(max) || max < 1 || max > 32768)
-      throw new RangeError(`maxInFlight must be in 1..32768, got ${max}`);
-    const budget = o.budget ?? DEFAULT_BLK_ENGINE_BUDGET;
-    if (!Number.isInteger(budget) || budget < 1)
-      throw new RangeError(`budget must be a positive integer, got ${budget}`);
+    const { maxInFlight: max, budget } = engineLimits(o);
     this.#q = o.queue;
     this.#qi = o.queueIndex;
     this.#backing = o.backing;
     this.#policy = o.policy;
     this.#max = max;
     this.#budget = budget;
-    if ((o.notify === undefined) === (o.signalUsed === undefined))
-      throw new TypeError("give exactly one of notify and signalUsed");
     this.#notify = o.notify ?? null;
     this.#signalUsed = o.signalUsed ?? null;
     this.#onBroken = o.onBroken;

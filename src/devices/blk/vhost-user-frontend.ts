@@ -11,9 +11,10 @@
  * Setup: connect and negotiate (the driver's feature selection; VERSION_1
  * required), read the 60-byte `struct virtio_blk_config`, lay out rings,
  * indirect tables, request slots and the bounce pool in one memfd region
- * (../../vhost-user/frontend-memory.ts), share it, start one ring per queue. Every request
- * queue's call eventfd is watched on this thread's loop and drained by the
- * driver; a kick is an eventfd write.
+ * (../../vhost-user/frontend-memory.ts; the pieces are
+ * ./vhost-user-frontend-setup.ts), share it, start one ring per queue. Every
+ * request queue's call eventfd is watched on this thread's loop and drained
+ * by the driver; a kick is an eventfd write.
  *
  * Failure: if the connection closes under the driver (back-end gone, or a
  * malformed reply), every pending operation rejects with `DEVICE_BROKEN`
@@ -26,51 +27,27 @@
  * @module
  */
 import { ErrorCode, VirtioError } from "../../errors.ts";
-import { DriverQueue } from "../../ring/driver-queue.ts";
-import { VIRTIO_BLK_CONFIG_SIZE } from "../../spec/blk.ts";
-import {
-  VHOST_USER_F_PROTOCOL_FEATURES,
-  VIRTIO_F_VERSION_1,
-  VIRTIO_RING_F_EVENT_IDX,
-  VIRTIO_RING_F_INDIRECT_DESC,
-  hasFeature,
-} from "../../spec/virtio.ts";
-import type { BlkFeatureName } from "./config.ts";
-import {
+import { VHOST_USER_F_PROTOCOL_FEATURES } from "../../spec/virtio.ts";
+import type {
   BlkDriver,
-  type BlkDriverStats,
-  type BlkRequestOptions,
-  type BlkWriteZeroesOptions,
+  BlkDriverStats,
+  BlkRequestOptions,
+  BlkWriteZeroesOptions,
 } from "./driver.ts";
-import { parseBlkConfig, selectBlkFeatures, type BlkDriverConfig } from "./driver-config.ts";
-import { planBlkDriverMemory } from "./driver-memory.ts";
+import { parseBlkConfig, type BlkDriverConfig } from "./driver-config.ts";
 import type { BlkRange, BlkSegment } from "./driver-plan.ts";
-import { VhostUserFrontend, type FrontendRing } from "../../vhost-user/frontend.ts";
+import {
+  checkSizes,
+  connectFrontend,
+  newDriver,
+  planMemory,
+  queueCount,
+  type VhostUserBlkConnectOptions,
+} from "./vhost-user-frontend-setup.ts";
+import type { VhostUserFrontend, FrontendRing } from "../../vhost-user/frontend.ts";
 import { FRONTEND_MEMORY_BASE, SharedGuestMemory } from "../../vhost-user/frontend-memory.ts";
 
-/** Options of {@link VhostUserBlk.connect}. */
-export interface VhostUserBlkConnectOptions {
-  /**
-   * Request queues to use. Default: every queue both the device
-   * (`num_queues`) and the back-end (GET_QUEUE_NUM) have. Asking for more
-   * than that fails with `VIRTIO_ERR_VHOST_USER_INCOMPATIBLE`.
-   */
-  readonly numQueues?: number;
-  /** Entries per queue, a power of two in 4..32768 (default 256). */
-  readonly queueSize?: number;
-  /** Descriptors per indirect table (default min(queueSize, 128); 0 = no indirect descriptors). */
-  readonly indirectEntries?: number;
-  /** Bounce pool bytes shared by all queues for the copy path (default 4 MiB). */
-  readonly bounceBytes?: number;
-  /** Most data bytes per request (default 1 MiB, capped by the device's limits). */
-  readonly maxRequestBytes?: number;
-  /** Extra guest memory for zero-copy buffers handed out by {@link VhostUserBlk.allocBuffer} (default 0). */
-  readonly bufferBytes?: number;
-  /** Features not to accept even if offered (e.g. `["RING_EVENT_IDX"]`). */
-  readonly exclude?: readonly BlkFeatureName[];
-  /** Milliseconds to wait for each control reply (default 30 000; 0 = forever). */
-  readonly replyTimeoutMs?: number;
-}
+export type { VhostUserBlkConnectOptions } from "./vhost-user-frontend-setup.ts";
 
 /** A zero-copy buffer in shared guest memory (see {@link VhostUserBlk.allocBuffer}). */
 export interface GuestBuffer {
@@ -81,13 +58,7 @@ export interface GuestBuffer {
   readonly bytes: Uint8Array;
 }
 
-const DEFAULT_QUEUE_SIZE = 256;
-const DEFAULT_BOUNCE_BYTES = 4 << 20;
 const PAGE = 4096;
-
-function incompatible(message: string, details: Record<string, number> = {}): VirtioError {
-  return new VirtioError(ErrorCode.VHOST_USER_INCOMPATIBLE, message, details);
-}
 
 /**
  * A block device behind a vhost-user-blk back-end.
@@ -129,48 +100,14 @@ export class VhostUserBlk {
     path: string,
     options: VhostUserBlkConnectOptions = {},
   ): Promise<VhostUserBlk> {
-    const queueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
-    if (
-      !Number.isInteger(queueSize) ||
-      queueSize < 4 ||
-      queueSize > 32768 ||
-      (queueSize & (queueSize - 1)) !== 0
-    )
-      throw new RangeError(`queueSize ${queueSize} must be a power of two in 4..32768`);
-    const bufferBytes = options.bufferBytes ?? 0;
-    if (!Number.isSafeInteger(bufferBytes) || bufferBytes < 0)
-      throw new RangeError(`bufferBytes ${bufferBytes} must be a non-negative integer`);
-    const frontend = await VhostUserFrontend.connect(path, {
-      features: (offered) => {
-        // §3.1.1: the driver picks a subset of the offered features; this driver is modern only.
-        if (!hasFeature(offered, VIRTIO_F_VERSION_1))
-          throw incompatible("the back-end does not offer VIRTIO_F_VERSION_1");
-        return selectBlkFeatures(offered, { exclude: options.exclude ?? [] });
-      },
-      configSize: VIRTIO_BLK_CONFIG_SIZE,
-      ...(options.replyTimeoutMs === undefined ? {} : { replyTimeoutMs: options.replyTimeoutMs }),
-    });
+    const { queueSize, bufferBytes } = checkSizes(options);
+    const frontend = await connectFrontend(path, options);
     let memory: SharedGuestMemory | undefined;
     try {
       const features = frontend.features & ~(1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
       const config = parseBlkConfig(frontend.config, features);
-      const available = Math.min(config.numQueues, frontend.maxQueues);
-      const numQueues = options.numQueues ?? available;
-      if (!Number.isInteger(numQueues) || numQueues < 1)
-        throw new RangeError(`numQueues ${numQueues} must be a positive integer`);
-      if (numQueues > available)
-        throw incompatible(`${numQueues} queues asked for, the device has ${available}`, {
-          numQueues,
-          available,
-        });
-      const indirect = hasFeature(features, VIRTIO_RING_F_INDIRECT_DESC);
-      const plan = planBlkDriverMemory({
-        base: FRONTEND_MEMORY_BASE,
-        numQueues,
-        queueSize,
-        indirectEntries: indirect ? (options.indirectEntries ?? Math.min(queueSize, 128)) : 0,
-        bounceBytes: options.bounceBytes ?? DEFAULT_BOUNCE_BYTES,
-      });
+      const numQueues = queueCount(options, config.numQueues, frontend.maxQueues);
+      const plan = planMemory(features, numQueues, queueSize, options);
       const planned = plan.end - FRONTEND_MEMORY_BASE;
       memory = SharedGuestMemory.create({
         size: Math.ceil(planned / PAGE) * PAGE + bufferBytes,
@@ -178,28 +115,8 @@ export class VhostUserBlk {
       });
       memory.alloc(planned, PAGE); // the plan's part, from the base
       await frontend.addMemory(memory);
-      const eventIdx = hasFeature(features, VIRTIO_RING_F_EVENT_IDX);
-      const queues = plan.rings.map(
-        (ring, i) =>
-          new DriverQueue<number>(memory!.memory, {
-            ...ring,
-            eventIdx,
-            indirect: plan.indirectEntries > 0,
-            ...(plan.indirectEntries > 0 ? { indirectArena: plan.indirectArenas[i]! } : {}),
-          }),
-      );
       const rings: FrontendRing[] = [];
-      const driver = new BlkDriver({
-        memory: memory.memory,
-        queues,
-        config,
-        arena: plan.arena,
-        indirectEntries: plan.indirectEntries,
-        transport: { notify: (i) => rings[i]!.kick() },
-        ...(options.maxRequestBytes === undefined
-          ? {}
-          : { maxRequestBytes: options.maxRequestBytes }),
-      });
+      const driver = newDriver(memory, plan, config, options, (i) => rings[i]!.kick());
       const disk = new VhostUserBlk(frontend, driver, memory);
       for (const [i, ring] of plan.rings.entries())
         rings.push(await frontend.startRing(i, { ...ring, onCall: () => disk.#onCall(i) }));
