@@ -28,6 +28,7 @@ import { ErrorCode, VirtioError } from "../errors.ts";
 import type { LogFields, Logger } from "../log.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { DeviceQueue } from "../ring/device-queue.ts";
+import type { InflightRecovery } from "../ring/inflight-split.ts";
 import { openRing } from "../ring/open-ring.ts";
 import type { DataplaneDevice, DeviceOpener, QueueContext, QueueHandler } from "./device.ts";
 import type {
@@ -219,10 +220,17 @@ export class DataplaneRuntime {
     const open = this.#env.doorbells[m.doorbells.kind];
     if (open === undefined) throw new TypeError(`unknown doorbell kind ${m.doorbells.kind}`);
     // Throws VirtioError QUEUE_CONFIG for a ring that does not fit the memory: the queue does not start.
-    const queue: DeviceQueue = openRing(memory, m.ring, (err) => {
-      // A queue detached by its stop is not broken by the driver: nothing to report.
-      if (d.queues.get(m.queue)?.queue === queue) this.#broken(d, m.activation, m.queue, err);
-    });
+    const inflight = d.space?.inflight?.(m.queue) ?? null;
+    const queue: DeviceQueue = openRing(
+      memory,
+      m.ring,
+      (err) => {
+        // A queue detached by its stop is not broken by the driver: nothing to report.
+        if (d.queues.get(m.queue)?.queue === queue) this.#broken(d, m.activation, m.queue, err);
+      },
+      inflight,
+    );
+    logRecovery(d.logger, m.queue, queue.recovery);
     const bells = open(m.queue, m.doorbells);
     let handler: QueueHandler;
     try {
@@ -374,4 +382,19 @@ export class DataplaneRuntime {
  */
 export function serveDataplane(env: DataplaneEnv): DataplaneRuntime {
   return new DataplaneRuntime(env);
+}
+
+/** One line when a queue resumes from an inflight log that held something. */
+function logRecovery(logger: Logger, queue: number, r: InflightRecovery | null): void {
+  if (r === null) return;
+  if (r.discarded !== undefined) {
+    logger.warn(`queue ${queue}: inflight log not trusted (${r.discarded}); started afresh`, {
+      queue,
+    });
+  } else if (r.resubmit.length > 0) {
+    logger.warn(
+      `queue ${queue}: resubmitting ${r.resubmit.length} request(s) left in flight by an earlier back-end (heads ${r.resubmit.join(", ")}); resuming at avail index ${r.nextAvail}`,
+      { queue },
+    );
+  }
 }

@@ -8,6 +8,7 @@
  */
 import { ErrorCode, VirtioError } from "../errors.ts";
 import type { GuestMemory, GuestSlice } from "../memory/guest-memory.ts";
+import type { InflightTracker } from "./in-flight-chains.ts";
 import {
   VIRTQ_AVAIL_ALIGN,
   VIRTQ_DESC_ALIGN,
@@ -41,6 +42,12 @@ export interface DeviceQueueConfig {
   nextAvail?: number;
   /** Start `nextUsed` from `used.idx` in guest memory (vhost-user reconnect) instead of 0. */
   usedIdxFromMemory?: boolean;
+  /**
+   * The inflight log to keep (vhost-user inflight I/O tracking). Implies
+   * `usedIdxFromMemory`; a log that holds chains an earlier device left in
+   * flight overrides `nextAvail` (see `DeviceQueue.recovery`).
+   */
+  inflight?: InflightTracker;
   /** Called once, when the queue becomes broken. */
   onBroken?: (err: VirtioError) => void;
 }

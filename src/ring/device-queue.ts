@@ -11,9 +11,10 @@
  * calls `onBroken` once and throws a {@link VirtioError} with a stable code.
  * While broken the queue reads and writes nothing.
  *
- * Chains are walked and validated by {@link ChainWalker} (chain-walk.ts:
- * chain length, indirect tables, zero-length buffers). Decisions where the
- * spec leaves room (see docs/conformance.md):
+ * Chains are walked by {@link ChainWalker} (chain-walk.ts); heads in flight
+ * and the inflight log are kept by {@link InFlightChains}
+ * (in-flight-chains.ts). Decisions where the spec leaves room (see
+ * docs/conformance.md):
  * - `disableNotification` with EVENT_IDX is a no-op: `avail_event` is only
  *   moved by {@link DeviceQueue.enableNotification}, so the driver kicks at
  *   most once more after the device stopped re-arming. The device must follow
@@ -40,11 +41,14 @@ import {
   usedEventOffset,
   vringNeedEvent,
 } from "../spec/virtqueue.ts";
-import { DescriptorChain } from "./chain.ts";
+import type { DescriptorChain } from "./chain.ts";
 import { ChainWalker, MAX_CHAIN_BYTES } from "./chain-walk.ts";
 import { mapDeviceQueue, type DeviceQueueConfig } from "./device-queue-config.ts";
+import { InFlightChains } from "./in-flight-chains.ts";
+import type { InflightRecovery } from "./inflight-split.ts";
 
 export { DEFAULT_MAX_INDIRECT_ENTRIES, type DeviceQueueConfig } from "./device-queue-config.ts";
+export type { InflightTracker } from "./in-flight-chains.ts";
 
 /**
  * The device side of one split virtqueue: pops validated descriptor chains
@@ -67,7 +71,6 @@ export { DEFAULT_MAX_INDIRECT_ENTRIES, type DeviceQueueConfig } from "./device-q
 export class DeviceQueue {
   /** Queue size (number of descriptors and ring entries). */
   readonly size: number;
-  readonly #memory: GuestMemory;
   readonly #desc: GuestSlice;
   readonly #avail: GuestSlice;
   readonly #used: GuestSlice;
@@ -78,11 +81,13 @@ export class DeviceQueue {
   readonly #usedEventOff: number;
   readonly #availEventOff: number;
 
-  /** One pooled chain object per head (a head is in flight at most once). */
-  readonly #pool: (DescriptorChain | undefined)[];
-  /** 1 while the chain with that head is in flight. */
-  readonly #inFlightHead: Uint8Array;
-  #inFlight = 0;
+  readonly #chains: InFlightChains;
+  /**
+   * What the inflight log held at the start (config `inflight`): the chains
+   * an earlier device left in flight, which {@link popAvail} hands out again
+   * first. Null without a log or with a fresh one.
+   */
+  readonly recovery: InflightRecovery | null;
 
   #nextAvail: number;
   /** Last avail.idx loaded and validated; entries in [nextAvail, shadow) are published. */
@@ -109,7 +114,6 @@ export class DeviceQueue {
   constructor(memory: GuestMemory, config: DeviceQueueConfig) {
     const { size, desc, avail, used, maxIndirect, nextAvail } = mapDeviceQueue(memory, config);
     this.size = size;
-    this.#memory = memory;
     this.#desc = desc;
     this.#avail = avail;
     this.#used = used;
@@ -119,14 +123,16 @@ export class DeviceQueue {
     this.#onBroken = config.onBroken;
     this.#usedEventOff = usedEventOffset(size);
     this.#availEventOff = availEventOffset(size);
-    this.#pool = new Array<DescriptorChain | undefined>(size).fill(undefined);
-    this.#inFlightHead = new Uint8Array(size);
-    this.#nextAvail = nextAvail;
-    this.#availShadow = nextAvail;
+    this.#chains = new InFlightChains(memory, size, config.inflight ?? null);
+    const resume = config.usedIdxFromMemory === true || config.inflight !== undefined;
     // Atomics.load (SeqCst): the used index the other side last saw, when resuming a ring.
-    this.#nextUsed = config.usedIdxFromMemory ? this.#used.atomicLoadU16(VIRTQ_USED_OFF_IDX) : 0;
+    this.#nextUsed = resume ? this.#used.atomicLoadU16(VIRTQ_USED_OFF_IDX) : 0;
     this.#publishedUsed = this.#nextUsed;
     this.#lastSignalUsed = this.#nextUsed;
+    // vhost-user "When reconnecting": the log, not the front-end, says where the available ring resumes.
+    this.recovery = this.#chains.recover(this.#nextUsed, size);
+    this.#nextAvail = this.recovery?.nextAvail ?? nextAvail;
+    this.#availShadow = this.#nextAvail;
   }
 
   /** Free-running index of the next available-ring entry to consume (last_avail_idx). */
@@ -141,7 +147,7 @@ export class DeviceQueue {
 
   /** Chains popped and not yet returned with {@link addUsed}. */
   get inFlight(): number {
-    return this.#inFlight;
+    return this.#chains.count;
   }
 
   /** Guest-physical address of the descriptor table (as configured). */
@@ -182,13 +188,16 @@ export class DeviceQueue {
    */
   hasAvailable(): boolean {
     if (this.#broken !== null) return false;
+    if (this.#chains.pendingResubmit > 0) return true;
     this.#availShadow = this.#loadAvailIdx();
     return this.#availShadow !== this.#nextAvail;
   }
 
   /**
    * Pops the next available chain, validated: every buffer inside guest
-   * memory, readable buffers before writable ones, bounded length. Returns
+   * memory, readable buffers before writable ones, bounded length. Chains
+   * the inflight log says an earlier device left in flight come first,
+   * oldest first (their descriptors are walked again). Returns
    * null when nothing is available or the queue is broken. The chain object
    * is owned by the queue and reused after its head is given to
    * {@link addUsed}.
@@ -200,6 +209,8 @@ export class DeviceQueue {
    */
   popAvail(): DescriptorChain | null {
     if (this.#broken !== null) return null;
+    const again = this.#chains.nextResubmit();
+    if (again >= 0) return this.#take(again, true);
     if (this.#nextAvail === this.#availShadow) {
       // Read avail.idx once per batch: only when every entry seen so far is consumed.
       this.#availShadow = this.#loadAvailIdx();
@@ -208,44 +219,19 @@ export class DeviceQueue {
     const pos = this.#nextAvail & this.#mask;
     // Plain read, ordered after the Atomics.load of avail.idx that published this entry.
     const head = this.#avail.readU16(VIRTQ_AVAIL_OFF_RING + 2 * pos);
-    this.#checkHead(head);
-    let chain = this.#pool[head];
-    if (chain === undefined) {
-      chain = new DescriptorChain(this.#memory);
-      this.#pool[head] = chain;
-    }
-    chain.reset(head);
-    this.#walker.walk(chain);
-    this.#inFlightHead[head] = 1;
-    this.#inFlight++;
+    const bad = this.#chains.checkHead(head, this.#nextAvail);
+    if (bad !== null) throw this.#fail(...bad);
+    const chain = this.#take(head, false);
     this.#nextAvail = (this.#nextAvail + 1) & 0xffff;
     return chain;
   }
 
-  /** Checks a head taken from the available ring: a descriptor index, not in flight, room for one more chain. */
-  #checkHead(head: number): void {
-    // §2.7.6: ring[] entries are descriptor-chain heads, i.e. indexes into a table of `size` entries.
-    if (head >= this.size) {
-      throw this.#fail(
-        ErrorCode.HEAD_OUT_OF_RANGE,
-        `avail ring entry ${this.#nextAvail} holds head ${head}, queue size is ${this.size}`,
-        { availIdx: this.#nextAvail, head, size: this.size },
-      );
-    }
-    if (this.#inFlight >= this.size) {
-      throw this.#fail(
-        ErrorCode.TOO_MANY_IN_FLIGHT,
-        `avail ring entry ${this.#nextAvail} (head ${head}) would put more than ${this.size} chains in flight`,
-        { availIdx: this.#nextAvail, head, inFlight: this.#inFlight, size: this.size },
-      );
-    }
-    if (this.#inFlightHead[head] !== 0) {
-      throw this.#fail(
-        ErrorCode.HEAD_IN_USE,
-        `avail ring entry ${this.#nextAvail} holds head ${head}, which is already in flight`,
-        { availIdx: this.#nextAvail, head },
-      );
-    }
+  /** Walks `head`'s chain and puts it in flight (`again`: handed out again from the inflight log). */
+  #take(head: number, again: boolean): DescriptorChain {
+    const chain = this.#chains.chainFor(head);
+    this.#walker.walk(chain);
+    this.#chains.take(head, again);
+    return chain;
   }
 
   /**
@@ -265,26 +251,28 @@ export class DeviceQueue {
       throw new RangeError(`used head ${head} is not an index of a queue of size ${this.size}`);
     if (!Number.isInteger(len) || len < 0 || len > MAX_CHAIN_BYTES)
       throw new RangeError(`used length ${len} is not a u32`);
-    if (this.#inFlightHead[head] === 0) {
+    if (!this.#chains.isInFlight(head)) {
       throw new VirtioError(
         ErrorCode.USED_HEAD_NOT_IN_FLIGHT,
         `used head ${head} is not in flight`,
         { head },
       );
     }
-    const chain = this.#pool[head]!;
+    const chain = this.#chains.get(head);
     if (len > chain.writableBytes) {
       throw new RangeError(
         `used length ${len} for head ${head} exceeds its ${chain.writableBytes} writable bytes`,
       );
     }
-    this.#inFlightHead[head] = 0;
-    this.#inFlight--;
-    if (this.#broken !== null) return;
+    if (this.#broken !== null) {
+      this.#chains.release(head, false);
+      return;
+    }
     const off = VIRTQ_USED_OFF_RING + VIRTQ_USED_ELEM_SIZE * (this.#nextUsed & this.#mask);
     // Plain writes: made visible by the Atomics.store of used.idx in publishUsed.
     this.#used.writeU32(off, head);
     this.#used.writeU32(off + 4, len);
+    this.#chains.release(head, true);
     this.#nextUsed = (this.#nextUsed + 1) & 0xffff;
     this.#pendingUsed++;
   }
@@ -298,6 +286,7 @@ export class DeviceQueue {
     if (this.#broken !== null || this.#pendingUsed === 0) return;
     // Atomics.store (SeqCst): used elements and the data written into buffers become visible before the new used.idx.
     this.#used.atomicStoreU16(VIRTQ_USED_OFF_IDX, this.#nextUsed);
+    this.#chains.published(this.#nextUsed);
     this.#publishedUsed = this.#nextUsed;
     this.#publishedSinceSignal += this.#pendingUsed;
     this.#pendingUsed = 0;

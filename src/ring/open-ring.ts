@@ -18,7 +18,7 @@ import {
   VIRTIO_RING_F_INDIRECT_DESC,
   hasFeature,
 } from "../spec/virtio.ts";
-import { DeviceQueue } from "./device-queue.ts";
+import { DeviceQueue, type InflightTracker } from "./device-queue.ts";
 
 /**
  * One ring to start, as plain data (structured-cloneable: it crosses to
@@ -41,7 +41,9 @@ export interface RingStart {
 }
 
 /**
- * Builds the device side of a ring from its start description.
+ * Builds the device side of a ring from its start description, keeping
+ * `inflight` (the transport's inflight log for this queue) if given: the
+ * ring then resumes where the log says (DeviceQueue `recovery`).
  *
  * @throws {VirtioError} `QUEUE_CONFIG` if the ring does not fit the memory
  *   (size, alignment, not inside one region): the ring does not start.
@@ -50,6 +52,7 @@ export function openRing(
   memory: GuestMemory,
   start: RingStart,
   onBroken?: (err: VirtioError) => void,
+  inflight?: InflightTracker | null,
 ): DeviceQueue {
   return new DeviceQueue(memory, {
     size: start.size,
@@ -64,5 +67,6 @@ export function openRing(
       ? {}
       : { maxIndirectEntries: start.maxIndirectEntries }),
     ...(onBroken === undefined ? {} : { onBroken }),
+    ...(inflight === undefined || inflight === null ? {} : { inflight }),
   });
 }

@@ -22,7 +22,7 @@ import {
 import type { DataplaneDeviceHandle } from "../dataplane/device-handle.ts";
 import type { VhostUserBackend } from "./backend.ts";
 import { VhostUserConnection, type CloseInfo } from "./connection.ts";
-import { NativeEventFds, NativeSocket } from "./native-host.ts";
+import { NativeEventFds, NativeSocket, sealedMemfd } from "./native-host.ts";
 import { DataplaneRings } from "./rings.ts";
 
 /** Options of {@link VhostUserServer}. */
@@ -161,6 +161,8 @@ export class VhostUserServer {
       }),
       fds: this.#eventFds,
       log: this.#log,
+      // GET_INFLIGHT_FD's buffer: INFLIGHT_SHMFD is offered.
+      allocateShared: (size) => sealedMemfd("vhost-user-inflight", size),
       ...(o.maxMemSlots === undefined ? {} : { maxMemSlots: o.maxMemSlots }),
     });
     this.#current = conn;
