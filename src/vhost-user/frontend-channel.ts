@@ -6,7 +6,8 @@
  * docs/vhost-user.md
  *
  * The back-end is untrusted. What a reply must look like is
- * ./frontend-reply.ts; a reply must also carry no fds, and bytes that arrive
+ * ./frontend-reply.ts; a reply must also carry no fds (a GET_INFLIGHT_FD
+ * reply exactly one, with its header), and bytes that arrive
  * while no reply is awaited are a violation too. Any violation closes the
  * channel with a {@link VirtioError} `VIRTIO_ERR_VHOST_USER_PROTOCOL`: the
  * request in flight and every queued one reject with it, and so does every
@@ -38,13 +39,14 @@ import {
   checkReplyHeader,
   decodeReply,
   protocolError,
+  replyTakesFd,
   type Expect,
   type ReplyBody,
   type ReplyValue,
 } from "./frontend-reply.ts";
 import type { FdCloser, VhostUserSocket } from "./host.ts";
 
-export type { ReplyBody, ReplyValue } from "./frontend-reply.ts";
+export type { InflightReply, ReplyBody, ReplyValue } from "./frontend-reply.ts";
 
 /** Options of {@link ControlChannel}. */
 export interface ControlChannelOptions {
@@ -96,6 +98,8 @@ export class ControlChannel {
   #hdrFill = 0;
   #payload: Uint8Array | undefined;
   #payloadFill = 0;
+  /** The fd that came with the reply being assembled (GET_INFLIGHT_FD), or -1. */
+  #replyFd = -1;
 
   constructor(socket: VhostUserSocket, options: ControlChannelOptions) {
     const t = options.replyTimeoutMs ?? DEFAULT_REPLY_TIMEOUT_MS;
@@ -190,6 +194,7 @@ export class ControlChannel {
       new VirtioError(ErrorCode.VHOST_USER_DISCONNECTED, "the front-end closed the connection");
     this.#error = err;
     this.#clearTimer();
+    this.#dropReplyFd();
     this.#socket.close();
     const ops = this.#inflight === undefined ? this.#queue : [this.#inflight, ...this.#queue];
     this.#inflight = undefined;
@@ -255,11 +260,10 @@ export class ControlChannel {
       fds.forEach((fd) => this.#fds.close(fd));
       return;
     }
-    if (fds.length > 0) {
-      // No reply the front-end asks for carries fds (GET_INFLIGHT_FD is never sent).
+    if (fds.length > 0 && !this.#takeReplyFd(fds)) {
       fds.forEach((fd) => this.#fds.close(fd));
       this.close(
-        protocolError(`the back-end sent ${fds.length} fds; no reply carries any`, {
+        protocolError(`the back-end sent ${fds.length} fds where the reply carries none`, {
           fds: fds.length,
         }),
       );
@@ -270,6 +274,21 @@ export class ControlChannel {
     } catch (e) {
       this.close(isVirtioError(e) ? e : protocolError(String(e)));
     }
+  }
+
+  /** Keeps the one fd of a reply that carries one, sent with its header; false for anything else. */
+  #takeReplyFd(fds: number[]): boolean {
+    const op = this.#inflight;
+    if (op === undefined || !replyTakesFd(op.expect) || this.#replyFd >= 0) return false;
+    if (fds.length !== 1 || this.#hdrFill !== 0 || this.#payload !== undefined) return false;
+    this.#replyFd = fds[0]!;
+    return true;
+  }
+
+  /** Closes a reply's fd that nobody took. */
+  #dropReplyFd(): void {
+    if (this.#replyFd >= 0) this.#fds.close(this.#replyFd);
+    this.#replyFd = -1;
   }
 
   /**
@@ -319,8 +338,10 @@ export class ControlChannel {
     this.#payloadFill = 0;
     let value: unknown;
     try {
-      value = decodeReply(op.request, op.expect, payload);
+      value = decodeReply(op.request, op.expect, payload, this.#replyFd);
+      this.#replyFd = -1; // the reply's value owns it now
     } catch (e) {
+      this.#dropReplyFd();
       if (!isVirtioError(e, ErrorCode.VHOST_USER_REFUSED)) throw e;
       this.#inflight = undefined;
       op.reject(e);

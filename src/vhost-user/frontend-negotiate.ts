@@ -8,8 +8,8 @@
  *
  * The order is libblkio's: SET_OWNER, GET_FEATURES (bit 30
  * VHOST_USER_F_PROTOCOL_FEATURES required), SET_FEATURES,
- * GET_PROTOCOL_FEATURES (REPLY_ACK and CONFIG required; CONFIGURE_MEM_SLOTS
- * and MQ kept when offered), SET_PROTOCOL_FEATURES, then NEED_REPLY on every
+ * GET_PROTOCOL_FEATURES (REPLY_ACK and CONFIG required; CONFIGURE_MEM_SLOTS,
+ * MQ and INFLIGHT_SHMFD kept when offered), SET_PROTOCOL_FEATURES, then NEED_REPLY on every
  * request, GET_QUEUE_NUM (with MQ), GET_MAX_MEM_SLOTS (with
  * CONFIGURE_MEM_SLOTS), GET_CONFIG. A back-end lacking something required
  * fails the handshake with `VIRTIO_ERR_VHOST_USER_INCOMPATIBLE`.
@@ -33,7 +33,10 @@ const bit = (n: number): bigint => 1n << BigInt(n);
 export const FRONTEND_REQUIRED_PROTOCOL_FEATURES = bit(PF.REPLY_ACK) | bit(PF.CONFIG);
 /** Protocol features the front-end uses when offered (everything else is declined). */
 export const FRONTEND_PROTOCOL_FEATURES =
-  FRONTEND_REQUIRED_PROTOCOL_FEATURES | bit(PF.CONFIGURE_MEM_SLOTS) | bit(PF.MQ);
+  FRONTEND_REQUIRED_PROTOCOL_FEATURES |
+  bit(PF.CONFIGURE_MEM_SLOTS) |
+  bit(PF.MQ) |
+  bit(PF.INFLIGHT_SHMFD);
 
 /** Options of {@link VhostUserFrontend.connect}. */
 export interface VhostUserFrontendOptions {

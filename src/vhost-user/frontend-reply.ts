@@ -2,14 +2,16 @@
  * What a reply to a front-end request must look like — header, size and
  * content — checked strictly before anything uses it. qemu/qemu
  * docs/interop/vhost-user.rst "Message Specification" (header, reply flag),
- * "REPLY_ACK", "Front-end message types" (GET_VRING_BASE, GET_CONFIG);
+ * "REPLY_ACK", "Front-end message types" (GET_VRING_BASE, GET_CONFIG,
+ * GET_INFLIGHT_FD), "Inflight I/O tracking";
  * docs/vhost-user.md
  *
  * The back-end is untrusted. A reply is accepted only if its flags are
  * exactly 0x5 (version 1 + REPLY; "the back-end MUST ... set the reply bit"),
  * it answers the request in flight (same id), its size is exactly what that
  * request's reply needs, and its content echoes what the request asked (ring
- * index, config offset/size/flags). A violation is a {@link VirtioError}
+ * index, config offset/size/flags, inflight queue count and size). Only a
+ * GET_INFLIGHT_FD reply carries an fd, exactly one. A violation is a {@link VirtioError}
  * `VIRTIO_ERR_VHOST_USER_PROTOCOL`. A REPLY_ACK with a non-zero status, and
  * an empty GET_CONFIG reply, are refusals: `VIRTIO_ERR_VHOST_USER_REFUSED`.
  *
@@ -18,16 +20,20 @@
 import { ErrorCode, VirtioError } from "../errors.ts";
 import {
   VHOST_USER_CONFIG_HDR_SIZE,
+  VHOST_USER_INFLIGHT_SIZE,
   VHOST_USER_REPLY_FLAGS,
   VHOST_USER_U64_SIZE,
   VHOST_USER_VRING_STATE_SIZE,
+  inflightQueueRegionSize,
   vhostUserRequestName,
 } from "../spec/vhost-user.ts";
 import {
   decodeConfig,
   decodeHeader,
+  decodeInflight,
   decodeU64,
   decodeVringState,
+  type InflightDescription,
   type VringState,
 } from "./codec.ts";
 
@@ -40,7 +46,14 @@ export type ReplyBody =
       readonly offset: number;
       readonly size: number;
       readonly flags: number;
-    };
+    }
+  | { readonly kind: "inflight"; readonly numQueues: number; readonly queueSize: number };
+
+/** A GET_INFLIGHT_FD reply: the buffer's description and its fd (now the caller's). */
+export interface InflightReply {
+  readonly description: InflightDescription;
+  readonly fd: number;
+}
 
 /** The decoded reply of a request, by {@link ReplyBody} kind. */
 export type ReplyValue<B extends ReplyBody | undefined> = B extends { kind: "u64" }
@@ -49,13 +62,23 @@ export type ReplyValue<B extends ReplyBody | undefined> = B extends { kind: "u64
     ? VringState
     : B extends { kind: "config" }
       ? Uint8Array
-      : undefined;
+      : B extends { kind: "inflight" }
+        ? InflightReply
+        : undefined;
 
 /** How a request is answered. */
 export type Expect = "none" | "ack" | ReplyBody;
 
 /** Replies are small (the largest is a 256-byte config); this bounds what we buffer. */
 const MAX_REPLY_PAYLOAD = VHOST_USER_CONFIG_HDR_SIZE + 256;
+
+/** The largest inflight buffer accepted: far above any ring's (32768 entries × 32 queues is 16 MiB). */
+const MAX_INFLIGHT_BYTES = 2n ** 30n;
+
+/** True if replies to `expect` carry one fd. */
+export function replyTakesFd(expect: Expect): boolean {
+  return expect !== "ack" && expect !== "none" && expect.kind === "inflight";
+}
 
 /** A violation of the protocol by the back-end. */
 export function protocolError(
@@ -75,6 +98,8 @@ function replySize(expect: Expect): number {
       return VHOST_USER_VRING_STATE_SIZE;
     case "config":
       return VHOST_USER_CONFIG_HDR_SIZE + expect.size;
+    case "inflight":
+      return VHOST_USER_INFLIGHT_SIZE;
   }
 }
 
@@ -111,12 +136,18 @@ export function checkReplyHeader(hdr: Uint8Array, request: number, expect: Expec
 
 /**
  * Decodes and checks a reply payload of the size {@link checkReplyHeader}
- * accepted.
+ * accepted; `fd` is the one fd that came with it (see {@link replyTakesFd}),
+ * or -1. The caller keeps `fd` if this throws.
  *
  * @throws {VirtioError} `VIRTIO_ERR_VHOST_USER_REFUSED` for a refusal,
  *   `VIRTIO_ERR_VHOST_USER_PROTOCOL` for a violation.
  */
-export function decodeReply(request: number, expect: Expect, payload: Uint8Array): unknown {
+export function decodeReply(
+  request: number,
+  expect: Expect,
+  payload: Uint8Array,
+  fd = -1,
+): unknown {
   if (expect === "ack") return decodeAck(request, payload);
   if (expect === "none") return undefined;
   switch (expect.kind) {
@@ -126,7 +157,31 @@ export function decodeReply(request: number, expect: Expect, payload: Uint8Array
       return decodeVringStateReply(request, expect.index, payload);
     case "config":
       return decodeConfigReply(request, expect, payload);
+    case "inflight":
+      return decodeInflightReply(expect, payload, fd);
   }
+}
+
+/** The back-end's buffer must fit the queues asked for (it is handed back to a back-end later). */
+function decodeInflightReply(
+  expect: { readonly numQueues: number; readonly queueSize: number },
+  payload: Uint8Array,
+  fd: number,
+): InflightReply {
+  const d = decodeInflight(payload);
+  if (fd < 0) throw protocolError("reply to GET_INFLIGHT_FD carries no fd");
+  if (d.numQueues !== expect.numQueues || d.queueSize !== expect.queueSize)
+    throw protocolError(
+      `reply to GET_INFLIGHT_FD: ${d.numQueues} queues of ${d.queueSize}, asked for ${expect.numQueues} of ${expect.queueSize}`,
+      { numQueues: d.numQueues, queueSize: d.queueSize },
+    );
+  const needed = BigInt(expect.numQueues * inflightQueueRegionSize(expect.queueSize));
+  if (d.mmapSize < needed || d.mmapSize > MAX_INFLIGHT_BYTES || d.mmapOffset > MAX_INFLIGHT_BYTES)
+    throw protocolError(
+      `reply to GET_INFLIGHT_FD: mmap_size ${d.mmapSize} at offset ${d.mmapOffset}, needed ${needed}..${MAX_INFLIGHT_BYTES}`,
+      { mmapSize: d.mmapSize, mmapOffset: d.mmapOffset },
+    );
+  return { description: d, fd };
 }
 
 function decodeAck(request: number, payload: Uint8Array): undefined {

@@ -9,10 +9,12 @@ import assert from "node:assert/strict";
 import { describe, test, type TestContext } from "node:test";
 import { setImmediate as tick } from "node:timers/promises";
 import { ErrorCode, VirtioError, isVirtioError } from "../errors.ts";
-import { eventfd, socketPair, watchCount } from "../native/index.ts";
+import { close, eventfd, ftruncate, memfdCreate, socketPair, watchCount } from "../native/index.ts";
 import { fdSnapshot, fdsOpenedSince, within } from "../native/test-support.ts";
 import { VhostUserRequest as R } from "../spec/vhost-user.ts";
 import {
+  decodeConfig,
+  decodeInflight,
   decodeMemoryTable,
   decodeSingleMemRegion,
   decodeU64,
@@ -20,10 +22,12 @@ import {
   decodeVringFile,
   decodeVringState,
   encodeConfig,
+  encodeInflight,
   encodeMessage,
   encodeReply,
   encodeU64,
   encodeVringState,
+  type InflightDescription,
 } from "./codec.ts";
 import { VhostUserFrontend, type VhostUserFrontendOptions } from "./frontend.ts";
 import { SharedGuestMemory } from "./frontend-memory.ts";
@@ -697,5 +701,98 @@ describe("VhostUserFrontend strict reply validation", { timeout: 60_000 }, () =>
       return true;
     });
     await connectFails(p, ErrorCode.VHOST_USER_DISCONNECTED);
+  });
+});
+
+describe("VhostUserFrontend inflight buffer (INFLIGHT_SHMFD)", { timeout: 30_000 }, () => {
+  const INFLIGHT_SHMFD = 1n << 12n;
+  const withInflight = { protocolFeatures: 0x8f2bn | INFLIGHT_SHMFD };
+  const regionBytes = 2 * (16 + 16 * 128 + 48); // two 64-byte-aligned queue regions of 128 entries
+
+  /** Answers GET_INFLIGHT_FD with `desc` and `fds` (fresh memfds). */
+  function answerInflight(
+    p: Pair,
+    fdCount: number,
+    desc: (asked: {
+      numQueues: number;
+      queueSize: number;
+    }) => Partial<InflightDescription> = () => ({}),
+  ): void {
+    p.backend.responders.set(R.GET_INFLIGHT_FD, (m, be) => {
+      const asked = decodeInflight(m.payload);
+      const fds = Array.from({ length: fdCount }, () => {
+        const fd = memfdCreate("inflight-test");
+        ftruncate(fd, regionBytes);
+        return fd;
+      });
+      const d = { ...asked, mmapSize: BigInt(regionBytes), mmapOffset: 0n, ...desc(asked) };
+      be.sendRaw(encodeReply(m.request, encodeInflight(d)), fds);
+      fds.forEach((fd) => close(fd));
+      return true;
+    });
+  }
+
+  test("GET_INFLIGHT_FD returns the buffer and its fd; SET_INFLIGHT_FD hands both back", async (t) => {
+    const p = pair(t, withInflight);
+    answerInflight(p, 1);
+    const fe = await p.connect();
+    assert.ok(fe.hasProtocolFeature(12), "INFLIGHT_SHMFD negotiated when offered");
+    const r = await fe.getInflight(2, 128);
+    p.defer(() => close(r.fd));
+    assert.deepEqual(r.description, {
+      mmapSize: BigInt(regionBytes),
+      mmapOffset: 0n,
+      numQueues: 2,
+      queueSize: 128,
+    });
+    assert.ok(r.fd >= 0);
+    await fe.setInflight(r.description, r.fd);
+    const sent = p.backend.received.at(-1)!;
+    assert.equal(sent.request, R.SET_INFLIGHT_FD);
+    assert.equal(sent.fdCount, 1);
+    assert.deepEqual(decodeInflight(sent.payload), r.description);
+  });
+
+  test("without INFLIGHT_SHMFD the calls throw at once", async (t) => {
+    const p = pair(t);
+    const fe = await p.connect();
+    assert.throws(() => fe.getInflight(1, 128), TypeError);
+  });
+
+  for (const [name, fds, desc, match] of [
+    ["a reply without an fd", 0, () => ({}), /carries no fd/],
+    ["a reply with two fds", 2, () => ({}), /sent 2 fds/],
+    ["a reply for other queues", 1, () => ({ numQueues: 1 }), /1 queues of 128, asked for 2/],
+    ["a buffer too small for the rings", 1, () => ({ mmapSize: 64n }), /mmap_size 64/],
+  ] as const) {
+    test(`${name} closes the connection with VIRTIO_ERR_VHOST_USER_PROTOCOL; no fd leaks`, async (t) => {
+      const p = pair(t, withInflight);
+      answerInflight(p, fds, desc);
+      const fe = await p.connect();
+      await assert.rejects(fe.getInflight(2, 128), (e) => {
+        assert.ok(isVirtioError(e, ErrorCode.VHOST_USER_PROTOCOL), String(e));
+        assert.match((e as Error).message, match);
+        return true;
+      });
+      await until("the back-end to see EOF", () => p.backend.ended);
+    });
+  }
+
+  test("an fd with any other reply is a violation", async (t) => {
+    const p = pair(t);
+    p.backend.responders.set(R.GET_CONFIG, (m, be) => {
+      const fd = memfdCreate("stray");
+      const c = decodeConfig(m.payload);
+      be.sendRaw(
+        encodeReply(m.request, encodeConfig({ ...c, data: new Uint8Array(c.data.byteLength) })),
+        [fd],
+      );
+      close(fd);
+      return true;
+    });
+    const fe = await p.connect();
+    await assert.rejects(fe.getConfig(0, 8), (e) =>
+      isVirtioError(e, ErrorCode.VHOST_USER_PROTOCOL),
+    );
   });
 });

@@ -29,8 +29,14 @@ import {
   VhostUserProtocolFeature as PF,
   VhostUserRequest as R,
 } from "../spec/vhost-user.ts";
-import { encodeMemoryTable, encodeSingleMemRegion, type MemRegion } from "./codec.ts";
-import { ControlChannel } from "./frontend-channel.ts";
+import {
+  encodeInflight,
+  encodeMemoryTable,
+  encodeSingleMemRegion,
+  type InflightDescription,
+  type MemRegion,
+} from "./codec.ts";
+import { ControlChannel, type InflightReply } from "./frontend-channel.ts";
 import {
   checkOptions,
   negotiate,
@@ -56,6 +62,8 @@ export {
   type VhostUserFrontendOptions,
 } from "./frontend-negotiate.ts";
 export type { FrontendRing, FrontendRingAddresses, StartRingOptions } from "./frontend-ring.ts";
+export type { InflightReply } from "./frontend-channel.ts";
+export type { InflightDescription } from "./codec.ts";
 
 /** Memory shared with the back-end: one region and its fd (see {@link SharedGuestMemory}). */
 export interface FrontendMemoryRegion {
@@ -204,6 +212,37 @@ export class VhostUserFrontend {
    */
   getConfig(offset: number, size: number): Promise<Uint8Array> {
     return readConfig(this.#channel, offset, size);
+  }
+
+  /**
+   * Asks the back-end for its inflight tracking buffer for `numQueues` rings
+   * of `queueSize` entries (GET_INFLIGHT_FD; INFLIGHT_SHMFD negotiated). The
+   * fd is the caller's: keep it, and hand buffer and fd to a back-end that
+   * replaces this one ({@link setInflight}) so it resubmits what was in flight.
+   */
+  getInflight(numQueues: number, queueSize: number): Promise<InflightReply> {
+    this.#checkInflight(numQueues, queueSize);
+    const d = { mmapSize: 0n, mmapOffset: 0n, numQueues, queueSize };
+    return this.#channel.request(R.GET_INFLIGHT_FD, encodeInflight(d), {
+      kind: "inflight",
+      numQueues,
+      queueSize,
+    });
+  }
+
+  /** Hands the inflight buffer to the back-end (SET_INFLIGHT_FD) before its rings start; the caller keeps `fd`. */
+  async setInflight(description: InflightDescription, fd: number): Promise<void> {
+    this.#checkInflight(description.numQueues, description.queueSize);
+    await this.#channel.request(R.SET_INFLIGHT_FD, encodeInflight(description), undefined, [fd]);
+  }
+
+  #checkInflight(numQueues: number, queueSize: number): void {
+    if (!this.hasProtocolFeature(PF.INFLIGHT_SHMFD))
+      throw new TypeError("the back-end did not negotiate INFLIGHT_SHMFD");
+    if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > this.maxQueues)
+      throw new RangeError(`numQueues must be in 1..${this.maxQueues}, got ${numQueues}`);
+    if (!isValidQueueSize(queueSize))
+      throw new RangeError(`queueSize must be a power of two in 1..32768, got ${queueSize}`);
   }
 
   /**

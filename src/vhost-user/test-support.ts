@@ -20,7 +20,7 @@ import type { DataplaneDevice, QueueContext, QueueHandler } from "../dataplane/d
 import { LOCAL_RUNTIME, localThreadHost } from "../dataplane/local.ts";
 import { DataplanePool } from "../dataplane/pool.ts";
 import { serveDataplane } from "../dataplane/runtime.ts";
-import { silentLogger } from "../log.ts";
+import { silentLogger, type Logger } from "../log.ts";
 import type { VhostUserBackend } from "./backend.ts";
 import {
   EVENTFD_DOORBELLS,
@@ -160,13 +160,15 @@ const TEST_DEVICE = "test-device";
 
 /**
  * Opens `device` (its dataplane half) in a runtime on this thread with
- * vhost-user's binding over `fds` and `mapper` (fakes, or the native ones).
+ * vhost-user's binding over `fds` and `mapper` (fakes, or the native ones);
+ * the device logs to `logger` (default: nowhere).
  */
 export async function openTestDataplane(
   device: DataplaneDevice,
   numQueues: number,
   fds: EventFds,
   mapper: MemoryMapper,
+  logger: Logger = silentLogger,
 ): Promise<{ pool: DataplanePool; handle: DataplaneDeviceHandle }> {
   const host = localThreadHost((endpoint) =>
     serveDataplane({
@@ -182,10 +184,7 @@ export async function openTestDataplane(
     runtimes: 1,
     logger: silentLogger,
   });
-  const handle = await pool.open(
-    { kind: TEST_DEVICE },
-    { queues: numQueues, logger: silentLogger },
-  );
+  const handle = await pool.open({ kind: TEST_DEVICE }, { queues: numQueues, logger });
   return { pool, handle };
 }
 

@@ -51,6 +51,15 @@ export interface VhostUserBlkConnectOptions {
   readonly exclude?: readonly BlkFeatureName[];
   /** Milliseconds to wait for each control reply (default 30 000; 0 = forever). */
   readonly replyTimeoutMs?: number;
+  /**
+   * When the connection drops, keep trying to reach a restarted back-end at
+   * the same path for this many milliseconds, then re-attach the disk:
+   * requests in flight are resubmitted by the new back-end from the
+   * inflight buffer (INFLIGHT_SHMFD), none lost or repeated, and the
+   * caller's pending operations simply complete. Default 0: a dropped
+   * connection fails what is pending.
+   */
+  readonly reconnectMs?: number;
 }
 
 const DEFAULT_QUEUE_SIZE = 256;
@@ -60,10 +69,11 @@ function incompatible(message: string, details: Record<string, number> = {}): Vi
   return new VirtioError(ErrorCode.VHOST_USER_INCOMPATIBLE, message, details);
 }
 
-/** The checked queue size and buffer bytes of `options`. */
+/** The checked queue size, buffer bytes and reconnect time of `options`. */
 export function checkSizes(options: VhostUserBlkConnectOptions): {
   queueSize: number;
   bufferBytes: number;
+  reconnectMs: number;
 } {
   const queueSize = options.queueSize ?? DEFAULT_QUEUE_SIZE;
   if (!isValidQueueSize(queueSize) || queueSize < 4)
@@ -71,7 +81,10 @@ export function checkSizes(options: VhostUserBlkConnectOptions): {
   const bufferBytes = options.bufferBytes ?? 0;
   if (!Number.isSafeInteger(bufferBytes) || bufferBytes < 0)
     throw new RangeError(`bufferBytes ${bufferBytes} must be a non-negative integer`);
-  return { queueSize, bufferBytes };
+  const reconnectMs = options.reconnectMs ?? 0;
+  if (!Number.isSafeInteger(reconnectMs) || reconnectMs < 0)
+    throw new RangeError(`reconnectMs ${reconnectMs} must be a non-negative integer`);
+  return { queueSize, bufferBytes, reconnectMs };
 }
 
 /** Connects and negotiates with the driver's feature selection; reads `struct virtio_blk_config`. */

@@ -18,7 +18,11 @@
  *
  * Failure: if the connection closes under the driver (back-end gone, or a
  * malformed reply), every pending operation rejects with `DEVICE_BROKEN`
- * whose `cause` is the vhost-user error. {@link VhostUserBlk.close} waits for
+ * whose `cause` is the vhost-user error — unless `reconnectMs` is set: the
+ * disk then waits that long for a back-end to listen at the same path
+ * again and re-attaches to it (./vhost-user-frontend-attach.ts), and the
+ * new back-end resubmits from the inflight buffer what the old one left
+ * unfinished, so pending operations complete, none lost or repeated. {@link VhostUserBlk.close} waits for
  * the operations in flight, stops the rings (GET_VRING_BASE), hangs up and
  * unmaps.
  *
@@ -44,7 +48,16 @@ import {
   queueCount,
   type VhostUserBlkConnectOptions,
 } from "./vhost-user-frontend-setup.ts";
-import type { VhostUserFrontend, FrontendRing } from "../../vhost-user/frontend.ts";
+import {
+  attach,
+  checkSuccessor,
+  dropInflight,
+  getInflight,
+  type BlkAttachment,
+  type KeptInflight,
+} from "./vhost-user-frontend-attach.ts";
+import type { VringLayout } from "../../ring/layout.ts";
+import type { VhostUserFrontend } from "../../vhost-user/frontend.ts";
 import { FRONTEND_MEMORY_BASE, SharedGuestMemory } from "../../vhost-user/frontend-memory.ts";
 
 export type { VhostUserBlkConnectOptions } from "./vhost-user-frontend-setup.ts";
@@ -59,6 +72,15 @@ export interface GuestBuffer {
 }
 
 const PAGE = 4096;
+
+/** How a disk reaches its back-end again (see `reconnectMs`). */
+interface Reach {
+  readonly path: string;
+  readonly options: VhostUserBlkConnectOptions;
+  readonly reconnectMs: number;
+  readonly features: bigint;
+  readonly rings: readonly VringLayout[];
+}
 
 /**
  * A block device behind a vhost-user-blk back-end.
@@ -75,18 +97,32 @@ const PAGE = 4096;
  * ```
  */
 export class VhostUserBlk {
-  /** The vhost-user connection (features, protocol features, limits). */
-  readonly frontend: VhostUserFrontend;
   /** The virtio-blk driver (stats, limits, per-queue state). */
   readonly driver: BlkDriver;
   readonly #memory: SharedGuestMemory;
+  readonly #reach: Reach;
+  #att: BlkAttachment;
+  #inflight: KeptInflight | null = null;
+  #reconnects = 0;
+  #reconnecting: Promise<void> | undefined;
   #closing: Promise<void> | undefined;
   #drained: (() => void) | undefined;
+  #settleGone!: (why: VirtioError) => void;
+  readonly #gone = new Promise<VirtioError>((resolve) => {
+    this.#settleGone = resolve;
+  });
 
-  private constructor(frontend: VhostUserFrontend, driver: BlkDriver, memory: SharedGuestMemory) {
-    this.frontend = frontend;
-    this.driver = driver;
+  private constructor(
+    frontend: VhostUserFrontend,
+    memory: SharedGuestMemory,
+    reach: Reach,
+    newDriverFor: (notify: (i: number) => void) => BlkDriver,
+  ) {
+    this.#att = { frontend, rings: [] };
     this.#memory = memory;
+    this.#reach = reach;
+    // A kick while no back-end holds the rings goes nowhere; the re-attach kicks every ring.
+    this.driver = newDriverFor((i) => this.#att.rings[i]?.kick());
   }
 
   /**
@@ -100,9 +136,10 @@ export class VhostUserBlk {
     path: string,
     options: VhostUserBlkConnectOptions = {},
   ): Promise<VhostUserBlk> {
-    const { queueSize, bufferBytes } = checkSizes(options);
+    const { queueSize, bufferBytes, reconnectMs } = checkSizes(options);
     const frontend = await connectFrontend(path, options);
     let memory: SharedGuestMemory | undefined;
+    let inflight: KeptInflight | null = null;
     try {
       const features = frontend.features & ~(1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
       const config = parseBlkConfig(frontend.config, features);
@@ -114,19 +151,32 @@ export class VhostUserBlk {
         name: "virtio-ts-blk",
       });
       memory.alloc(planned, PAGE); // the plan's part, from the base
-      await frontend.addMemory(memory);
-      const rings: FrontendRing[] = [];
-      const driver = newDriver(memory, plan, config, options, (i) => rings[i]!.kick());
-      const disk = new VhostUserBlk(frontend, driver, memory);
-      for (const [i, ring] of plan.rings.entries())
-        rings.push(await frontend.startRing(i, { ...ring, onCall: () => disk.#onCall(i) }));
-      void frontend.closed.then((err) => disk.#onConnectionClosed(err));
+      const reach = { path, options, reconnectMs, features: frontend.features, rings: plan.rings };
+      const mem = memory;
+      const disk = new VhostUserBlk(frontend, mem, reach, (notify) =>
+        newDriver(mem, plan, config, options, notify),
+      );
+      inflight = await getInflight(frontend, numQueues, queueSize);
+      disk.#inflight = inflight;
+      disk.#att = await attach(frontend, mem, plan.rings, inflight, false, (i) => disk.#onCall(i));
+      disk.#watch(frontend);
       return disk;
     } catch (e) {
       await frontend.close();
       memory?.close();
+      dropInflight(inflight);
       throw e;
     }
+  }
+
+  /** The vhost-user connection in use (features, protocol features, limits); a new one after each reconnect. */
+  get frontend(): VhostUserFrontend {
+    return this.#att.frontend;
+  }
+
+  /** Times the disk re-attached to a restarted back-end. */
+  get reconnects(): number {
+    return this.#reconnects;
   }
 
   /** The device configuration (capacity, block size, limits, queues). */
@@ -144,9 +194,12 @@ export class VhostUserBlk {
     return this.driver.stats;
   }
 
-  /** Resolves with the reason once the vhost-user connection has closed. */
+  /**
+   * Resolves with the reason once the disk has no back-end for good: closed,
+   * or its connection dropped and no restarted back-end took over in time.
+   */
   get closed(): Promise<VirtioError> {
-    return this.frontend.closed;
+    return this.#gone;
   }
 
   /**
@@ -234,6 +287,7 @@ export class VhostUserBlk {
   }
 
   async #close(): Promise<void> {
+    await this.#reconnecting;
     if (this.driver.pending > 0 && this.frontend.error === undefined)
       await new Promise<void>((resolve) => {
         this.#drained = resolve;
@@ -242,6 +296,7 @@ export class VhostUserBlk {
     // The back-end stopped the rings: take what it completed, fail nothing that is still pending.
     this.driver.reset();
     this.#memory.close();
+    dropInflight(this.#inflight);
   }
 
   #refuse<T>(): Promise<T> {
@@ -263,9 +318,64 @@ export class VhostUserBlk {
     }
   }
 
-  #onConnectionClosed(err: VirtioError): void {
-    // Closed under the driver (not by close() after draining): fail what is pending.
+  #watch(frontend: VhostUserFrontend): void {
+    void frontend.closed.then((err) => this.#onConnectionClosed(frontend, err));
+  }
+
+  #onConnectionClosed(frontend: VhostUserFrontend, err: VirtioError): void {
+    if (frontend !== this.#att.frontend) return;
+    // Without an inflight buffer only an idle disk can resume exactly (used.idx = avail.idx).
+    const resumable = this.#inflight !== null || this.driver.pending === 0;
+    if (this.#closing === undefined && this.#reach.reconnectMs > 0 && resumable) {
+      this.#reconnecting = this.#reconnect(err);
+      return;
+    }
+    this.#fail(err);
+  }
+
+  /** Closed under the driver (not by close() after draining): fail what is pending. */
+  #fail(err: VirtioError): void {
     this.driver.markDeviceBroken(err);
+    this.#checkDrained();
+    this.#settleGone(err);
+  }
+
+  /** Tries a restarted back-end with backoff until `reconnectMs` has passed. */
+  async #reconnect(cause: VirtioError): Promise<void> {
+    const deadline = Date.now() + this.#reach.reconnectMs;
+    for (let delay = 20; this.#closing === undefined; delay = Math.min(2 * delay, 500)) {
+      const att = await this.#reattach().catch(() => null);
+      if (att !== null) {
+        this.#resumeOn(att);
+        return;
+      }
+      if (Date.now() + delay > deadline) break;
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+    this.#fail(cause);
+  }
+
+  async #reattach(): Promise<BlkAttachment> {
+    const { path, options, features, rings } = this.#reach;
+    const fe = await connectFrontend(path, options);
+    try {
+      checkSuccessor(fe, features, this.#inflight);
+      return await attach(fe, this.#memory, rings, this.#inflight, true, (i) => this.#onCall(i));
+    } catch (e) {
+      await fe.close();
+      throw e;
+    }
+  }
+
+  /** Takes what the old back-end published, then wakes the new one on every ring. */
+  #resumeOn(att: BlkAttachment): void {
+    this.#att = att;
+    this.#reconnects++;
+    this.#watch(att.frontend);
+    for (const [i, ring] of att.rings.entries()) {
+      this.driver.processUsed(i);
+      ring.kick();
+    }
     this.#checkDrained();
   }
 }
