@@ -181,3 +181,17 @@ test("abort completes what the handlers hold and answers how many", async () => 
   await s.handle.close();
   await s.pool.close();
 });
+
+test("a ring resumed from guest memory sends one call at its start; a fresh one sends none", async () => {
+  const s = await setup();
+  await s.handle.setMemory({ kind: "fake" });
+  await s.handle.startQueue(0, 1, s.ring(0), { kind: "fake" });
+  assert.deepEqual(s.bells.calls, []);
+  await s.handle.stopQueue(0);
+  // An earlier device published used.idx 3 and died before its call: the driver is still waiting.
+  s.drvs[1]!.usedIdx = 3;
+  await s.handle.startQueue(1, 1, { ...s.ring(1, 3), usedIdxFromMemory: true }, { kind: "fake" });
+  assert.deepEqual(s.bells.calls, [1]);
+  await s.handle.stopQueue(1);
+  await s.pool.close();
+});

@@ -11,7 +11,8 @@
  * Lifecycle of a queue:
  *
  * 1. `start`: the ring is validated and mapped, the handler is built, the
- *    doorbells start (a first kick at once picks up work queued before).
+ *    doorbells start (a first kick at once picks up work queued before; a
+ *    resumed ring also sends one call).
  * 2. Kicks run the handler; it completes requests into the used ring and
  *    calls through the doorbells when the ring says the driver wants one.
  * 3. `stop`: no more kicks; the handler stops popping and completes what is
@@ -28,7 +29,6 @@ import { ErrorCode, VirtioError } from "../errors.ts";
 import type { LogFields, Logger } from "../log.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { DeviceQueue } from "../ring/device-queue.ts";
-import type { InflightRecovery } from "../ring/inflight-split.ts";
 import { openRing } from "../ring/open-ring.ts";
 import type { DataplaneDevice, DeviceOpener, QueueContext, QueueHandler } from "./device.ts";
 import type {
@@ -47,6 +47,7 @@ import type {
   MemorySpaceFactory,
   QueueDoorbells,
 } from "./seams.ts";
+import { logRecovery, resumed } from "./resume.ts";
 import { nextTask } from "./schedule.ts";
 import type { MessageEndpoint } from "./threads.ts";
 import { hasType, toWireError } from "./wire.ts";
@@ -242,6 +243,7 @@ export class DataplaneRuntime {
     const r: RunningQueue = { index: m.queue, activation: m.activation, queue, handler, bells };
     d.queues.set(m.queue, r);
     bells.start(() => this.#kick(r));
+    if (m.ring.usedIdxFromMemory === true || inflight !== null) resumed(bells);
   }
 
   #context(
@@ -382,19 +384,4 @@ export class DataplaneRuntime {
  */
 export function serveDataplane(env: DataplaneEnv): DataplaneRuntime {
   return new DataplaneRuntime(env);
-}
-
-/** One line when a queue resumes from an inflight log that held something. */
-function logRecovery(logger: Logger, queue: number, r: InflightRecovery | null): void {
-  if (r === null) return;
-  if (r.discarded !== undefined) {
-    logger.warn(`queue ${queue}: inflight log not trusted (${r.discarded}); started afresh`, {
-      queue,
-    });
-  } else if (r.resubmit.length > 0) {
-    logger.warn(
-      `queue ${queue}: resubmitting ${r.resubmit.length} request(s) left in flight by an earlier back-end (heads ${r.resubmit.join(", ")}); resuming at avail index ${r.nextAvail}`,
-      { queue },
-    );
-  }
 }

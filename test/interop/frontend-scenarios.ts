@@ -165,9 +165,9 @@ export function frontendScenarios(
 
     test("handshake: protocol features, queues, memory slots, config space, GET_ID", async () => {
       const fe = disk.frontend;
-      // The front-end keeps MQ | REPLY_ACK | CONFIG | CONFIGURE_MEM_SLOTS of what is offered
-      // (qemu-storage-daemon 7.2 offers 0x8f2b); REPLY_ACK and CONFIG are required.
-      assert.equal(fe.protocolFeatures, fe.deviceProtocolFeatures & 0x8209n);
+      // The front-end keeps MQ | REPLY_ACK | CONFIG | INFLIGHT_SHMFD | CONFIGURE_MEM_SLOTS of
+      // what is offered (qemu-storage-daemon 7.2 offers 0x8f2b); REPLY_ACK and CONFIG are required.
+      assert.equal(fe.protocolFeatures, fe.deviceProtocolFeatures & 0x9209n);
       assert.equal(fe.protocolFeatures & 0x208n, 0x208n);
       assert.ok(fe.maxQueues >= 2);
       assert.ok(fe.maxMemSlots >= 1);

@@ -148,6 +148,10 @@ describe("inflight I/O tracking across a back-end crash", { timeout: 180_000 }, 
     };
     const workers = Array.from({ length: 32 }, () => worker());
     const kills: number[] = [];
+    let resubmitted = 0;
+    const count = (p: CliProcess): void => {
+      for (const m of p.stderr.matchAll(/resubmitting (\d+) request/g)) resubmitted += Number(m[1]);
+    };
     for (let k = 0; k < 10; k++) {
       const before = completed;
       await sleep(300 + Math.random() * 500);
@@ -161,6 +165,7 @@ describe("inflight I/O tracking across a back-end crash", { timeout: 180_000 }, 
       kills.push(completed);
       cli.proc.kill("SIGKILL");
       await cli.exited;
+      count(cli);
       cli = new CliProcess(args);
       await cli.waitStdout(/listening on/);
     }
@@ -170,8 +175,12 @@ describe("inflight I/O tracking across a back-end crash", { timeout: 180_000 }, 
     await disk.flush();
     assert.equal(disk.reconnects, 10, `kills after ${kills.join(", ")} completed writes`);
     await disk.close();
+    count(cli);
+    assert.ok(resubmitted > 0, `the restarted back-ends resubmitted nothing\n${cli.stderr}`);
     for (const [slot, want] of model)
       assert.deepEqual(readImage(image, slot * SLOT, SLOT), want, `slot ${slot}`);
-    t.diagnostic(`${completed} writes, 10 kills, ${model.size} slots checked`);
+    t.diagnostic(
+      `${completed} writes, 10 kills, ${resubmitted} requests resubmitted, ${model.size} slots checked`,
+    );
   });
 });
