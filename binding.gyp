@@ -9,6 +9,7 @@
         "native/files.cc",
         "native/io.cc",
         "native/memory.cc",
+        "native/sigbus.cc",
         "native/sockets.cc",
         "native/watch.cc"
       ],

@@ -13,8 +13,10 @@
 //    (wrong argument types or ranges) throws TypeError / RangeError.
 //  - Context-aware: all per-environment state (main thread or worker) lives in
 //    EnvState, the addon's instance data. The only process-wide state is the
-//    table of live mappings in memory.cc, guarded by a mutex, because a
-//    mapping belongs to the process rather than to a JavaScript environment.
+//    table of live mappings in memory.cc, guarded by a mutex, and the SIGBUS
+//    guard's registry and handler in sigbus.cc, because a mapping and a
+//    signal handler belong to the process rather than to a JavaScript
+//    environment.
 #pragma once
 
 #include <napi.h>

@@ -6,6 +6,10 @@
 // munmap() detaches the ArrayBuffer first (every view over it becomes
 // zero-length, so JavaScript can no longer reach the pages) and then unmaps.
 // A buffer that is only garbage-collected is unmapped by its finalizer.
+//
+// A guarded mapping (mmap(..., guard = true), for files that can shrink) is
+// registered with the SIGBUS guard (sigbus.h) for its whole life: unregistered
+// before it is unmapped; mappingFaults() reads its fault count.
 #include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -17,6 +21,7 @@
 #include <unordered_map>
 
 #include "addon.h"
+#include "sigbus.h"
 
 namespace vts {
 namespace {
@@ -31,7 +36,16 @@ struct Mapping {
   size_t length;     // the ArrayBuffer's byteLength
   size_t mapLength;  // what munmap() needs: length rounded up to the granule
   bool unmapped;
+  int guardSlot;  // the SIGBUS guard's slot, or -1 (not guarded)
 };
+
+// Unregisters from the guard (first: the range must not be guarded once it
+// can be reused) and unmaps.
+void Release(Mapping* m) {
+  GuardRemove(m->guardSlot);
+  m->guardSlot = -1;
+  ::munmap(m->addr, m->mapLength);
+}
 
 // Live mappings by address: process-wide (a mapping belongs to the process),
 // so guarded by a mutex. munmap() only accepts buffers found here.
@@ -59,7 +73,7 @@ void FinalizeMapping(napi_env /*env*/, void* /*data*/, void* hint) {
   {
     std::lock_guard<std::mutex> lock(gMutex);
     if (!m->unmapped) {
-      ::munmap(m->addr, m->mapLength);
+      Release(m);
       auto it = gMappings.find(m->addr);
       // The address may already belong to a newer mapping.
       if (it != gMappings.end() && it->second == m) gMappings.erase(it);
@@ -68,13 +82,14 @@ void FinalizeMapping(napi_env /*env*/, void* /*data*/, void* hint) {
   delete m;
 }
 
-// mmap(fd, length, offset, writable) -> ArrayBuffer
+// mmap(fd, length, offset, writable, guard = false) -> ArrayBuffer
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = FdArg(info, 0);
   int64_t length = IntArg(info, 1, "length", 1, kMaxMapLength);
   int64_t offset = IntArg(info, 2, "offset", 0, kMaxSafeInteger);
   bool writable = BoolArg(info, 3, "writable");
+  bool guard = info.Length() > 4 && !info[4].IsUndefined() && BoolArg(info, 4, "guard");
   size_t granule = Granule(env, fd);
   if (offset % static_cast<int64_t>(granule) != 0) {
     throw Napi::RangeError::New(env, "offset " + std::to_string(offset) +
@@ -99,7 +114,19 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
 
   Mapping* m = new Mapping{addr, static_cast<size_t>(length),
                            static_cast<size_t>(RoundUp(static_cast<uint64_t>(length), granule)),
-                           false};
+                           false, -1};
+  if (guard) {
+    m->guardSlot = GuardAdd(addr, m->mapLength, granule);
+    if (m->guardSlot < 0) {
+      int err = errno;
+      ::munmap(addr, m->mapLength);
+      delete m;
+      std::string message = "cannot guard the mapping against SIGBUS: " +
+                            std::string(err == ENOSPC ? "too many guarded mappings"
+                                                      : "sigaction failed");
+      ThrowSys(env, "mmap", err, nullptr, nullptr, &message);
+    }
+  }
   {
     std::lock_guard<std::mutex> lock(gMutex);
     gMappings[addr] = m;
@@ -114,7 +141,7 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
       std::lock_guard<std::mutex> lock(gMutex);
       gMappings.erase(addr);
     }
-    ::munmap(addr, m->mapLength);
+    Release(m);
     delete m;
     throw Napi::Error::New(env, "napi_create_external_arraybuffer failed (status " +
                                     std::to_string(status) + ")");
@@ -146,9 +173,28 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(gMutex);
     gMappings.erase(addr);
     m->unmapped = true;  // the finalizer, when it runs, only frees `m`
+    GuardRemove(m->guardSlot);
+    m->guardSlot = -1;
   }
   if (::munmap(addr, m->mapLength) != 0) ThrowSys(env, "munmap", errno);
   return Napi::Boolean::New(env, true);
+}
+
+// mappingFaults(buffer) -> SIGBUS faults the guard absorbed in this mapping
+// (0 for a mapping that is not guarded); throws for any other buffer.
+Napi::Value MappingFaults(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (!info[0].IsArrayBuffer()) {
+    throw Napi::TypeError::New(env, "buffer must be an ArrayBuffer returned by mmap()");
+  }
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  if (ab.IsDetached()) return Napi::Number::New(env, 0);
+  std::lock_guard<std::mutex> lock(gMutex);
+  auto it = gMappings.find(ab.Data());
+  if (it == gMappings.end() || it->second->length != ab.ByteLength()) {
+    throw Napi::TypeError::New(env, "buffer is not an ArrayBuffer returned by mmap()");
+  }
+  return Napi::Number::New(env, static_cast<double>(GuardFaults(it->second->guardSlot)));
 }
 
 // mapAlignment(fd) -> the granule mmap() offsets of this fd must be multiples of.
@@ -171,6 +217,8 @@ void InitMemory(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "munmap", Munmap);
   Export(env, exports, "mapAlignment", MapAlignment);
   Export(env, exports, "mappingCount", MappingCount);
+  Export(env, exports, "mappingFaults", MappingFaults);
+  InitSigbus(env, exports);
 }
 
 }  // namespace vts

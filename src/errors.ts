@@ -15,6 +15,7 @@ export const ErrorCode = {
   // memory/
   MEM_OUT_OF_RANGE: "VIRTIO_ERR_MEM_OUT_OF_RANGE",
   MEM_MISALIGNED: "VIRTIO_ERR_MEM_MISALIGNED",
+  MEM_FAULT: "VIRTIO_ERR_MEM_FAULT",
   // ring/ device side (docs/conformance.md "Ring violations")
   QUEUE_CONFIG: "VIRTIO_ERR_QUEUE_CONFIG",
   QUEUE_NOT_READY: "VIRTIO_ERR_QUEUE_NOT_READY",

@@ -35,6 +35,12 @@ export interface QueueContext {
   signalUsed(): boolean;
   /** The driver broke the protocol (e.g. a request with no room for its status): the device is broken. */
   markBroken(err: VirtioError): void;
+  /**
+   * The guest memory was pulled away under its mapping (`MEM_FAULT`, see
+   * `MemorySpace.fault`), or null. A ring violation seen while this is set is
+   * its consequence (zeros read where the ring was): report this instead.
+   */
+  memoryFault(): VirtioError | null;
 }
 
 /** One queue's processing, as the runtime drives it. */

@@ -9,6 +9,7 @@
  *
  * @module
  */
+import { ErrorCode, isVirtioError } from "../errors.ts";
 import { consoleLogger, type Logger } from "../log.ts";
 import type { DeviceSpec } from "./device.ts";
 import { DataplaneDeviceHandle, type DeviceEvent } from "./device-handle.ts";
@@ -146,6 +147,8 @@ export class DataplanePool {
 }
 
 function logEvent(logger: Logger, ev: DeviceEvent): void {
-  if (ev.type === "broken") logger.error(`queue ${ev.queue} broken: ${ev.error.message}`);
-  else logger.error(`dataplane ${ev.runtime} failed: ${ev.error.message}`);
+  if (ev.type === "failed") logger.error(`dataplane ${ev.runtime} failed: ${ev.error.message}`);
+  // Memory pulled away is reported by the transport that owns it (vhost-user: one closing line).
+  else if (!isVirtioError(ev.error, ErrorCode.MEM_FAULT))
+    logger.error(`queue ${ev.queue} broken: ${ev.error.message}`);
 }

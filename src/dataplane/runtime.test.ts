@@ -2,6 +2,7 @@
  * The dataplane runtime and pool on the calling thread with a fake device
  * and a fake binding: opening, memory before starts, queue start / kick /
  * stop, the broken report (once per activation, none for a stop's detach),
+ * memory pulled away (MEM_FAULT after a run, and instead of a violation),
  * abort, counters, and errors that cross back with their kind.
  */
 import assert from "node:assert/strict";
@@ -77,6 +78,8 @@ function fakeBells(): { opener: DoorbellOpener; kick: (q: number) => void; calls
 
 async function setup() {
   const device = new FakeDevice();
+  /** What the memory space answers to `fault()` (memory pulled away), set by a test. */
+  const memory = { fault: null as VirtioError | null };
   const mem = GuestMemory.createShared([{ guestPhysAddr: 0, size: 1 << 20 }]);
   const bells = fakeBells();
   const host = localThreadHost((endpoint) =>
@@ -84,7 +87,12 @@ async function setup() {
       endpoint,
       devices: { fake: () => ({ device, info: { hello: 1 } }) },
       memory: {
-        fake: () => ({ update: () => {}, memory: () => mem, dispose: () => {} }),
+        fake: () => ({
+          update: () => {},
+          memory: () => mem,
+          fault: () => memory.fault,
+          dispose: () => {},
+        }),
       },
       doorbells: { fake: bells.opener },
     }),
@@ -104,7 +112,7 @@ async function setup() {
     features: 0n,
     nextAvail,
   });
-  return { device, pool, handle, events, drvs, ring, bells };
+  return { device, pool, handle, events, drvs, ring, bells, memory };
 }
 
 const chain = (drv: MockSplitQueue) =>
@@ -193,5 +201,44 @@ test("a ring resumed from guest memory sends one call at its start; a fresh one 
   await s.handle.startQueue(1, 1, { ...s.ring(1, 3), usedIdxFromMemory: true }, { kind: "fake" });
   assert.deepEqual(s.bells.calls, [1]);
   await s.handle.stopQueue(1);
+  await s.pool.close();
+});
+
+const pulledAway = (): VirtioError =>
+  new VirtioError(ErrorCode.MEM_FAULT, "guest memory region gpa 0x0: shrank under the mapping");
+
+test("memory pulled away during a run breaks the queue with MEM_FAULT; no call goes out", async () => {
+  const s = await setup();
+  await s.handle.setMemory({ kind: "fake" });
+  await s.handle.startQueue(0, 3, s.ring(0), { kind: "fake" });
+  chain(s.drvs[0]!);
+  s.bells.kick(0);
+  assert.equal(s.drvs[0]!.usedIdx, 1, "served while the memory is there");
+  const calls = s.bells.calls.length;
+  s.memory.fault = pulledAway();
+  chain(s.drvs[0]!);
+  s.bells.kick(0);
+  await new Promise((r) => setTimeout(r, 5));
+  assert.equal(s.bells.calls.length, calls, "checked before the notification");
+  assert.equal(s.drvs[0]!.usedIdx, 1, "nothing published on a broken queue");
+  assert.equal(s.events.length, 1);
+  const e = s.events[0]!;
+  assert.ok(e.type === "broken" && e.activation === 3 && e.queue === 0);
+  assert.ok(e.error instanceof VirtioError && e.error.code === ErrorCode.MEM_FAULT);
+  await s.pool.close();
+});
+
+test("a ring violation read from memory that was pulled away is reported as MEM_FAULT", async () => {
+  const s = await setup();
+  await s.handle.setMemory({ kind: "fake" });
+  await s.handle.startQueue(0, 4, s.ring(0), { kind: "fake" });
+  s.memory.fault = pulledAway();
+  s.drvs[0]!.publish(QSIZE + 1); // what zeros in place of the ring could look like
+  s.bells.kick(0);
+  await new Promise((r) => setTimeout(r, 5));
+  assert.equal(s.events.length, 1);
+  const e = s.events[0]!;
+  assert.ok(e.type === "broken" && e.error instanceof VirtioError);
+  assert.equal(e.error.code, ErrorCode.MEM_FAULT);
   await s.pool.close();
 });

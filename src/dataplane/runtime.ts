@@ -242,7 +242,7 @@ export class DataplaneRuntime {
     }
     const r: RunningQueue = { index: m.queue, activation: m.activation, queue, handler, bells };
     d.queues.set(m.queue, r);
-    bells.start(() => this.#kick(r));
+    bells.start(() => this.#kick(d, r));
     if (m.ring.usedIdxFromMemory === true || inflight !== null) resumed(bells);
   }
 
@@ -260,13 +260,18 @@ export class DataplaneRuntime {
       features: m.ring.features,
       logger: d.logger,
       schedule: this.#schedule,
-      notify: () => bells.call(),
+      notify: () => {
+        this.#checkMemory(d, queue);
+        bells.call();
+      },
       signalUsed: () => {
+        this.#checkMemory(d, queue);
         queue.publishUsed();
         if (!queue.needsNotification()) return false;
         bells.call();
         return true;
       },
+      memoryFault: () => d.space?.fault?.() ?? null,
       markBroken: (err) => {
         if (queue.broken === null) queue.markBroken(err);
         else this.#broken(d, m.activation, m.queue, err);
@@ -274,10 +279,14 @@ export class DataplaneRuntime {
     };
   }
 
-  /** A kick: the handler runs; anything it throws breaks the queue instead of reaching the loop. */
-  #kick(r: RunningQueue): void {
+  /**
+   * A kick: the handler runs; anything it throws breaks the queue instead of
+   * reaching the loop; memory pulled away during the run breaks it too.
+   */
+  #kick(d: HostedDevice, r: RunningQueue): void {
     try {
       r.handler.kick();
+      this.#checkMemory(d, r.queue);
     } catch (e) {
       const err =
         e instanceof VirtioError
@@ -291,6 +300,17 @@ export class DataplaneRuntime {
             );
       if (r.queue.broken === null) r.queue.markBroken(err);
     }
+  }
+
+  /**
+   * Memory pulled away under the device's mappings breaks the queue with
+   * `MEM_FAULT` (the report goes out through the queue's broken callback).
+   * Asked after every run of the queue and before every used-buffer
+   * notification, so the driver's side hears of it where it waits.
+   */
+  #checkMemory(d: HostedDevice, queue: DeviceQueue): void {
+    const fault = d.space?.fault?.() ?? null;
+    if (fault !== null && queue.broken === null) queue.markBroken(fault);
   }
 
   /** Replaces a running queue's doorbells (where calls go). */
@@ -334,6 +354,8 @@ export class DataplaneRuntime {
 
   #broken(d: HostedDevice, activation: number, queue: number, err: VirtioError): void {
     for (const r of d.queues.values()) r.handler.halt();
+    // A ring violation read from memory that was pulled away is the fault's consequence.
+    err = d.space?.fault?.() ?? err;
     if (d.reported === activation) return;
     d.reported = activation;
     this.#post({ type: "broken", device: d.id, activation, queue, error: toWireError(err) });

@@ -17,6 +17,7 @@
  *
  * @module
  */
+import type { VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { SplitInflightLog } from "../ring/inflight-split.ts";
 
@@ -61,6 +62,13 @@ export interface MemorySpace {
    * holds.
    */
   inflight?(queue: number): SplitInflightLog | null;
+  /**
+   * Memory the transport's other side pulled away under its mappings (e.g. a
+   * vhost-user front-end shrank a region's file): a `MEM_FAULT` error naming
+   * it, or null. Absent where memory cannot go away. Cheap: the runtime asks
+   * after every run of a queue.
+   */
+  fault?(): VirtioError | null;
   /** Releases every mapping (the device is closed). */
   dispose(): void;
 }

@@ -70,10 +70,14 @@ export interface NativeAddon {
   recvmsg(fd: number, maxBytes: number, maxFds: number): ReceivedMessage | null;
   sendmsg(fd: number, bytes: Uint8Array, fds?: readonly number[]): number | null;
   // memory.cc
-  mmap(fd: number, length: number, offset: number, writable: boolean): ArrayBuffer;
+  mmap(fd: number, length: number, offset: number, writable: boolean, guard?: boolean): ArrayBuffer;
   munmap(buffer: ArrayBuffer): boolean;
   mapAlignment(fd: number): number;
   mappingCount(): number;
+  mappingFaults(buffer: ArrayBuffer): number;
+  // sigbus.cc
+  guardFaultTotal(): number;
+  guardSlotsInUse(): number;
   // files.cc
   eventfd(initval: number, flags: number): number;
   eventfdRead(fd: number): bigint | null;

@@ -40,6 +40,7 @@ export {
   type MapRegionOptions,
   type WindowPlan,
 } from "./memory.ts";
+export { guardedMappingCount, guardFaultTotal, mappingFaults } from "./sigbus.ts";
 export { EFD_SEMAPHORE, EVENTFD_MAX, eventfd, eventfdRead, eventfdWrite } from "./eventfd.ts";
 export { PollEvent, watch, watchCount, type FdWatch, type WatchCallback } from "./watch.ts";
 export {

@@ -18,8 +18,10 @@
  * map it there (fd numbers are valid in every thread of the process).
  *
  * Touching a page past the end of the file raises SIGBUS, so {@link mmap}
- * refuses mappings beyond the file's current size (errnoCode `"ENXIO"`); a
- * file shrunk after mapping is beyond anyone's control here.
+ * refuses mappings beyond the file's current size (errnoCode `"ENXIO"`). A
+ * file that shrinks after mapping would kill the process on the next touch
+ * past its new end, unless the mapping is *guarded* (`guard`): then the
+ * SIGBUS guard (./sigbus.ts) puts zero pages there and counts the faults.
  *
  * @module
  */
@@ -38,12 +40,19 @@ export const MAX_WINDOW = 2 ** 32;
  * offsets. With `writable` (the default) the mapping is `MAP_SHARED`: writes
  * reach the file and the other processes mapping it. Without it the mapping is
  * `MAP_PRIVATE`: writes stay in private copy-on-write pages (so a stray write
- * never faults) and a read-only fd suffices.
+ * never faults) and a read-only fd suffices. With `guard` the mapping is
+ * registered with the SIGBUS guard until it is unmapped (./sigbus.ts).
  *
  * @param length - 1..{@link MAX_WINDOW}
  */
-export function mmap(fd: number, length: number, offset: number, writable = true): ArrayBuffer {
-  const buffer = native.mmap(fd, length, offset, writable);
+export function mmap(
+  fd: number,
+  length: number,
+  offset: number,
+  writable = true,
+  guard = false,
+): ArrayBuffer {
+  const buffer = native.mmap(fd, length, offset, writable, guard);
   // Moving the buffer to a worker would leave it dangling when this thread
   // exits; postMessage now copies it instead.
   markAsUntransferable(buffer);
@@ -143,6 +152,8 @@ export interface MapRegionOptions {
   readonly writable?: boolean;
   /** Window limit in bytes (default and maximum {@link MAX_WINDOW}); smaller for tests. */
   readonly maxWindow?: number;
+  /** Register every window with the SIGBUS guard (a file that can shrink; see {@link mmap}). */
+  readonly guard?: boolean;
 }
 
 /**
@@ -169,7 +180,7 @@ export function mapRegion(
       windows.push({
         offset: w.offset,
         size: w.size,
-        buffer: mmap(fd, w.length, w.fileOffset, options.writable ?? true),
+        buffer: mmap(fd, w.length, w.fileOffset, options.writable ?? true, options.guard ?? false),
         bufferOffset: w.bufferOffset,
       });
     }

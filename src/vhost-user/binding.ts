@@ -80,6 +80,7 @@ export class RegionMemorySpace implements MemorySpace {
   #table: readonly RegionEntry[] = [];
   #memory: GuestMemory | null = null;
   #inflight: { entry: InflightEntry; mapping: Mapping; bytes: Uint8Array } | null = null;
+  #fault: VirtioError | null = null;
 
   constructor(mapper: MemoryMapper) {
     this.#mapper = mapper;
@@ -111,6 +112,7 @@ export class RegionMemorySpace implements MemorySpace {
     }
     this.#table = table;
     this.#memory = null;
+    this.#fault = null; // recomputed from the mappings that remain
     this.#updateInflight(d.inflight, busy, d.allowUnsealed === true);
   }
 
@@ -157,6 +159,24 @@ export class RegionMemorySpace implements MemorySpace {
     );
   }
 
+  /**
+   * The first mapping whose file shrank under it (accesses absorbed by the
+   * SIGBUS guard) as a `MEM_FAULT` error naming it, or null. The memory
+   * stays unusable while that mapping is in the table.
+   */
+  fault(): VirtioError | null {
+    if (this.#fault !== null) return this.#fault;
+    for (const { entry, mapping } of this.#mapped.values()) {
+      const n = mapping.faults?.() ?? 0;
+      if (n > 0)
+        return (this.#fault = faultError(`guest memory region gpa ${hex(entry.gpa)}`, entry, n));
+    }
+    const i = this.#inflight;
+    const n = i?.mapping.faults?.() ?? 0;
+    if (n > 0) this.#fault = faultError("the inflight buffer", { size: i!.entry.size, gpa: 0 }, n);
+    return this.#fault;
+  }
+
   /** Guest memory of the table's regions, in table order (null for an empty table); built once per table. */
   memory(): GuestMemory | null {
     if (this.#memory === null && this.#table.length > 0) this.#memory = this.#build(this.#table);
@@ -170,6 +190,7 @@ export class RegionMemorySpace implements MemorySpace {
     this.#inflight = null;
     this.#table = [];
     this.#memory = null;
+    this.#fault = null;
   }
 
   #map(r: RegionEntry, allowUnsealed: boolean, what: string): Mapping {
@@ -211,6 +232,15 @@ export class RegionMemorySpace implements MemorySpace {
     }
     return new GuestMemory(descriptors);
   }
+}
+
+function faultError(what: string, r: { gpa: number; size: number }, faults: number): VirtioError {
+  return new VirtioError(
+    ErrorCode.MEM_FAULT,
+    `${what} size ${hex(r.size)}: the front-end shrank its file under the mapping ` +
+      `(${faults} access${faults === 1 ? "" : "es"} past its end read zeros, wrote nothing)`,
+    { gpa: r.gpa, size: r.size, faults },
+  );
 }
 
 /** A ring's kick watch and call signal on the runtime's own loop. */

@@ -43,14 +43,22 @@ export interface Mapping {
   readonly windows: readonly MappedWindow[];
   /** Unmaps every window (idempotent). The buffers must not be touched afterwards. */
   unmap(): void;
+  /**
+   * Accesses past the end of the file that the mapping absorbed (the file
+   * shrank under it: zeros were read, writes dropped). Present only on
+   * mappings of files that can shrink; a count above 0 means the front-end
+   * pulled the memory away.
+   */
+  faults?(): number;
 }
 
 /** How {@link MemoryMapper.map} may map. */
 export interface MapOptions {
   /**
    * Accept a file that can shrink under the mapping (not sealed with
-   * F_SEAL_SHRINK): the operator accepts that a front-end can then make
-   * accesses fault (default false: such a file is refused).
+   * F_SEAL_SHRINK; default false: such a file is refused). Accesses past the
+   * end of a file that shrank then must not kill the process: the mapping
+   * absorbs them and counts them ({@link Mapping.faults}).
    */
   readonly allowUnsealed?: boolean;
 }

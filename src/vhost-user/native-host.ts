@@ -23,6 +23,7 @@ import {
   eventfdRead,
   eventfdWrite,
   mapRegion,
+  mappingFaults,
   recvmsg,
   sendmsg,
   unmapRegion,
@@ -84,7 +85,9 @@ export class NativeEventFds implements EventFds {
  * - it must not be able to shrink afterwards: a memfd sealed with
  *   F_SEAL_SHRINK (QEMU's `memory-backend-memfd` seals by default), unless
  *   the caller accepts unsealed files (`allowUnsealed`, e.g. hugetlbfs or
- *   tmpfs files, which cannot be sealed; docs/threat-model.md).
+ *   tmpfs files, which cannot be sealed; docs/threat-model.md). Such a
+ *   mapping is guarded against SIGBUS (../native/sigbus.ts): a page past the
+ *   end of a shrunk file reads zeros, and {@link Mapping.faults} counts it.
  */
 export class NativeMapper implements MemoryMapper {
   readonly #maxWindow: number | undefined;
@@ -99,18 +102,17 @@ export class NativeMapper implements MemoryMapper {
     if (!st.isFile()) throw new Error(`fd ${fd} is not a shared-memory file`);
     if (st.size < offset + size)
       throw new Error(`file of ${st.size} bytes is smaller than offset ${offset} + size ${size}`);
-    if (options.allowUnsealed !== true && !cannotShrink(fd)) {
+    const guard = !cannotShrink(fd);
+    if (guard && options.allowUnsealed !== true) {
       throw new Error(
         `fd ${fd} can shrink under the mapping (not a memfd sealed with F_SEAL_SHRINK; ` +
           "QEMU's memory-backend-memfd seals by default; allowing unsealed memory is an operator's choice)",
       );
     }
-    const windows = mapRegion(
-      fd,
-      size,
-      offset,
-      this.#maxWindow === undefined ? {} : { maxWindow: this.#maxWindow },
-    );
+    const windows = mapRegion(fd, size, offset, {
+      guard,
+      ...(this.#maxWindow === undefined ? {} : { maxWindow: this.#maxWindow }),
+    });
     let mapped = true;
     return {
       windows: windows.map((w) => ({
@@ -123,6 +125,9 @@ export class NativeMapper implements MemoryMapper {
         mapped = false;
         unmapRegion(windows);
       },
+      ...(guard
+        ? { faults: () => (mapped ? windows.reduce((n, w) => n + mappingFaults(w.buffer), 0) : 0) }
+        : {}),
     };
   }
 }

@@ -390,6 +390,11 @@ export class VhostUserSession {
     if (ring.errFd !== null) this.#fds.signal(ring.errFd);
     if (this.broken !== null) return;
     this.broken = err;
+    if (err.code === ErrorCode.MEM_FAULT) {
+      // The front-end pulled its memory away: the connection closes, its one line naming the ring.
+      const e = new VirtioError(err.code, `ring ${ring.index}: ${err.message}`, err.details);
+      return this.#schedule(() => Promise.reject(e));
+    }
     this.log(
       `vhost-user: ${this.backend.name}: ring ${ring.index} broken: ${err.code}: ${err.message}`,
     );

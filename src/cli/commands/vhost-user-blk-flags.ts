@@ -126,7 +126,7 @@ export const FLAGS: readonly FlagSpec[] = [
     name: "allow-unsealed-memory",
     kind: "boolean",
     group: "Operation",
-    help: "Map guest RAM from files that can shrink (hugetlbfs,\ntmpfs or disk files; not a memfd sealed against\nshrinking). Default: refused. A front-end that then\nshrinks the file breaks its device, not this\nprocess (docs/threat-model.md).",
+    help: "Map guest RAM from files that can shrink (hugetlbfs,\ntmpfs or disk files; not a memfd sealed against\nshrinking). Default: refused. A front-end that then\nshrinks the file loses its connection; this process\nlives on (docs/threat-model.md).",
   },
 ];
 

@@ -101,6 +101,7 @@ export class BlkDevice implements VirtioDeviceBackend {
             notify: () => void ctx.signalUsed(index),
             signalUsed: () => ctx.signalUsed(index),
             markBroken: onBroken,
+            memoryFault: () => null, // in-process memory cannot be pulled away
           }) as BlkQueueEngine),
     );
     // Requests made available before DRIVER_OK (an early kick) are picked up now.

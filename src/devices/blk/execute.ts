@@ -8,6 +8,11 @@
  * goes straight from the store into views of the writable part, OUT data
  * straight from views of the readable part (no bounce copy).
  *
+ * A transfer whose guest buffers are unreachable (EFAULT: the memory was
+ * pulled away under its mapping, e.g. a vhost-user front-end shrank the
+ * file) is not a disk error: `req.error` is then a `MEM_FAULT` VirtioError,
+ * which breaks the queue instead of answering IOERR.
+ *
  * Write-through (`writeThrough`): every write-type request (OUT,
  * WRITE_ZEROES, DISCARD) is followed by `backing.flush()` (fdatasync for a
  * file) before it completes. A per-write flush was chosen over O_DSYNC
@@ -26,7 +31,9 @@ import {
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
 } from "../../spec/blk.ts";
+import { ErrorCode, VirtioError } from "../../errors.ts";
 import type { BlkBacking } from "./backing.ts";
+import { blkTypeName } from "./log.ts";
 import type { BlkRequest } from "./request.ts";
 
 /** How requests are executed (read per request, at submission). */
@@ -105,9 +112,22 @@ export async function executeBlkRequest(
     req.status = VIRTIO_BLK_S_OK;
   } catch (e) {
     req.status = VIRTIO_BLK_S_IOERR;
-    req.error = e;
+    req.error = errnoOf(e) === "EFAULT" ? memoryGone(req) : e;
     req.usedLen = 0;
   }
+}
+
+function errnoOf(e: unknown): unknown {
+  const { code, errnoCode } = (e ?? {}) as { code?: unknown; errnoCode?: unknown };
+  return errnoCode ?? code;
+}
+
+function memoryGone(req: BlkRequest): VirtioError {
+  return new VirtioError(
+    ErrorCode.MEM_FAULT,
+    `req ${req.chain?.head ?? "?"}: ${blkTypeName(req.type)} sector ${req.sector}: its guest buffers are unreachable (EFAULT): the memory was pulled away under the mapping`,
+    { type: req.type, sector: req.sector },
+  );
 }
 
 /** GET_ID: writes min(buffer, 20) bytes of the NUL-padded ID; status OK. */

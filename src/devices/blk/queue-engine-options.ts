@@ -84,6 +84,14 @@ export interface BlkQueueEngineOptions {
    * driver, and halts the device's other queues.
    */
   readonly onBroken: (err: VirtioError) => void;
+  /**
+   * The guest memory was pulled away (`MEM_FAULT`; the runtime's
+   * `QueueContext.memoryFault`), or null. A violation found while it is set
+   * is reported as this fault instead. A `MEM_FAULT` is not logged here: the
+   * transport that owns the memory reports it (vhost-user closes the
+   * connection with one line).
+   */
+  readonly memoryFault?: () => VirtioError | null;
   readonly logger?: Logger;
   /**
    * Runs `fn` later on the event loop (default `setImmediate` where it

@@ -28,7 +28,7 @@
  * @module
  */
 import { nextTask } from "../../dataplane/schedule.ts";
-import { ErrorCode, VirtioError } from "../../errors.ts";
+import { ErrorCode, VirtioError, isVirtioError } from "../../errors.ts";
 import type { DescriptorChain } from "../../ring/chain.ts";
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_GET_ID } from "../../spec/blk.ts";
 import type { BlkBacking } from "./backing.ts";
@@ -71,6 +71,7 @@ export class BlkQueueEngine {
   readonly #notify: (() => void) | null;
   readonly #signalUsed: (() => void) | null;
   readonly #onBroken: (err: VirtioError) => void;
+  readonly #memoryFault: () => VirtioError | null;
   readonly #log: Logger;
   readonly #schedule: (fn: () => void) => void;
   /** Idle request objects: one per in-flight slot, plus one for requests answered at once. */
@@ -104,6 +105,7 @@ export class BlkQueueEngine {
     this.#notify = o.notify ?? null;
     this.#signalUsed = o.signalUsed ?? null;
     this.#onBroken = o.onBroken;
+    this.#memoryFault = o.memoryFault ?? (() => null);
     this.#log = o.logger ?? consoleLogger;
     this.#schedule = o.schedule ?? nextTask;
     for (let i = 0; i <= max; i++) this.#free.push(new BlkRequest());
@@ -327,7 +329,9 @@ export class BlkQueueEngine {
     }
     this.#active.delete(req);
     this.#inFlight--;
-    if (req.status === VIRTIO_BLK_S_IOERR && req.error !== undefined) {
+    // The request's buffers were unreachable (EFAULT): the memory is gone, not the disk.
+    if (isVirtioError(req.error, ErrorCode.MEM_FAULT)) this.#fail(req.error);
+    else if (req.status === VIRTIO_BLK_S_IOERR && req.error !== undefined) {
       this.#log.error(
         `virtio-blk vq ${this.#qi} req ${req.chain!.head}: ${blkTypeName(req.type)} sector ${req.sector} len ${req.length} failed: ${errorText(req.error)}`,
       );
@@ -411,15 +415,17 @@ export class BlkQueueEngine {
     if (this.#halted) return;
     this.#halted = true;
     const err =
-      e instanceof VirtioError
+      this.#memoryFault() ??
+      (e instanceof VirtioError
         ? e
-        : new VirtioError(ErrorCode.DEVICE_BROKEN, `virtio-blk vq ${this.#qi}: ${errorText(e)}`);
+        : new VirtioError(ErrorCode.DEVICE_BROKEN, `virtio-blk vq ${this.#qi}: ${errorText(e)}`));
     try {
       if (this.#q.broken === null) this.#q.markBroken(err);
     } catch {
       // The queue could not record it; the engine is halted either way.
     }
-    this.#log.error(`virtio-blk vq ${this.#qi}: device broken: ${errorText(err)}`);
+    if (err.code !== ErrorCode.MEM_FAULT)
+      this.#log.error(`virtio-blk vq ${this.#qi}: device broken: ${errorText(err)}`);
     try {
       this.#onBroken(err);
     } catch (cbErr) {

@@ -94,6 +94,7 @@ export class BlkRuntimeDevice implements DataplaneDevice {
       ...engineLimits({ maxInFlight: this.#limits.maxInFlight, budget: this.#limits.budget }),
       signalUsed: () => void ctx.signalUsed(),
       onBroken: (err) => ctx.markBroken(err),
+      memoryFault: () => ctx.memoryFault(),
       logger: ctx.logger,
       schedule: ctx.schedule,
     });
