@@ -9,9 +9,13 @@ import { mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { splitRingSeeds } from "./seeds/split-ring.ts";
+import { vhostUserReaderSeeds } from "./seeds/vhost-user-reader.ts";
+import { vhostUserSessionSeeds } from "./seeds/vhost-user-session.ts";
 
 const SEEDS: Record<string, () => Uint8Array[]> = {
   "split-ring": splitRingSeeds,
+  "vhost-user-reader": vhostUserReaderSeeds,
+  "vhost-user-session": vhostUserSessionSeeds,
 };
 
 const root = fileURLToPath(new URL("corpus", import.meta.url));

@@ -9,7 +9,7 @@
  * corpus entry, mutate it (./mutate.ts), run it, and keep it if it reached
  * new coverage (./coverage.ts). An exception escaping the target is a crash:
  * its input is saved under <work>/crashes/ and the process exits 1. A
- * watchdog thread (./watchdog.ts) catches runs that do not end and memory
+ * watchdog thread (./watchdog.mjs) catches runs that do not end and memory
  * that grows past the limit.
  *
  * Prints JSON lines on stdout: `progress` every few seconds, then one
@@ -58,7 +58,8 @@ const mutator = new Mutator(rng, info.maxLen);
 const shared = allocateShared(info.maxLen);
 const state = new Int32Array(shared.state);
 const inputView = new Uint8Array(shared.input);
-const watchdog = new Worker(new URL("./watchdog.ts", import.meta.url), {
+const watchdog = new Worker(new URL("./watchdog.mjs", import.meta.url), {
+  execArgv: [],
   workerData: {
     shared,
     timeoutMs: Number(values["timeout-ms"]),

@@ -22,6 +22,19 @@ export const FUZZ_TARGETS: readonly FuzzTargetInfo[] = [
     maxLen: 4096,
     description: "device side of a split virtqueue over fuzzed guest memory and driver writes",
   },
+  {
+    name: "vhost-user-reader",
+    module: "vhost-user-reader.ts",
+    maxLen: 16384,
+    description: "vhost-user message reader and payload decoders over fragments with fds",
+  },
+  {
+    name: "vhost-user-session",
+    module: "vhost-user-session.ts",
+    maxLen: 8192,
+    description:
+      "vhost-user message sequences with fds through a back-end connection and its rings",
+  },
 ];
 
 /** The target called `name`, or undefined. */
