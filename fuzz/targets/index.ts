@@ -35,6 +35,12 @@ export const FUZZ_TARGETS: readonly FuzzTargetInfo[] = [
     description:
       "vhost-user message sequences with fds through a back-end connection and its rings",
   },
+  {
+    name: "blk-request",
+    module: "blk-request.ts",
+    maxLen: 4096,
+    description: "virtio-blk request parser over fuzzed chains and headers",
+  },
 ];
 
 /** The target called `name`, or undefined. */
