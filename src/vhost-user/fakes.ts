@@ -40,6 +40,16 @@ export class FakeFds implements EventFds {
   readonly misuse: string[] = [];
   /** Every fd ever closed, in order. */
   readonly closed: number[] = [];
+  readonly #keepClosedMemory: boolean;
+
+  /**
+   * @param options.keepClosedMemory keep the memory of a closed memfd-like fd
+   *   for {@link memoryOf} (default true); false for long runs (fuzzing), where
+   *   it would grow without bound.
+   */
+  constructor(options: { readonly keepClosedMemory?: boolean } = {}) {
+    this.#keepClosedMemory = options.keepClosedMemory ?? true;
+  }
 
   /** Opens an eventfd-like fd. */
   eventfd(label = "eventfd"): number {
@@ -99,6 +109,7 @@ export class FakeFds implements EventFds {
     }
     if (f.watcher !== undefined) this.misuse.push(`close(${fd}) while watched`);
     this.#files.delete(fd);
+    if (!this.#keepClosedMemory) this.#memories.delete(fd);
     this.closed.push(fd);
   }
 
