@@ -1,17 +1,41 @@
 /**
- * What the runtime does when a queue resumes a ring that ran before — on an
- * earlier back-end that crashed, or before a stop: it says what the inflight
- * log made it resubmit, and it sends the driver one used buffer
- * notification. qemu/qemu docs/interop/vhost-user.rst "Inflight I/O
+ * Opening a queue's ring in the runtime, and what it does when the ring ran
+ * before — on an earlier back-end that crashed, or before a stop: the ring
+ * keeps the transport's inflight log, the runtime says what the log made it
+ * resubmit, and it sends the driver one used buffer notification. qemu/qemu docs/interop/vhost-user.rst "Inflight I/O
  * tracking" ("When reconnecting"); VIRTIO 1.2 §2.7.7 (used buffer
  * notifications; one the driver did not need is harmless: it finds nothing
  * new in the used ring).
  *
  * @module
  */
+import type { VirtioError } from "../errors.ts";
 import type { Logger } from "../log.ts";
+import type { GuestMemory } from "../memory/guest-memory.ts";
+import type { DeviceQueue } from "../ring/device-queue.ts";
 import type { InflightRecovery } from "../ring/inflight-split.ts";
-import type { QueueDoorbells } from "./seams.ts";
+import { openRing, type RingStart } from "../ring/open-ring.ts";
+import type { MemorySpace, QueueDoorbells } from "./seams.ts";
+
+/**
+ * Opens queue `start.queue`'s ring over `memory` with the inflight log the
+ * memory space keeps for it (if any), and logs what the log recovered.
+ * `resumed`: the ring continues a used ring already in guest memory.
+ *
+ * @throws {VirtioError} `QUEUE_CONFIG` for a ring that does not fit the memory.
+ */
+export function openQueueRing(
+  space: MemorySpace | null,
+  memory: GuestMemory,
+  start: { readonly queue: number; readonly ring: RingStart },
+  logger: Logger,
+  onBroken: (err: VirtioError) => void,
+): { queue: DeviceQueue; resumed: boolean } {
+  const inflight = space?.inflight?.(start.queue) ?? null;
+  const queue = openRing(memory, start.ring, onBroken, inflight);
+  logRecovery(logger, start.queue, queue.recovery);
+  return { queue, resumed: start.ring.usedIdxFromMemory === true || inflight !== null };
+}
 
 /**
  * A resumed ring may hold completions the driver was never told about: a
@@ -20,12 +44,12 @@ import type { QueueDoorbells } from "./seams.ts";
  * One call at the start closes that window (libvhost-user signals a call fd
  * it receives for the same reason).
  */
-export function resumed(bells: QueueDoorbells): void {
+export function announceResume(bells: QueueDoorbells): void {
   bells.call();
 }
 
 /** One line when a queue resumes from an inflight log that held something, or that was not trusted. */
-export function logRecovery(logger: Logger, queue: number, r: InflightRecovery | null): void {
+function logRecovery(logger: Logger, queue: number, r: InflightRecovery | null): void {
   if (r === null) return;
   if (r.discarded !== undefined) {
     logger.warn(`queue ${queue}: inflight log not trusted (${r.discarded}); started afresh`, {

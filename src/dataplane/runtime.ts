@@ -29,7 +29,6 @@ import { ErrorCode, VirtioError } from "../errors.ts";
 import type { LogFields, Logger } from "../log.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { DeviceQueue } from "../ring/device-queue.ts";
-import { openRing } from "../ring/open-ring.ts";
 import type { DataplaneDevice, DeviceOpener, QueueContext, QueueHandler } from "./device.ts";
 import type {
   ControlMessage,
@@ -47,7 +46,7 @@ import type {
   MemorySpaceFactory,
   QueueDoorbells,
 } from "./seams.ts";
-import { logRecovery, resumed } from "./resume.ts";
+import { announceResume, openQueueRing } from "./resume.ts";
 import { nextTask } from "./schedule.ts";
 import type { MessageEndpoint } from "./threads.ts";
 import { hasType, toWireError } from "./wire.ts";
@@ -221,17 +220,10 @@ export class DataplaneRuntime {
     const open = this.#env.doorbells[m.doorbells.kind];
     if (open === undefined) throw new TypeError(`unknown doorbell kind ${m.doorbells.kind}`);
     // Throws VirtioError QUEUE_CONFIG for a ring that does not fit the memory: the queue does not start.
-    const inflight = d.space?.inflight?.(m.queue) ?? null;
-    const queue: DeviceQueue = openRing(
-      memory,
-      m.ring,
-      (err) => {
-        // A queue detached by its stop is not broken by the driver: nothing to report.
-        if (d.queues.get(m.queue)?.queue === queue) this.#broken(d, m.activation, m.queue, err);
-      },
-      inflight,
-    );
-    logRecovery(d.logger, m.queue, queue.recovery);
+    const { queue, resumed } = openQueueRing(d.space, memory, m, d.logger, (err) => {
+      // A queue detached by its stop is not broken by the driver: nothing to report.
+      if (d.queues.get(m.queue)?.queue === queue) this.#broken(d, m.activation, m.queue, err);
+    });
     const bells = open(m.queue, m.doorbells);
     let handler: QueueHandler;
     try {
@@ -243,7 +235,7 @@ export class DataplaneRuntime {
     const r: RunningQueue = { index: m.queue, activation: m.activation, queue, handler, bells };
     d.queues.set(m.queue, r);
     bells.start(() => this.#kick(d, r));
-    if (m.ring.usedIdxFromMemory === true || inflight !== null) resumed(bells);
+    if (resumed) announceResume(bells);
   }
 
   #context(

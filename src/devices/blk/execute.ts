@@ -27,6 +27,7 @@ import {
   VIRTIO_BLK_S_OK,
   VIRTIO_BLK_T_DISCARD,
   VIRTIO_BLK_T_FLUSH,
+  VIRTIO_BLK_T_GET_ID,
   VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES,
@@ -34,7 +35,13 @@ import {
 import { ErrorCode, VirtioError } from "../../errors.ts";
 import type { BlkBacking } from "./backing.ts";
 import { blkTypeName } from "./log.ts";
-import type { BlkRequest } from "./request.ts";
+import type { DescriptorChain } from "../../ring/chain.ts";
+import {
+  BLK_STATUS_PENDING,
+  parseBlkRequest,
+  type BlkRequest,
+  type BlkRequestPolicy,
+} from "./request.ts";
 
 /** How requests are executed (read per request, at submission). */
 export interface BlkExecPolicy {
@@ -128,6 +135,25 @@ function memoryGone(req: BlkRequest): VirtioError {
     `req ${req.chain?.head ?? "?"}: ${blkTypeName(req.type)} sector ${req.sector}: its guest buffers are unreachable (EFAULT): the memory was pulled away under the mapping`,
     { type: req.type, sector: req.sector },
   );
+}
+
+/**
+ * Parses `chain` into `req` and answers at once what needs no backing
+ * store (an invalid request gets its error status; GET_ID its ID). True if
+ * the request still has to go to the backing store.
+ *
+ * @throws {VirtioError} `BLK_MISSING_HEADERS` (see parseBlkRequest).
+ */
+export function prepareBlkRequest(
+  chain: DescriptorChain,
+  policy: BlkRequestPolicy & BlkExecPolicy,
+  req: BlkRequest,
+): boolean {
+  parseBlkRequest(chain, policy, req);
+  if (req.status !== BLK_STATUS_PENDING) return false;
+  if (req.type !== VIRTIO_BLK_T_GET_ID) return true;
+  executeGetId(req, policy.id);
+  return false;
 }
 
 /** GET_ID: writes min(buffer, 20) bytes of the NUL-padded ID; status OK. */

@@ -30,18 +30,18 @@
 import { nextTask } from "../../dataplane/schedule.ts";
 import { ErrorCode, VirtioError, isVirtioError } from "../../errors.ts";
 import type { DescriptorChain } from "../../ring/chain.ts";
-import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_T_GET_ID } from "../../spec/blk.ts";
+import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from "../../spec/blk.ts";
 import type { BlkBacking } from "./backing.ts";
-import { executeBlkRequest, executeGetId, writeStatus } from "./execute.ts";
+import { executeBlkRequest, prepareBlkRequest, writeStatus } from "./execute.ts";
 import { type Logger, consoleLogger, errorText } from "../../log.ts";
-import { blkTypeName } from "./log.ts";
+import { failedLine, invalidLine, popLine, submitLine } from "./log.ts";
 import {
   engineLimits,
   type BlkEnginePolicy,
   type BlkQueueEngineOptions,
   type BlkVirtqueue,
 } from "./queue-engine-options.ts";
-import { BLK_STATUS_PENDING, BlkRequest, parseBlkRequest } from "./request.ts";
+import { BlkRequest } from "./request.ts";
 
 export {
   DEFAULT_BLK_ENGINE_BUDGET,
@@ -167,10 +167,10 @@ export class BlkQueueEngine {
     for (const req of this.#active) {
       req.aborted = true;
       req.status = VIRTIO_BLK_S_IOERR;
-      this.#log.error(
-        `virtio-blk vq ${this.#qi} req ${req.chain!.head}: ${blkTypeName(req.type)} sector ${req.sector} failed: still in flight at shutdown`,
-        { queue: this.#qi, req: req.chain!.head },
-      );
+      this.#log.error(failedLine(this.#qi, req, "still in flight at shutdown", false), {
+        queue: this.#qi,
+        req: req.chain!.head,
+      });
       this.#completeOnly(req);
     }
     this.#active.clear();
@@ -286,34 +286,22 @@ export class BlkQueueEngine {
   #start(chain: DescriptorChain): void {
     const trace = this.#log.trace;
     const req = this.#free.pop()!;
-    if (trace !== undefined) {
-      trace(
-        `virtqueue_pop vq ${this.#qi} head ${chain.head} in_num ${chain.numSegs - chain.numReadable} out_num ${chain.numReadable}`,
-      );
-    }
+    trace?.(popLine(this.#qi, chain));
+    let toStore: boolean;
     try {
-      parseBlkRequest(chain, this.#policy, req);
+      toStore = prepareBlkRequest(chain, this.#policy, req);
     } catch (e) {
       req.release();
       this.#free.push(req);
       this.#fail(e);
       return;
     }
-    if (req.status !== BLK_STATUS_PENDING) {
-      trace?.(
-        `virtio_blk_req_invalid vq ${this.#qi} req ${chain.head} type ${blkTypeName(req.type)} status ${req.status} reason ${req.reason}`,
-      );
+    if (!toStore) {
+      if (req.status !== VIRTIO_BLK_S_OK) trace?.(invalidLine(this.#qi, req));
       this.#complete(req);
       return;
     }
-    if (req.type === VIRTIO_BLK_T_GET_ID) {
-      executeGetId(req, this.#policy.id);
-      this.#complete(req);
-      return;
-    }
-    trace?.(
-      `virtio_blk_submit vq ${this.#qi} req ${chain.head} type ${blkTypeName(req.type)} sector ${req.sector} len ${req.length} segs ${req.segCount}`,
-    );
+    trace?.(submitLine(this.#qi, req));
     this.#inFlight++;
     req.submittedTick = this.#tick;
     this.#active.add(req);
@@ -332,9 +320,7 @@ export class BlkQueueEngine {
     // The request's buffers were unreachable (EFAULT): the memory is gone, not the disk.
     if (isVirtioError(req.error, ErrorCode.MEM_FAULT)) this.#fail(req.error);
     else if (req.status === VIRTIO_BLK_S_IOERR && req.error !== undefined) {
-      this.#log.error(
-        `virtio-blk vq ${this.#qi} req ${req.chain!.head}: ${blkTypeName(req.type)} sector ${req.sector} len ${req.length} failed: ${errorText(req.error)}`,
-      );
+      this.#log.error(failedLine(this.#qi, req, errorText(req.error)));
     }
     this.#complete(req);
     if (!this.#completionsScheduled) {

@@ -108,8 +108,8 @@ md5sum $VTS_DISK`;
 
 /**
  * Kills and restarts the backend `kills` times, 1–3 s apart and each time
- * when the guest last reported requests in flight (waiting at most 10 s for
- * that), then raises the flag.
+ * when the guest last reported at least `atInflight` requests in flight
+ * (waiting at most 10 s for that), then raises the flag.
  */
 class Killer {
   backend: Backend;
@@ -124,6 +124,8 @@ class Killer {
     backend: Backend,
     private readonly restart: () => Promise<Backend>,
     private readonly flag: string,
+    /** Requests the guest must report in flight before a kill. */
+    private readonly atInflight: number,
   ) {
     this.backend = backend;
   }
@@ -137,7 +139,7 @@ class Killer {
   async #loop(kills: number): Promise<void> {
     for (let k = 0; k < kills; k++) {
       await sleep(1000 + Math.random() * 2000);
-      for (let w = 0; w < 100 && this.guestInflight < 1; w++) await sleep(100);
+      for (let w = 0; w < 100 && this.guestInflight < this.atInflight; w++) await sleep(100);
       this.backend.kill();
       await this.backend.stop();
       this.count(this.backend);
@@ -177,7 +179,9 @@ export async function killRestartScenario(
     numQueues: o.numQueues,
     ...(o.cliArgs ? { cliArgs: o.cliArgs } : {}),
   };
-  const killer = new Killer(await start(setup), () => start(setup), flag);
+  // fio keeps many requests in flight; ext4 writes in short bursts.
+  const atInflight = o.workload === "fio" ? 4 : 1;
+  const killer = new Killer(await start(setup), () => start(setup), flag, atInflight);
   try {
     const run = await runGuest({
       disk: { kind: "vhost-user", socket, numQueues: o.numQueues, reconnectSeconds: 1 },
