@@ -4,7 +4,8 @@
  * `fetched`/`used`/`published` calls with a few chains in flight and a
  * batch whose used.idx was stored but whose marks were not cleared (the
  * back-end killed in between); around index 0, across the u16 wrap, with a
- * log larger than the ring, and with front-end writes to the log.
+ * log larger than the ring, and with front-end writes to the log; a fresh
+ * log smaller than the ring.
  *
  * @module
  */
@@ -128,6 +129,16 @@ export function inflightLogSeeds(): Uint8Array[] {
       used: [],
       base: 0,
       log: zero(8),
+      program: DRAIN3,
+    }),
+    // A fresh log of 2 entries under a ring of 8 (heads past the log go untracked).
+    build({
+      size: 8,
+      descNum: 2,
+      avail: [0, 2, 4],
+      used: [],
+      base: 0,
+      log: zero(2),
       program: DRAIN3,
     }),
     build({ size: 1, descNum: 1, avail: [], used: [], base: 7, log: zero(1), program: DRAIN }),
