@@ -29,8 +29,9 @@
  * first and in order; a popped segment outside guest memory; the device
  * changing a guest byte outside the used ring and the writable buffers it
  * popped, or a byte around the log region; unless the front-end wrote the
- * log or left marks in a log it had not initialised, a restart that does
- * not resubmit exactly the chains fetched and not published; a step that
+ * log during the run, left marks in a log it had not initialised, or gave a
+ * log smaller than the ring, a restart that does not resubmit exactly the
+ * chains fetched and not published; a step that
  * does not terminate (the fuzzer's timeout).
  *
  * @module
