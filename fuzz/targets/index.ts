@@ -23,6 +23,12 @@ export const FUZZ_TARGETS: readonly FuzzTargetInfo[] = [
     description: "device side of a split virtqueue over fuzzed guest memory and driver writes",
   },
   {
+    name: "inflight-log",
+    module: "inflight-log.ts",
+    maxLen: 4096,
+    description: "inflight log recovery and a ring resumed over a log the front-end wrote",
+  },
+  {
     name: "vhost-user-reader",
     module: "vhost-user-reader.ts",
     maxLen: 16384,

@@ -31,7 +31,7 @@ import { FuzzFailure, allowOnly, expect } from "../lib/check.ts";
 import { FuzzInput } from "../lib/input.ts";
 
 /** Codes popAvail / hasAvailable / enableNotification document for driver violations. */
-const RING_VIOLATIONS: ReadonlySet<ErrorCodeValue> = new Set([
+export const RING_VIOLATIONS: ReadonlySet<ErrorCodeValue> = new Set([
   ErrorCode.AVAIL_IDX_JUMP,
   ErrorCode.HEAD_OUT_OF_RANGE,
   ErrorCode.TOO_MANY_IN_FLIGHT,
@@ -53,7 +53,7 @@ export const DATA_SIZE = 0x100;
 const MAX_STEPS = 512;
 
 /** A memory region with a mirror of what its bytes should be unless the device wrote them. */
-interface Watched {
+export interface Watched {
   readonly gpa: number;
   readonly bytes: Uint8Array;
   readonly expected: Uint8Array;
@@ -156,7 +156,7 @@ export function fuzz(data: Uint8Array): void {
 
 /** One guest memory per ring length, reused: every input rewrites all of its bytes. */
 const memories = new Map<number, GuestMemory>();
-function memoryFor(ringLen: number): GuestMemory {
+export function memoryFor(ringLen: number): GuestMemory {
   let m = memories.get(ringLen);
   if (m === undefined) {
     // Two regions over one buffer: contiguous in guest-physical space, so a buffer may span both.
@@ -177,7 +177,7 @@ function memoryFor(ringLen: number): GuestMemory {
 }
 
 /** Fills a region from the input and starts watching it. */
-function watch(memory: GuestMemory, gpa: number, len: number, input: FuzzInput): Watched {
+export function watch(memory: GuestMemory, gpa: number, len: number, input: FuzzInput): Watched {
   const bytes = input.exactly(len);
   memory.write(gpa, bytes);
   return { gpa, bytes, expected: bytes.slice(), writable: new Uint8Array(len) };
@@ -214,7 +214,11 @@ function misuse(q: DeviceQueue, held: DescriptorChain[], input: FuzzInput): void
 }
 
 /** A popped chain's segments lie in guest memory; its writable ones become writable. */
-function checkChain(memory: GuestMemory, c: DescriptorChain, regions: readonly Watched[]): void {
+export function checkChain(
+  memory: GuestMemory,
+  c: DescriptorChain,
+  regions: readonly Watched[],
+): void {
   let readable = 0;
   let writable = 0;
   expect(c.numReadable <= c.numSegs, "more readable segments than segments");
@@ -238,7 +242,7 @@ function checkChain(memory: GuestMemory, c: DescriptorChain, regions: readonly W
 }
 
 /** Every byte the device changed lies in the used ring or a writable buffer. */
-function checkWrites(memory: GuestMemory, r: Watched): void {
+export function checkWrites(memory: GuestMemory, r: Watched): void {
   const now = new Uint8Array(r.expected.byteLength);
   memory.read(r.gpa, now);
   for (let i = 0; i < now.byteLength; i++) {

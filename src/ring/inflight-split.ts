@@ -101,6 +101,9 @@ export class SplitInflightLog {
 
   /** "When receiving available buffers": the head's fetch order, then its inflight mark. */
   fetched(head: number): void {
+    // The front-end sizes the log (SET_INFLIGHT_FD queue_size) apart from the ring (SET_VRING_NUM): a
+    // head past the log's entries has no entry and is not tracked (recover reports the mismatch for a used log).
+    if (head >= this.descNum) return;
     const at = INFLIGHT_OFF_DESC + head * INFLIGHT_DESC_SIZE;
     const c = this.#counter++;
     this.#dv.setUint32(at + INFLIGHT_DESC_OFF_COUNTER, c % U32, true);
@@ -110,6 +113,7 @@ export class SplitInflightLog {
 
   /** "When supplying used buffers", steps 1–3: the head joins the batch list. */
   used(head: number): void {
+    if (head >= this.descNum) return; // no entry for it (see fetched)
     const dv = this.#dv;
     const at = INFLIGHT_OFF_DESC + head * INFLIGHT_DESC_SIZE;
     dv.setUint16(
