@@ -51,7 +51,14 @@ export function announceResume(bells: QueueDoorbells): void {
 /** One line when a queue resumes from an inflight log that held something, or that was not trusted. */
 function logRecovery(logger: Logger, queue: number, r: InflightRecovery | null): void {
   if (r === null) return;
-  if (r.discarded !== undefined) {
+  if (r.untracked === true) {
+    logger.warn(
+      `queue ${queue}: inflight log not used (${r.discarded}): the queue runs untracked`,
+      {
+        queue,
+      },
+    );
+  } else if (r.discarded !== undefined) {
     logger.warn(`queue ${queue}: inflight log not trusted (${r.discarded}); started afresh`, {
       queue,
     });

@@ -111,22 +111,30 @@ test("a log the front-end scribbled on never throws, never resubmits a head outs
   assert.throws(() => new SplitInflightLog(new Uint8Array(100), QSIZE), RangeError);
 });
 
-test("a ring larger than the log: heads past its entries are not tracked, and nothing throws (found by fuzzing)", () => {
+test("a ring larger than the log: the log is not used (one reason), nothing is written to it, nothing throws (found by fuzzing)", () => {
   for (const version of [0, 1]) {
     const region = new Uint8Array(inflightQueueRegionSize(2));
     const dv = new DataView(region.buffer);
     dv.setUint16(8, version, true);
     dv.setUint16(10, 2, true);
+    const before = region.slice();
     const log = new SplitInflightLog(region, 2);
     const r = log.recover(0, 8);
-    if (version === 1) assert.match(r?.discarded ?? "", /ring of 8 entries, log of 2/);
-    else assert.equal(r, null);
+    assert.match(r?.discarded ?? "", /ring of 8 entries, log of 2/);
+    assert.equal(r?.untracked, true);
+    assert.deepEqual(r?.resubmit, []);
     for (const h of [1, 5]) log.fetched(h);
     log.used(5);
     log.used(1);
     log.published(2);
-    const back = new SplitInflightLog(region, 2).recover(2, 2);
-    assert.deepEqual(back?.resubmit, []);
-    assert.equal(back?.nextAvail, 2);
+    assert.deepEqual(region, before, "untouched");
   }
+});
+
+test("a fresh log (version 0) starts without marks, whatever the front-end left in it", () => {
+  const region = new Uint8Array(inflightQueueRegionSize(QSIZE));
+  region[16 + 16 * 3] = 1; // head 3 "in flight" in a log that says it is new
+  assert.equal(new SplitInflightLog(region, QSIZE).recover(0, QSIZE), null);
+  const r = new SplitInflightLog(region, QSIZE).recover(0, QSIZE);
+  assert.deepEqual(r?.resubmit, []);
 });

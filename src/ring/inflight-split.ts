@@ -38,6 +38,8 @@ export interface InflightRecovery {
   readonly nextAvail: number;
   /** Why the log was started afresh instead of trusted, if it was. */
   readonly discarded?: string;
+  /** The log cannot cover the ring: it is not used at all (`discarded` says why). */
+  readonly untracked?: boolean;
 }
 
 const U32 = 0x1_0000_0000;
@@ -55,6 +57,8 @@ export class SplitInflightLog {
   #batchLen = 0;
   /** The fetch order of the next head taken (JavaScript numbers are exact below 2^53). */
   #counter = 0;
+  /** The log cannot cover the ring: nothing is written to it (see {@link recover}). */
+  #off = false;
 
   /** @throws {RangeError} if `region` is not a whole queue region for `descNum` entries. */
   constructor(region: Uint8Array, descNum: number) {
@@ -75,7 +79,15 @@ export class SplitInflightLog {
    */
   recover(usedIdx: number, queueSize: number): InflightRecovery | null {
     const dv = this.#dv;
+    if (queueSize > this.descNum) {
+      // The front-end sized the log (SET_INFLIGHT_FD) smaller than the ring (SET_VRING_NUM): it cannot
+      // say which chains are in flight, so the queue runs without it rather than half-tracked.
+      this.#off = true;
+      const why = `ring of ${queueSize} entries, log of ${this.descNum}`;
+      return { resubmit: [], nextAvail: usedIdx, discarded: why, untracked: true };
+    }
     if (dv.getUint16(INFLIGHT_OFF_VERSION, true) === 0) {
+      this.#wipe(); // a fresh log holds no marks, whatever the front-end left in it
       this.#init(usedIdx);
       return null;
     }
@@ -103,7 +115,7 @@ export class SplitInflightLog {
   fetched(head: number): void {
     // The front-end sizes the log (SET_INFLIGHT_FD queue_size) apart from the ring (SET_VRING_NUM): a
     // head past the log's entries has no entry and is not tracked (recover reports the mismatch for a used log).
-    if (head >= this.descNum) return;
+    if (this.#off || head >= this.descNum) return;
     const at = INFLIGHT_OFF_DESC + head * INFLIGHT_DESC_SIZE;
     const c = this.#counter++;
     this.#dv.setUint32(at + INFLIGHT_DESC_OFF_COUNTER, c % U32, true);
@@ -113,7 +125,7 @@ export class SplitInflightLog {
 
   /** "When supplying used buffers", steps 1–3: the head joins the batch list. */
   used(head: number): void {
-    if (head >= this.descNum) return; // no entry for it (see fetched)
+    if (this.#off || head >= this.descNum) return; // no entry for it (see fetched)
     const dv = this.#dv;
     const at = INFLIGHT_OFF_DESC + head * INFLIGHT_DESC_SIZE;
     dv.setUint16(
@@ -130,6 +142,7 @@ export class SplitInflightLog {
    * batch's inflight marks are cleared, then `used_idx` follows.
    */
   published(usedIdx: number): void {
+    if (this.#off) return;
     const dv = this.#dv;
     for (let i = 0; i < this.#batchLen; i++)
       dv.setUint8(
@@ -164,7 +177,6 @@ export class SplitInflightLog {
     if (version !== INFLIGHT_VERSION) return `version ${version}`;
     const descNum = dv.getUint16(INFLIGHT_OFF_DESC_NUM, true);
     if (descNum !== this.descNum) return `desc_num ${descNum}, expected ${this.descNum}`;
-    if (queueSize > this.descNum) return `ring of ${queueSize} entries, log of ${this.descNum}`;
     const pending = (usedIdx - dv.getUint16(INFLIGHT_OFF_USED_IDX, true)) & 0xffff;
     if (pending > queueSize) return `used_idx ${pending} behind the used ring`;
     if (dv.getUint16(INFLIGHT_OFF_LAST_BATCH_HEAD, true) >= this.descNum)
