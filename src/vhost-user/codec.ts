@@ -1,6 +1,9 @@
 /**
  * Pure encoders and decoders for the vhost-user header and every payload
  * layout. qemu/qemu docs/interop/vhost-user.rst "Message Specification".
+ * The payloads that describe shared buffers and config space are in
+ * ./codec-buffers.ts (re-exported here), the shared field checks in
+ * ./codec-fields.ts.
  *
  * Decoders take exactly the payload bytes (the framing layer has already
  * checked the size against the request) and throw a {@link VirtioError} with
@@ -12,14 +15,10 @@
 import { ErrorCode, VirtioError } from "../errors.ts";
 import {
   VHOST_MEMORY_BASELINE_NREGIONS,
-  VHOST_USER_CONFIG_HDR_SIZE,
   VHOST_USER_HDR_OFF_FLAGS,
   VHOST_USER_HDR_OFF_REQUEST,
   VHOST_USER_HDR_OFF_SIZE,
   VHOST_USER_HDR_SIZE,
-  VHOST_USER_INFLIGHT_SIZE,
-  VHOST_USER_LOG_SIZE,
-  VHOST_USER_MAX_CONFIG_SIZE,
   VHOST_USER_MEMORY_HDR_SIZE,
   VHOST_USER_MEM_REGION_OFF_GPA,
   VHOST_USER_MEM_REGION_OFF_MMAP_OFFSET,
@@ -41,6 +40,9 @@ import {
   VHOST_USER_VRING_STATE_SIZE,
   vhostUserMemoryTableSize,
 } from "../spec/vhost-user.ts";
+import { badPayload, expectSize, u32, u64, view } from "./codec-fields.ts";
+
+export * from "./codec-buffers.ts";
 
 /** The 12-byte message header. */
 export interface VhostUserHeader {
@@ -80,56 +82,6 @@ export interface MemRegion {
   readonly memorySize: bigint;
   readonly userspaceAddr: bigint;
   readonly mmapOffset: bigint;
-}
-
-/** "Log description" (SET_LOG_BASE). */
-export interface LogDescription {
-  readonly mmapSize: bigint;
-  readonly mmapOffset: bigint;
-}
-
-/** "Virtio device config space" (GET_CONFIG / SET_CONFIG). */
-export interface ConfigPayload {
-  readonly offset: number;
-  readonly flags: number;
-  /** `size` bytes of config space (for a GET_CONFIG request: `size` bytes the back-end ignores). */
-  readonly data: Uint8Array;
-}
-
-/** "Inflight description" (GET/SET_INFLIGHT_FD). */
-export interface InflightDescription {
-  readonly mmapSize: bigint;
-  readonly mmapOffset: bigint;
-  readonly numQueues: number;
-  readonly queueSize: number;
-}
-
-function badPayload(what: string, got: number, want: string): VirtioError {
-  return new VirtioError(
-    ErrorCode.VHOST_USER_PROTOCOL,
-    `${what} payload is ${got} bytes, expected ${want}`,
-    { size: got },
-  );
-}
-
-function view(bytes: Uint8Array): DataView {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-}
-
-function expectSize(what: string, bytes: Uint8Array, n: number): DataView {
-  if (bytes.byteLength !== n) throw badPayload(what, bytes.byteLength, String(n));
-  return view(bytes);
-}
-
-function u32(name: string, v: number): number {
-  if (!Number.isInteger(v) || v < 0 || v > 0xffff_ffff)
-    throw new RangeError(`${name} must be a u32, got ${v}`);
-  return v;
-}
-
-function u64(name: string, v: bigint): bigint {
-  if (v < 0n || v > 0xffff_ffff_ffff_ffffn) throw new RangeError(`${name} must be a u64, got ${v}`);
-  return v;
 }
 
 // ---------------------------------------------------------------- header
@@ -330,92 +282,5 @@ export function decodeSingleMemRegion(bytes: Uint8Array): MemRegion {
 export function encodeSingleMemRegion(r: MemRegion): Uint8Array {
   const out = new Uint8Array(VHOST_USER_SINGLE_MEM_REGION_SIZE);
   writeRegion(view(out), 8, r);
-  return out;
-}
-
-// ---------------------------------------------------------------- log, config, inflight
-
-export function decodeLog(bytes: Uint8Array): LogDescription {
-  const dv = expectSize("log", bytes, VHOST_USER_LOG_SIZE);
-  return { mmapSize: dv.getBigUint64(0, true), mmapOffset: dv.getBigUint64(8, true) };
-}
-
-export function encodeLog(l: LogDescription): Uint8Array {
-  const out = new Uint8Array(VHOST_USER_LOG_SIZE);
-  const dv = view(out);
-  dv.setBigUint64(0, u64("mmapSize", l.mmapSize), true);
-  dv.setBigUint64(8, u64("mmapOffset", l.mmapOffset), true);
-  return out;
-}
-
-/**
- * "Virtio device config space": offset, size, flags, then exactly `size`
- * bytes (at most 256). The returned `data` is a copy.
- */
-export function decodeConfig(bytes: Uint8Array): ConfigPayload {
-  if (bytes.byteLength < VHOST_USER_CONFIG_HDR_SIZE)
-    throw badPayload("config", bytes.byteLength, `>= ${VHOST_USER_CONFIG_HDR_SIZE}`);
-  const dv = view(bytes);
-  const size = dv.getUint32(4, true);
-  if (size > VHOST_USER_MAX_CONFIG_SIZE) {
-    throw new VirtioError(
-      ErrorCode.VHOST_USER_PROTOCOL,
-      `config access of ${size} bytes exceeds ${VHOST_USER_MAX_CONFIG_SIZE}`,
-      { size },
-    );
-  }
-  if (bytes.byteLength !== VHOST_USER_CONFIG_HDR_SIZE + size)
-    throw badPayload(
-      `config (size ${size})`,
-      bytes.byteLength,
-      String(VHOST_USER_CONFIG_HDR_SIZE + size),
-    );
-  return {
-    offset: dv.getUint32(0, true),
-    flags: dv.getUint32(8, true),
-    data: bytes.slice(VHOST_USER_CONFIG_HDR_SIZE),
-  };
-}
-
-/** @throws {RangeError} for more than 256 bytes of data. */
-export function encodeConfig(c: ConfigPayload): Uint8Array {
-  if (c.data.byteLength > VHOST_USER_MAX_CONFIG_SIZE)
-    throw new RangeError(
-      `config data is ${c.data.byteLength} bytes, at most ${VHOST_USER_MAX_CONFIG_SIZE}`,
-    );
-  const out = new Uint8Array(VHOST_USER_CONFIG_HDR_SIZE + c.data.byteLength);
-  const dv = view(out);
-  dv.setUint32(0, u32("offset", c.offset), true);
-  dv.setUint32(4, c.data.byteLength, true);
-  dv.setUint32(8, u32("flags", c.flags), true);
-  out.set(c.data, VHOST_USER_CONFIG_HDR_SIZE);
-  return out;
-}
-
-/** "Inflight description"; the 4 trailing padding bytes QEMU sends are ignored. */
-export function decodeInflight(bytes: Uint8Array): InflightDescription {
-  const dv = expectSize("inflight", bytes, VHOST_USER_INFLIGHT_SIZE);
-  return {
-    mmapSize: dv.getBigUint64(0, true),
-    mmapOffset: dv.getBigUint64(8, true),
-    numQueues: dv.getUint16(16, true),
-    queueSize: dv.getUint16(18, true),
-  };
-}
-
-export function encodeInflight(d: InflightDescription): Uint8Array {
-  for (const [name, v] of [
-    ["numQueues", d.numQueues],
-    ["queueSize", d.queueSize],
-  ] as const) {
-    if (!Number.isInteger(v) || v < 0 || v > 0xffff)
-      throw new RangeError(`${name} must be a u16, got ${v}`);
-  }
-  const out = new Uint8Array(VHOST_USER_INFLIGHT_SIZE);
-  const dv = view(out);
-  dv.setBigUint64(0, u64("mmapSize", d.mmapSize), true);
-  dv.setBigUint64(8, u64("mmapOffset", d.mmapOffset), true);
-  dv.setUint16(16, d.numQueues, true);
-  dv.setUint16(18, d.queueSize, true);
   return out;
 }
