@@ -44,9 +44,9 @@ describe("real guest while the backend is killed and restarted 10 times", () => 
       const r = await killRestartScenario(startVirtioTsCli, { ...o, kills: KILLS });
       assert.equal(r.kills, KILLS);
       assert.ok(r.passes >= 1);
-      // fio keeps the backend busy, so kills land with requests in flight and the restarted
-      // backends resubmit some; ext4's bursts are short, so its kills mostly find none.
-      if (o.workload === "fio") assert.ok(r.resubmitted > 0, "some kill left requests in flight");
+      // How many requests the restarted backends resubmitted depends on where each kill lands
+      // (under TCG most of a request's time is spent in the guest): reported, not asserted. The
+      // exactly-once proofs with requests certainly in flight are test/reliability/inflight.test.ts.
       t.diagnostic(
         `${r.kills} kills, ${r.resubmitted} requests resubmitted, ${r.passes} passes of the workload`,
       );
