@@ -102,6 +102,8 @@ export class DeviceQueue {
   #publishedSinceSignal = 0;
   #usedFlags = 0;
   #broken: VirtioError | null = null;
+  /** The next needsNotification is true whatever was published ({@link forceNotification}). */
+  #forced = false;
 
   /**
    * Validates the configuration and maps the three ring parts once.
@@ -308,6 +310,12 @@ export class DeviceQueue {
   needsNotification(): boolean {
     if (this.#broken !== null) return false;
     const count = this.#publishedSinceSignal;
+    if (this.#forced) {
+      this.#forced = false;
+      this.#publishedSinceSignal = 0;
+      this.#lastSignalUsed = this.#publishedUsed;
+      return true;
+    }
     const old = this.#lastSignalUsed;
     const now = this.#publishedUsed;
     this.#publishedSinceSignal = 0;
@@ -325,6 +333,26 @@ export class DeviceQueue {
     // §2.7.7.2: "If the idx field in the used ring (which determined where that descriptor index was placed)
     // was equal to used_event, the device MUST send a notification."
     return vringNeedEvent(usedEvent, now, old);
+  }
+
+  /**
+   * EVENT_IDX: true if `used_event` is not the published used.idx — the
+   * driver asked to hear of an index that is already published. A driver
+   * that consumed everything re-arms at used.idx, so on an idle queue this
+   * means a notification was lost: the driver's used_event store and its
+   * re-check of used.idx were reordered against ours (a TCG guest with one
+   * vCPU runs its barriers as plain accesses), so it went to sleep on work
+   * that is there. The caller decides when to look (only when idle, twice).
+   */
+  notificationOwed(): boolean {
+    if (this.#broken !== null || !this.#eventIdx) return false;
+    // Atomics.load (SeqCst): the driver's latest used_event, after our used.idx store.
+    return this.#avail.atomicLoadU16(this.#usedEventOff) !== this.#publishedUsed;
+  }
+
+  /** Makes the next {@link needsNotification} true (§2.7.7.2 lets the device notify more often). */
+  forceNotification(): void {
+    this.#forced = true;
   }
 
   /**

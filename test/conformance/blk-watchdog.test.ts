@@ -61,6 +61,32 @@ test("chains made available without a kick are picked up by the watchdog after t
   );
 });
 
+test("a notification the driver missed (EVENT_IDX: used_event left behind used.idx on an idle queue) is sent after two idle ticks, and logged", async (t) => {
+  const r = new BlkRig({ backing: new MemoryBacking(DISK), eventIdx: true });
+  const dog = new EngineWatchdog(0.06);
+  t.after(() => dog.stop());
+  // The driver asked to hear when used.idx passes 0, but its store lands too late: the device
+  // reads an old used_event (here: 0xffff) when it publishes, so it does not notify.
+  r.drv.usedEvent = 0xffff;
+  r.add({ type: VIRTIO_BLK_T_IN, sector: 1, inLen: 512 });
+  r.engine.kick();
+  await r.waitUsed(1);
+  const before = r.notifications;
+  r.drv.usedEvent = 0; // now visible: the driver waits for index 0, already published
+  dog.add(r.engine, 0, r.log);
+  await until(() => r.notifications > before, "the missed notification");
+  assert.ok(
+    r.log.warnings.includes(
+      "virtio-blk vq 0: the driver is still waiting for completed requests (a notification was lost); notifying it",
+    ),
+  );
+  // Caught up (used_event = used.idx): nothing more is sent.
+  r.drv.usedEvent = r.drv.usedIdx;
+  const after = r.notifications;
+  await new Promise((res) => setTimeout(res, 100));
+  assert.equal(r.notifications, after);
+});
+
 test("abort fails every request in flight with IOERR now; the late results are dropped, stop completes", async () => {
   const backing = new StuckBacking(DISK);
   const r = new BlkRig({ backing });

@@ -1,11 +1,14 @@
 /**
  * The virtio-blk engines' watchdog: a timer that ticks while queues run and
- * asks each engine to report requests that make no progress and chains no
- * kick announced. A request stuck in the backing store, or a lost wake-up,
- * then shows in the log with its queue, request and what it waits for,
- * instead of as a silent hang. Not spec-defined (VIRTIO 1.2 §2.7.13 lets a
- * device process available buffers without a notification, which is what
- * the lost-kick check does).
+ * asks each engine to report requests that make no progress, chains no kick
+ * announced, and completions whose notification the driver missed. A
+ * request stuck in the backing store, or a lost wake-up in either
+ * direction, then shows in the log with its queue (and request) and is
+ * resolved where it can be, instead of as a silent hang. Not spec-defined
+ * (VIRTIO 1.2 §2.7.13 lets a device process available buffers without a
+ * notification, which is what the lost-kick check does; §2.7.7.2 lets it
+ * send a notification the driver's used_event did not ask for, which is
+ * what the lost-call check does).
  *
  * @module
  */
@@ -24,6 +27,8 @@ interface Watched {
   readonly logger: Logger;
   /** Available chains were seen unpopped while idle at the previous tick. */
   idleWithWork: boolean;
+  /** Idle at the previous tick with a notification owed to the driver. */
+  owedCall: boolean;
 }
 
 /** One timer for the engines of a device. */
@@ -42,7 +47,7 @@ export class EngineWatchdog {
 
   /** Watches `engine` (queue `queue`) until it stops; the timer runs while any engine is watched. */
   add(engine: BlkQueueEngine, queue: number, logger: Logger): void {
-    this.#engines.set(engine, { queue, logger, idleWithWork: false });
+    this.#engines.set(engine, { queue, logger, idleWithWork: false, owedCall: false });
     if (this.#timer !== null) return;
     this.#timer = setInterval(() => this.#onTick(), this.#tickSeconds * 1000);
     // Never keeps a thread alive on its own.
@@ -66,6 +71,7 @@ export class EngineWatchdog {
       e.tick = tick;
       this.#stalled(e, w, tick);
       this.#lostKick(e, w);
+      this.#lostCall(e, w);
     }
     if (this.#engines.size === 0) this.stop();
   }
@@ -95,5 +101,24 @@ export class EngineWatchdog {
       e.kick();
     }
     w.idleWithWork = work;
+  }
+
+  /**
+   * Idle at two ticks in a row while the driver still asks to hear of
+   * published work: its notification was lost (see
+   * DeviceQueue.notificationOwed); send it.
+   */
+  #lostCall(e: BlkQueueEngine, w: Watched): void {
+    const owed = e.idle && !w.idleWithWork && e.notificationOwed();
+    if (owed && w.owedCall) {
+      w.logger.warn(
+        `virtio-blk vq ${w.queue}: the driver is still waiting for completed requests (a notification was lost); notifying it`,
+        { queue: w.queue },
+      );
+      e.nudge();
+      w.owedCall = false;
+      return;
+    }
+    w.owedCall = owed;
   }
 }

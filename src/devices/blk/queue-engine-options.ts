@@ -46,6 +46,10 @@ export interface BlkVirtqueue {
   readonly broken: VirtioError | null;
   /** Makes the queue broken (sticky until reset). */
   markBroken(err: VirtioError): void;
+  /** True if the driver still waits for a notification for what was published (see DeviceQueue). */
+  notificationOwed?(): boolean;
+  /** Makes the next needsNotification() true once. */
+  forceNotification?(): void;
 }
 
 /** What the engine reads per request: the parser's policy plus the cache mode. */

@@ -202,6 +202,19 @@ export class BlkQueueEngine {
     );
   }
 
+  /** True if the driver waits for a notification for work already published (the watchdog asks when idle). */
+  notificationOwed(): boolean {
+    return this.#q.notificationOwed?.() ?? false;
+  }
+
+  /** Sends the driver a used buffer notification now (one it missed). */
+  nudge(): void {
+    if (this.#halted || this.#q.forceNotification === undefined) return;
+    this.#q.forceNotification();
+    if (this.#signalUsed !== null) this.#callback("signalUsed", this.#signalUsed);
+    else if (this.#q.needsNotification()) this.#callback("notify", this.#notify!);
+  }
+
   /** True if the driver made chains available that were not popped (a ring violation breaks the device). */
   hasAvailable(): boolean {
     try {
