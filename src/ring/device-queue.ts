@@ -340,8 +340,8 @@ export class DeviceQueue {
    * driver asked to hear of an index that is already published. A driver
    * that consumed everything re-arms at used.idx, so on an idle queue this
    * means a notification was lost: the driver's used_event store and its
-   * re-check of used.idx were reordered against ours (a TCG guest with one
-   * vCPU runs its barriers as plain accesses), so it went to sleep on work
+   * re-check of used.idx were reordered against ours (as a TCG guest with one
+   * vCPU can let happen), so it went to sleep on work
    * that is there. The caller decides when to look (only when idle, twice).
    */
   notificationOwed(): boolean {
