@@ -13,7 +13,8 @@
  *
  * Chains are walked by {@link ChainWalker} (chain-walk.ts); heads in flight
  * and the inflight log are kept by {@link InFlightChains}
- * (in-flight-chains.ts). Decisions where the spec leaves room (see
+ * (in-flight-chains.ts); notification suppression is
+ * {@link DeviceSuppression} (device-suppression.ts). Decisions where the spec leaves room (see
  * docs/conformance.md):
  * - `disableNotification` with EVENT_IDX is a no-op: `avail_event` is only
  *   moved by {@link DeviceQueue.enableNotification}, so the driver kicks at
@@ -28,22 +29,16 @@
 import { ErrorCode, VirtioError, type ErrorCodeValue } from "../errors.ts";
 import type { GuestMemory, GuestSlice } from "../memory/guest-memory.ts";
 import {
-  VIRTQ_AVAIL_F_NO_INTERRUPT,
-  VIRTQ_AVAIL_OFF_FLAGS,
   VIRTQ_AVAIL_OFF_IDX,
   VIRTQ_AVAIL_OFF_RING,
   VIRTQ_USED_ELEM_SIZE,
-  VIRTQ_USED_F_NO_NOTIFY,
-  VIRTQ_USED_OFF_FLAGS,
   VIRTQ_USED_OFF_IDX,
   VIRTQ_USED_OFF_RING,
-  availEventOffset,
-  usedEventOffset,
-  vringNeedEvent,
 } from "../spec/virtqueue.ts";
 import type { DescriptorChain } from "./chain.ts";
 import { ChainWalker, MAX_CHAIN_BYTES } from "./chain-walk.ts";
 import { mapDeviceQueue, type DeviceQueueConfig } from "./device-queue-config.ts";
+import { DeviceSuppression } from "./device-suppression.ts";
 import { InFlightChains } from "./in-flight-chains.ts";
 import type { InflightRecovery } from "./inflight-split.ts";
 
@@ -75,11 +70,9 @@ export class DeviceQueue {
   readonly #avail: GuestSlice;
   readonly #used: GuestSlice;
   readonly #mask: number;
-  readonly #eventIdx: boolean;
   readonly #walker: ChainWalker;
   readonly #onBroken: ((err: VirtioError) => void) | undefined;
-  readonly #usedEventOff: number;
-  readonly #availEventOff: number;
+  readonly #notify: DeviceSuppression;
 
   readonly #chains: InFlightChains;
   /**
@@ -93,17 +86,9 @@ export class DeviceQueue {
   /** Last avail.idx loaded and validated; entries in [nextAvail, shadow) are published. */
   #availShadow: number;
   #nextUsed: number;
-  /** used.idx as last stored. */
-  #publishedUsed: number;
   /** Used elements added but not yet published. */
   #pendingUsed = 0;
-  /** used.idx at the last needsNotification call ("old"), and elements published since. */
-  #lastSignalUsed: number;
-  #publishedSinceSignal = 0;
-  #usedFlags = 0;
   #broken: VirtioError | null = null;
-  /** The next needsNotification is true whatever was published ({@link forceNotification}). */
-  #forced = false;
 
   /**
    * Validates the configuration and maps the three ring parts once.
@@ -120,17 +105,19 @@ export class DeviceQueue {
     this.#avail = avail;
     this.#used = used;
     this.#mask = size - 1;
-    this.#eventIdx = config.eventIdx ?? false;
     this.#walker = new ChainWalker(this, memory, desc, size, config.indirect ?? false, maxIndirect);
     this.#onBroken = config.onBroken;
-    this.#usedEventOff = usedEventOffset(size);
-    this.#availEventOff = availEventOffset(size);
     this.#chains = new InFlightChains(memory, size, config.inflight ?? null);
     const resume = config.usedIdxFromMemory === true || config.inflight !== undefined;
     // Atomics.load (SeqCst): the used index the other side last saw, when resuming a ring.
     this.#nextUsed = resume ? this.#used.atomicLoadU16(VIRTQ_USED_OFF_IDX) : 0;
-    this.#publishedUsed = this.#nextUsed;
-    this.#lastSignalUsed = this.#nextUsed;
+    this.#notify = new DeviceSuppression(
+      avail,
+      used,
+      size,
+      config.eventIdx ?? false,
+      this.#nextUsed,
+    );
     // vhost-user "When reconnecting": the log, not the front-end, says where the available ring resumes.
     this.recovery = this.#chains.recover(this.#nextUsed, size);
     this.#nextAvail = this.recovery?.nextAvail ?? nextAvail;
@@ -289,8 +276,7 @@ export class DeviceQueue {
     // Atomics.store (SeqCst): used elements and the data written into buffers become visible before the new used.idx.
     this.#used.atomicStoreU16(VIRTQ_USED_OFF_IDX, this.#nextUsed);
     this.#chains.published(this.#nextUsed);
-    this.#publishedUsed = this.#nextUsed;
-    this.#publishedSinceSignal += this.#pendingUsed;
+    this.#notify.published(this.#nextUsed, this.#pendingUsed);
     this.#pendingUsed = 0;
   }
 
@@ -298,61 +284,24 @@ export class DeviceQueue {
    * Should the device send a used buffer notification for what was
    * published since the last call? Call it after {@link publishUsed}.
    * False when nothing was published since the last call, or when broken.
-   *
-   * - EVENT_IDX (§2.7.7.2): true iff `used_event` lies in the window of used
-   *   indexes published since the last call (`vring_need_event`); forced true
-   *   if more than 65535 were published, since the window then covers every
-   *   u16 value. The window start is the exact used.idx of the previous call
-   *   (starting at the initial used idx), so no "signalled_used_valid" flag
-   *   is needed.
-   * - otherwise (§2.7.7.2): true unless avail.flags has NO_INTERRUPT.
+   * See {@link DeviceSuppression.needsNotification} (EVENT_IDX window, flags).
    */
   needsNotification(): boolean {
-    if (this.#broken !== null) return false;
-    const count = this.#publishedSinceSignal;
-    if (this.#forced) {
-      this.#forced = false;
-      this.#publishedSinceSignal = 0;
-      this.#lastSignalUsed = this.#publishedUsed;
-      return true;
-    }
-    const old = this.#lastSignalUsed;
-    const now = this.#publishedUsed;
-    this.#publishedSinceSignal = 0;
-    this.#lastSignalUsed = now;
-    if (count === 0) return false;
-    if (!this.#eventIdx) {
-      // Atomics.load (SeqCst): ordered after the used.idx store; pairs with the driver's flags store then used.idx load.
-      const flags = this.#avail.atomicLoadU16(VIRTQ_AVAIL_OFF_FLAGS);
-      // §2.7.7.2: "If flags is 1, the device SHOULD NOT send a notification. If flags is 0, the device MUST send a notification."
-      return (flags & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;
-    }
-    if (count > 0xffff) return true;
-    // Atomics.load (SeqCst): ordered after the used.idx store (store→load Dekker pair with the driver's used_event store → used.idx load).
-    const usedEvent = this.#avail.atomicLoadU16(this.#usedEventOff);
-    // §2.7.7.2: "If the idx field in the used ring (which determined where that descriptor index was placed)
-    // was equal to used_event, the device MUST send a notification."
-    return vringNeedEvent(usedEvent, now, old);
+    return this.#broken === null && this.#notify.needsNotification();
   }
 
   /**
-   * EVENT_IDX: true if `used_event` is not the published used.idx — the
-   * driver asked to hear of an index that is already published. A driver
-   * that consumed everything re-arms at used.idx, so on an idle queue this
-   * means a notification was lost: the driver's used_event store and its
-   * re-check of used.idx were reordered against ours (as a TCG guest with one
-   * vCPU can let happen), so it went to sleep on work
-   * that is there. The caller decides when to look (only when idle, twice).
+   * EVENT_IDX: true if the driver still asks to hear of work already
+   * published — on an idle queue, a notification it missed (see
+   * {@link DeviceSuppression.owed}). False when broken.
    */
   notificationOwed(): boolean {
-    if (this.#broken !== null || !this.#eventIdx) return false;
-    // Atomics.load (SeqCst): the driver's latest used_event, after our used.idx store.
-    return this.#avail.atomicLoadU16(this.#usedEventOff) !== this.#publishedUsed;
+    return this.#broken === null && this.#notify.owed();
   }
 
   /** Makes the next {@link needsNotification} true (§2.7.7.2 lets the device notify more often). */
   forceNotification(): void {
-    this.#forced = true;
+    this.#notify.force();
   }
 
   /**
@@ -367,15 +316,7 @@ export class DeviceQueue {
    */
   enableNotification(): boolean {
     if (this.#broken !== null) return false;
-    if (this.#eventIdx) {
-      // Atomics.store (SeqCst): publishes avail_event before the avail.idx re-load below (store→load Dekker pair
-      // with the driver's avail.idx store → avail_event load).
-      this.#used.atomicStoreU16(this.#availEventOff, this.#nextAvail);
-    } else {
-      this.#usedFlags &= ~VIRTQ_USED_F_NO_NOTIFY;
-      // Atomics.store (SeqCst): clears NO_NOTIFY before the avail.idx re-load below (same Dekker pair with flags).
-      this.#used.atomicStoreU16(VIRTQ_USED_OFF_FLAGS, this.#usedFlags);
-    }
+    this.#notify.enable(this.#nextAvail);
     return this.hasAvailable();
   }
 
@@ -386,11 +327,7 @@ export class DeviceQueue {
    * (`avail_event` simply stops moving). Writes nothing when broken.
    */
   disableNotification(): void {
-    // §2.7.10: with EVENT_IDX "The device MUST set flags to 0", so only avail_event may suppress.
-    if (this.#broken !== null || this.#eventIdx) return;
-    this.#usedFlags |= VIRTQ_USED_F_NO_NOTIFY;
-    // Atomics.store (SeqCst): a hint; no ordering needed beyond the field being written whole.
-    this.#used.atomicStoreU16(VIRTQ_USED_OFF_FLAGS, this.#usedFlags);
+    if (this.#broken === null) this.#notify.disable();
   }
 
   /** Loads and validates avail.idx; a jump breaks the queue. */
