@@ -19,8 +19,11 @@ import type { Logger } from "../../log.ts";
 /** Default: a request in flight this long is logged as stalled. */
 export const DEFAULT_STALL_SECONDS = 30;
 
-/** Ticks per stall period (the tick is stallSeconds / this). */
-const TICKS_PER_STALL = 6;
+/**
+ * The tick: a sixth of the stall time, at most half a second, so that a lost
+ * kick or a lost notification costs the guest at most about a second.
+ */
+const MAX_TICK_SECONDS = 0.5;
 
 interface Watched {
   readonly queue: number;
@@ -35,6 +38,8 @@ interface Watched {
 export class EngineWatchdog {
   readonly #engines = new Map<BlkQueueEngine, Watched>();
   readonly #tickSeconds: number;
+  /** Ticks a request may stay in flight before it is logged as stalled. */
+  readonly #ticksPerStall: number;
   #timer: ReturnType<typeof setInterval> | null = null;
   #tick = 0;
 
@@ -42,7 +47,8 @@ export class EngineWatchdog {
   constructor(stallSeconds: number = DEFAULT_STALL_SECONDS) {
     if (!(stallSeconds > 0 && stallSeconds <= 86_400))
       throw new RangeError(`stallSeconds must be in (0, 86400], got ${stallSeconds}`);
-    this.#tickSeconds = stallSeconds / TICKS_PER_STALL;
+    this.#tickSeconds = Math.min(stallSeconds / 6, MAX_TICK_SECONDS);
+    this.#ticksPerStall = Math.ceil(stallSeconds / this.#tickSeconds);
   }
 
   /** Watches `engine` (queue `queue`) until it stops; the timer runs while any engine is watched. */
@@ -79,7 +85,7 @@ export class EngineWatchdog {
   /** Logs, once each, the requests in flight for a stall period or more, and what they wait for. */
   #stalled(e: BlkQueueEngine, w: Watched, tick: number): void {
     for (const req of e.active) {
-      if (req.stallLogged || tick - req.submittedTick < TICKS_PER_STALL) continue;
+      if (req.stallLogged || tick - req.submittedTick < this.#ticksPerStall) continue;
       req.stallLogged = true;
       const head = req.chain!.head;
       const seconds = Math.round((tick - req.submittedTick) * this.#tickSeconds);
