@@ -30,39 +30,12 @@ import {
 import { availRingSize, descTableSize, isValidQueueSize, usedRingSize } from "../spec/virtqueue.ts";
 import { VhostUserProtocolFeature as PF } from "../spec/vhost-user.ts";
 import type { VhostUserBackend } from "./backend.ts";
-import type { VringAddr } from "./codec.ts";
 import type { InflightShm, VringDataplane, VringStart } from "./dataplane.ts";
 import type { EventFds } from "./host.ts";
 import { MemoryTable } from "./memory-table.ts";
+import { VringState } from "./vring-state.ts";
 
-/** Per-ring state as the front-end configured it. */
-export class VringState {
-  readonly index: number;
-  /** SET_VRING_NUM (0 until set). */
-  num = 0;
-  /** The next available index: SET_VRING_BASE, or where the last stop left it. */
-  base = 0;
-  /** SET_VRING_ADDR as received (front-end virtual addresses). */
-  addr: VringAddr | undefined;
-  kickFd: number | null = null;
-  callFd: number | null = null;
-  errFd: number | null = null;
-  /** Started by a kick fd, stopped by GET_VRING_BASE. */
-  started = false;
-  enabled = false;
-  /** The dataplane serves the ring. */
-  running = false;
-  /** The last start was refused (bad size / layout); not retried until the ring is reconfigured. */
-  startFailed = false;
-  /** A stop in progress (never rejects). */
-  stopping: Promise<void> | null = null;
-  /** The error of a failed background stop, reported by the next {@link VhostUserSession.settle}. */
-  stopError: Error | undefined = undefined;
-
-  constructor(index: number) {
-    this.index = index;
-  }
-}
+export { VringState } from "./vring-state.ts";
 
 /** Options of {@link VhostUserSession}. */
 export interface VhostUserSessionOptions {

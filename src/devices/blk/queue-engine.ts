@@ -23,7 +23,8 @@
  *
  * The engine knows no transport: it is given a queue, a backing store, a
  * policy (usually a {@link BlkDeviceConfig}) and callbacks
- * (./queue-engine-options.ts).
+ * (./queue-engine-options.ts). Completions are written and published by
+ * ./used-publisher.ts.
  *
  * @module
  */
@@ -32,7 +33,7 @@ import { ErrorCode, VirtioError, isVirtioError } from "../../errors.ts";
 import type { DescriptorChain } from "../../ring/chain.ts";
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from "../../spec/blk.ts";
 import type { BlkBacking } from "./backing.ts";
-import { executeBlkRequest, prepareBlkRequest, writeStatus } from "./execute.ts";
+import { executeBlkRequest, prepareBlkRequest } from "./execute.ts";
 import { type Logger, consoleLogger, errorText } from "../../log.ts";
 import { failedLine, invalidLine, popLine, submitLine } from "./log.ts";
 import {
@@ -42,6 +43,7 @@ import {
   type BlkVirtqueue,
 } from "./queue-engine-options.ts";
 import { BlkRequest } from "./request.ts";
+import { BlkUsedPublisher } from "./used-publisher.ts";
 
 export {
   DEFAULT_BLK_ENGINE_BUDGET,
@@ -68,8 +70,7 @@ export class BlkQueueEngine {
   readonly #policy: BlkEnginePolicy;
   readonly #max: number;
   readonly #budget: number;
-  readonly #notify: (() => void) | null;
-  readonly #signalUsed: (() => void) | null;
+  readonly #used: BlkUsedPublisher;
   readonly #onBroken: (err: VirtioError) => void;
   readonly #memoryFault: () => VirtioError | null;
   readonly #log: Logger;
@@ -81,8 +82,6 @@ export class BlkQueueEngine {
   readonly #active = new Set<BlkRequest>();
   /** The watchdog's tick (./engine-watchdog.ts); stamped on each submitted request. */
   #tick = 0;
-  /** addUsed calls not yet published. */
-  #unpublished = 0;
   #running = false;
   #again = false;
   /** Stopped popping because the in-flight limit was reached. */
@@ -102,11 +101,17 @@ export class BlkQueueEngine {
     this.#policy = o.policy;
     this.#max = max;
     this.#budget = budget;
-    this.#notify = o.notify ?? null;
-    this.#signalUsed = o.signalUsed ?? null;
     this.#onBroken = o.onBroken;
     this.#memoryFault = o.memoryFault ?? (() => null);
     this.#log = o.logger ?? consoleLogger;
+    this.#used = new BlkUsedPublisher({
+      queue: o.queue,
+      queueIndex: o.queueIndex,
+      log: this.#log,
+      notify: o.notify ?? null,
+      signalUsed: o.signalUsed ?? null,
+      fail: (e) => this.#fail(e),
+    });
     this.#schedule = o.schedule ?? nextTask;
     for (let i = 0; i <= max; i++) this.#free.push(new BlkRequest());
   }
@@ -171,7 +176,7 @@ export class BlkQueueEngine {
         queue: this.#qi,
         req: req.chain!.head,
       });
-      this.#completeOnly(req);
+      if (!this.#halted) this.#used.add(req); // the status and the used entry
     }
     this.#active.clear();
     this.#inFlight = 0;
@@ -209,10 +214,7 @@ export class BlkQueueEngine {
 
   /** Sends the driver a used buffer notification now (one it missed). */
   nudge(): void {
-    if (this.#halted || this.#q.forceNotification === undefined) return;
-    this.#q.forceNotification();
-    if (this.#signalUsed !== null) this.#callback("signalUsed", this.#signalUsed);
-    else if (this.#q.needsNotification()) this.#callback("notify", this.#notify!);
+    if (!this.#halted) this.#used.nudge();
   }
 
   /** True if the driver made chains available that were not popped (a ring violation breaks the device). */
@@ -358,55 +360,14 @@ export class BlkQueueEngine {
 
   /** Writes the status, adds the used entry (unless halted) and recycles the request. */
   #complete(req: BlkRequest): void {
-    this.#completeOnly(req);
+    if (!this.#halted) this.#used.add(req); // the status and the used entry
     req.release();
     this.#free.push(req);
   }
 
-  /** Writes the status and adds the used entry (unless halted); the request stays owned. */
-  #completeOnly(req: BlkRequest): void {
-    const head = req.chain!.head;
-    if (!this.#halted) {
-      try {
-        writeStatus(req);
-        this.#q.addUsed(head, req.usedLen);
-        this.#unpublished++;
-        this.#log.trace?.(
-          `virtio_blk_req_complete vq ${this.#qi} req ${head} status ${req.status} len ${req.usedLen}`,
-        );
-      } catch (e) {
-        this.#fail(e);
-      }
-    }
-  }
-
-  /** Publishes what was added and notifies the driver if it asked to be. */
+  /** Publishes what was added and notifies the driver if it asked to be (unless halted). */
   #flush(): void {
-    if (this.#unpublished === 0 || this.#halted) return;
-    this.#unpublished = 0;
-    if (this.#signalUsed !== null) {
-      this.#log.trace?.(`virtio_blk_signal_used vq ${this.#qi}`);
-      this.#callback("signalUsed", this.#signalUsed);
-      return;
-    }
-    try {
-      this.#q.publishUsed();
-      if (!this.#q.needsNotification()) return;
-    } catch (e) {
-      this.#fail(e);
-      return;
-    }
-    this.#log.trace?.(`virtio_notify vq ${this.#qi}`);
-    this.#callback("notify", this.#notify!);
-  }
-
-  /** Runs an embedder callback; a throw is logged, never propagated into the engine. */
-  #callback(name: string, fn: () => void): void {
-    try {
-      fn();
-    } catch (e) {
-      this.#log.error(`virtio-blk vq ${this.#qi}: ${name} callback threw: ${errorText(e)}`);
-    }
+    if (!this.#halted) this.#used.flush();
   }
 
   /** A ring violation or a request without headers: the device is broken. */
