@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// The whole test suite: typecheck, lint, layer check, then every *.test.ts
-// under src/ and test/ on Node's built-in runner (TypeScript loaded by tsx).
+// The whole test suite: the build (dist/, which the CLI and its dataplane
+// workers run), typecheck, lint, layer check, then every *.test.ts under
+// src/ and test/ on Node's built-in runner (the tests themselves loaded by tsx).
 //   VIRTIO_TS_TEST_ONLY=substr   run only test files whose path contains substr
 //   VIRTIO_TS_SKIP_STATIC=1      skip typecheck and lint (local iteration only)
 import { spawnSync } from "node:child_process";
@@ -26,6 +27,8 @@ function findTests(dir, out = []) {
   return out;
 }
 
+// Always: every test that starts the `virtio-ts` command runs the compiled CLI.
+run("npm", ["run", "--silent", "build"]);
 if (process.env.VIRTIO_TS_SKIP_STATIC !== "1") {
   run("node_modules/.bin/tsc", ["-p", "tsconfig.json", "--noEmit"]);
   run("node_modules/.bin/eslint", ["."]);

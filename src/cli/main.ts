@@ -12,7 +12,7 @@
 import { readFileSync } from "node:fs";
 import { type FlagSpec, UsageError, formatFlagHelp, parseFlags, requireFlags } from "./args.ts";
 import { type Command, CommandError } from "./commands/command.ts";
-import { vhostUserBlkCommand } from "./commands/vhost-user-blk.ts";
+import { vhostUserBlkCommand } from "./commands/vhost-user-blk-command.ts";
 import { type CliIo, CliLog } from "./log.ts";
 
 /** Exit statuses. */

@@ -3,7 +3,8 @@
  * (VIRTIO 1.2 §5.2) over vhost-user (qemu/qemu docs/interop/vhost-user.rst,
  * "Backend program conventions": a Unix socket path or an inherited
  * listening fd). Composes a dataplane pool, `openVhostUserBlk` and
- * {@link VhostUserServer}; the library does the work.
+ * {@link VhostUserServer}; the library does the work. Loaded only when the
+ * command runs (./vhost-user-blk-command.ts describes it).
  *
  * @module
  */
@@ -17,8 +18,8 @@ import { errorText } from "../../log.ts";
 import { isNativeError } from "../../native/index.ts";
 import { VhostUserServer } from "../../vhost-user/server.ts";
 import type { CliIo, CliLog } from "../log.ts";
-import { type Command, type CommandContext, CommandError } from "./command.ts";
-import { EPILOG, FLAGS, type Settings, settings } from "./vhost-user-blk-flags.ts";
+import { type CommandContext, CommandError } from "./command.ts";
+import type { Settings } from "./vhost-user-blk-flags.ts";
 
 /** The one-line reason the listening socket cannot be created. */
 function socketError(s: Settings, e: unknown): CommandError | undefined {
@@ -189,7 +190,8 @@ async function stop(
   return 0;
 }
 
-async function serve(s: Settings, ctx: CommandContext): Promise<number> {
+/** Runs the command with checked settings until a stop signal; resolves with the exit status. */
+export async function serve(s: Settings, ctx: CommandContext): Promise<number> {
   const { io, log } = ctx;
   const { pool, blk } = await openDevice(s, log);
   let server: VhostUserServer;
@@ -217,13 +219,3 @@ async function serve(s: Settings, ctx: CommandContext): Promise<number> {
     signals.off();
   }
 }
-
-/** The `vhost-user-blk` command. */
-export const vhostUserBlkCommand: Command = {
-  name: "vhost-user-blk",
-  summary: "serve a raw disk image to a VM as a vhost-user virtio-blk device",
-  usage: "virtio-ts vhost-user-blk --socket PATH --image FILE [options]",
-  flags: FLAGS,
-  epilog: EPILOG,
-  run: (flags, ctx) => serve(settings(flags), ctx),
-};

@@ -1,0 +1,24 @@
+/**
+ * The `vhost-user-blk` command as the command line lists it: name, help,
+ * flags. What it does (./vhost-user-blk.ts, with the whole device stack and
+ * the native addon) is loaded only when it runs, so `--help` and a usage
+ * error start fast. Not spec-defined; docs/cli.md documents every flag.
+ *
+ * @module
+ */
+import type { Command } from "./command.ts";
+import { EPILOG, FLAGS, settings } from "./vhost-user-blk-flags.ts";
+
+/** The `vhost-user-blk` command. */
+export const vhostUserBlkCommand: Command = {
+  name: "vhost-user-blk",
+  summary: "serve a raw disk image to a VM as a vhost-user virtio-blk device",
+  usage: "virtio-ts vhost-user-blk --socket PATH --image FILE [options]",
+  flags: FLAGS,
+  epilog: EPILOG,
+  async run(flags, ctx) {
+    const s = settings(flags); // usage errors before anything heavy loads
+    const { serve } = await import("./vhost-user-blk.ts");
+    return serve(s, ctx);
+  },
+};
