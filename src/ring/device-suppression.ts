@@ -39,6 +39,8 @@ export class DeviceSuppression {
   #usedFlags = 0;
   /** The next needsNotification is true whatever was published ({@link force}). */
   #forced = false;
+  /** The used.idx a forced notification was last sent for (-1: none); one per published index. */
+  #forcedAt = -1;
 
   /** `usedIdx`: the used ring's idx the queue starts from. */
   constructor(
@@ -106,10 +108,13 @@ export class DeviceSuppression {
    * means a notification was lost: the driver's used_event store and its
    * re-check of used.idx were reordered against ours (as a TCG guest with
    * one vCPU can let happen), so it went to sleep on work that is there.
-   * The caller decides when to look (only when idle, twice).
+   * The caller decides when to look (only when idle, twice). False once a
+   * notification was forced for this used.idx: a driver that keeps
+   * used_event elsewhere on purpose (callbacks off) is notified once, not
+   * at every look.
    */
   owed(): boolean {
-    if (!this.#eventIdx) return false;
+    if (!this.#eventIdx || this.#forcedAt === this.#publishedUsed) return false;
     // Atomics.load (SeqCst): the driver's latest used_event, after our used.idx store.
     return this.#avail.atomicLoadU16(this.#usedEventOff) !== this.#publishedUsed;
   }
@@ -117,6 +122,7 @@ export class DeviceSuppression {
   /** Makes the next {@link needsNotification} true (§2.7.7.2 lets the device notify more often). */
   force(): void {
     this.#forced = true;
+    this.#forcedAt = this.#publishedUsed;
   }
 
   /** Asks for available buffer notifications from `nextAvail` on (the caller re-checks the ring after). */
