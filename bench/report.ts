@@ -1,6 +1,6 @@
 /**
- * The benchmark report: terminal tables for each benchmark, the targets of
- * issue 5 checked against the measurements, and docs/benchmarks.md with its
+ * The benchmark report: terminal tables for each benchmark, the cost targets
+ * (./targets.ts) checked against the measurements, and docs/benchmarks.md with its
  * SVG charts (docs/benchmarks/*.svg), generated from the JSON results in
  * bench/results/.
  *
@@ -10,7 +10,9 @@ import { fileURLToPath } from "node:url";
 import type { BlkBenchReport } from "./blk-bench.ts";
 import type { GuestBenchReport, GuestPoint } from "./guest-bench.ts";
 import type { GuestlessBenchReport, GuestlessPoint } from "./guestless-bench.ts";
+import type { FootprintBenchReport } from "./footprint-bench.ts";
 import type { RingBenchReport } from "./ring-bench.ts";
+import { checkTargets, targetsTable } from "./targets.ts";
 import { BACKEND_LABELS } from "./lib/backends.ts";
 import type { MachineInfo } from "./lib/machine.ts";
 import { renderBarChart, SERIES_COLORS, type BarSeries } from "./lib/svg.ts";
@@ -37,6 +39,7 @@ export interface BenchResults {
   readonly blk?: BlkBenchReport;
   readonly guest?: GuestBenchReport;
   readonly guestless?: GuestlessBenchReport;
+  readonly footprint?: FootprintBenchReport;
 }
 
 /** Results written by older runs name files by absolute path; the report shows them from the repository. */
@@ -146,6 +149,35 @@ export function guestlessMemoryTable(r: GuestlessBenchReport): Table {
   };
 }
 
+/** Footprint results: idle CPU, memory per export, small-memory mode (./footprint-bench.ts). */
+export function footprintTable(r: FootprintBenchReport): Table {
+  const n = r.options.exports;
+  return {
+    header: [
+      "backend",
+      "idle CPU %",
+      "RSS MiB, 1 export",
+      `RSS MiB, ${n} exports`,
+      "MiB per added export",
+      `${n} exports under load: passed`,
+      "IOPS (all exports)",
+      "peak RSS MiB, --io-threads 0",
+      "peak RSS MiB, 1 I/O thread",
+    ],
+    rows: r.rows.map((x) => [
+      label(x.backend),
+      spreadCell(x.idleCpuPercent ?? undefined),
+      spreadCell(x.oneExportMiB ?? undefined),
+      spreadCell(x.manyExportsMiB ?? undefined),
+      spreadCell(x.perAddedExportMiB ?? undefined),
+      `${x.loadPassed} of ${x.loadRuns}`,
+      spreadCell(x.loadIops ?? undefined),
+      spreadCell(x.smallHwmMiB ?? undefined),
+      spreadCell(x.oneThreadHwmMiB ?? undefined),
+    ]),
+  };
+}
+
 /** Ring benchmark results (bench/ring-bench.ts). */
 export function ringTable(r: RingBenchReport): Table {
   return {
@@ -191,110 +223,6 @@ export function blkTable(r: BlkBenchReport): Table {
 // ---------------------------------------------------------------- targets
 
 /** One target of issue 5 and how the measurements compare. */
-export interface TargetCheck {
-  readonly target: string;
-  readonly measured: string;
-  readonly met: boolean | undefined;
-}
-
-function worst<T>(
-  items: readonly T[],
-  value: (t: T) => number | undefined,
-  pick: "min" | "max",
-): { item: T; value: number } | undefined {
-  let best: { item: T; value: number } | undefined;
-  for (const item of items) {
-    const v = value(item);
-    if (v === undefined) continue;
-    if (!best || (pick === "min" ? v < best.value : v > best.value)) best = { item, value: v };
-  }
-  return best;
-}
-
-const gName = (p: GuestPoint): string => `${p.label}, ${p.queues}q`;
-const glName = (p: GuestlessPoint): string => `${p.rw} QD${p.depth}, ${p.queues}q`;
-
-/** The targets of issue 5, checked on medians of the paired ratios. */
-export function checkTargets(r: BenchResults): TargetCheck[] {
-  const out: TargetCheck[] = [];
-  const ours = r.guest?.points.filter((p) => p.backend === "virtio-ts") ?? [];
-  const gl = r.guestless?.points.filter((p) => p.backend === "virtio-ts") ?? [];
-  const describe = <T>(
-    items: readonly T[],
-    value: (t: T) => number | undefined,
-    name: (t: T) => string,
-    pick: "min" | "max",
-    ok: (v: number) => boolean,
-  ): Pick<TargetCheck, "measured" | "met"> => {
-    const w = worst(items, value, pick);
-    if (!w) return { measured: "not measured", met: undefined };
-    const misses = items.filter((t) => {
-      const v = value(t);
-      return v !== undefined && !ok(v);
-    }).length;
-    const counted = items.filter((t) => value(t) !== undefined).length;
-    return {
-      measured: `${pick === "min" ? "lowest" : "highest"} ${w.value.toFixed(2)}× (${name(w.item)}); ${counted - misses} of ${counted} met`,
-      met: misses === 0,
-    };
-  };
-  out.push({
-    target: "Real guest: IOPS ≥ qemu-storage-daemon in every workload",
-    ...describe(
-      ours,
-      (p) => p.iopsRatio?.median,
-      gName,
-      "min",
-      (v) => v >= 1,
-    ),
-  });
-  out.push({
-    target: "Real guest: backend CPU per I/O ≤ 1.0× qemu-storage-daemon",
-    ...describe(
-      ours,
-      (p) => p.cpuPerIoRatio?.median,
-      gName,
-      "max",
-      (v) => v <= 1,
-    ),
-  });
-  out.push({
-    target: "Guest-less: IOPS ≥ qemu-storage-daemon at QD 32 and 128",
-    ...describe(
-      gl.filter((p) => p.depth >= 32),
-      (p) => p.iopsRatio?.median,
-      glName,
-      "min",
-      (v) => v >= 1,
-    ),
-  });
-  const rss = [
-    ...(r.guest?.memory ?? []).map((m) => ({ where: `guest, ${m.queues}q`, m })),
-    ...(r.guestless?.memory ?? []).map((m) => ({ where: `guest-less, ${m.queues}q`, m })),
-  ].filter((x) => x.m.backend === "virtio-ts");
-  const peak = worst(rss, (x) => x.m.hwmMiB.max, "max");
-  out.push({
-    target: "Backend RSS under load ≤ 64 MiB",
-    measured: peak
-      ? `highest peak ${peak.value.toFixed(1)} MiB (${peak.item.where}; VmHWM)`
-      : "not measured",
-    met: peak ? peak.value <= 64 : undefined,
-  });
-  return out;
-}
-
-/** The targets as a table. */
-export function targetsTable(checks: readonly TargetCheck[]): Table {
-  return {
-    header: ["target", "measured (virtio-ts / qemu-storage-daemon, medians)", "met"],
-    rows: checks.map((c) => [
-      c.target,
-      c.measured,
-      c.met === undefined ? "–" : c.met ? "yes" : "**no**",
-    ]),
-  };
-}
-
 // ---------------------------------------------------------------- charts
 
 function seriesFor<P extends { backend: string }>(
@@ -439,7 +367,7 @@ export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, 
     "",
     "```sh",
     "npm run bench                      # everything (~25-30 min on 2 cores); rewrites this file",
-    "npm run bench -- --only guest      # a subset: ring, blk, guest, guestless (comma-separated)",
+    "npm run bench -- --only guest      # a subset: ring, blk, guest, guestless, footprint",
     "npm run bench -- --quick           # smoke-test sizes (1 repetition, short runs)",
     "npm run bench -- --reps 5          # more repetitions of the guest and guest-less runs",
     "npm run bench -- --report          # only regenerate this file from bench/results/*.json",
@@ -447,7 +375,7 @@ export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, 
     "```",
     "",
     "The real-guest part installs what it needs on first use (like the interop tests: QEMU, fio, a",
-    "Debian kernel; root on Debian bookworm). Results: `bench/results/{ring,blk,guest,guestless,meta}.json`",
+    "Debian kernel; root on Debian bookworm). Results: `bench/results/{ring,blk,guest,guestless,footprint,meta}.json`",
     "(git-ignored); a run with `--only` keeps the other sections' last results, each with its own date.",
     "",
     "## Machine",
@@ -459,8 +387,8 @@ export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, 
   L.push(
     "## Targets",
     "",
-    "Measured, not asserted (issue 5). Medians of the paired ratios; a workload meets an IOPS target at",
-    "ratio ≥ 1.00 and a CPU target at ≤ 1.00.",
+    "Measured, not asserted. Medians of the paired ratios; a cell meets an IOPS target at ratio ≥ 1.00",
+    "and a CPU target at ≤ 1.00. A target without a measurement in this run says so.",
     "",
     markdownTable(targetsTable(checks)),
     "",
@@ -562,6 +490,7 @@ export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, 
         "",
       );
   }
+  if (r.footprint) L.push(...footprintSection(r.footprint));
   if (r.blk) {
     const o = r.blk.options;
     L.push(
@@ -590,4 +519,30 @@ export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, 
     );
   }
   return L.join("\n");
+}
+
+function footprintSection(f: FootprintBenchReport): string[] {
+  const o = f.options;
+  const failures = f.rows.flatMap((x) => x.failures.map((e) => `- ${label(x.backend)}: ${e}`));
+  return [
+    "## Footprint: idle, many exports, small-memory mode (bench/footprint-bench.ts)",
+    "",
+    `Run ${f.date}; ${o.reps} repetitions, interleaved across backends. Each backend serves sparse 64 MiB`,
+    "images, one queue each, through the page cache (`--writeback`; qemu-storage-daemon",
+    "`cache.direct=off,aio=io_uring`), every export with the project's front-end connected.",
+    "",
+    `- **Idle CPU**: one export, a few reads, then ${o.idleSeconds} s without I/O; the backend's CPU time over that`,
+    "  span as a percentage of one CPU.",
+    `- **Memory per export**: resident memory without the mapped guest RAM (\`VmRSS − RssShmem\`) of one`,
+    `  process serving 1 export and one serving ${o.exports}, idle and connected; the difference over the`,
+    `  ${o.exports - 1} added exports. Then all ${o.exports} run the guest-less soak workload at once for ${o.loadSeconds} s (4 KiB`,
+    "  random reads and writes at depth 4 each; every read checked against the last write; a stall",
+    "  watchdog): an export passes when it finishes without a stall or mismatch.",
+    `- **Small-memory mode**: peak resident memory (\`VmHWM\`) of one export under the same workload at`,
+    `  depth 32 for ${o.loadSeconds} s, with \`--io-threads 0\` (queues on the main thread) and with one I/O thread.`,
+    "",
+    markdownTable(footprintTable(f)),
+    "",
+    ...(failures.length ? ["Failures:", "", ...failures, ""] : []),
+  ];
 }

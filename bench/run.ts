@@ -5,7 +5,7 @@
  * docs/benchmarks/) from all the results there. Not a test: nothing here
  * asserts timing.
  *
- *   --only LIST     run only these sections: ring, blk, guest, guestless (comma-separated)
+ *   --only LIST     run only these sections: ring, blk, guest, guestless, footprint (comma-separated)
  *   --quick         smaller runs (a smoke check of the harness); also BENCH_QUICK=1
  *   --reps N        repetitions of the guest and guest-less runs (default 3)
  *   --report        run nothing, only regenerate docs/benchmarks.md from the results
@@ -25,20 +25,21 @@ import { guestlessBench } from "./guestless-bench.ts";
 import { createImage } from "./lib/image.ts";
 import { machineInfo } from "./lib/machine.ts";
 import { textTable } from "./lib/table.ts";
+import { footprintBench } from "./footprint-bench.ts";
+import { checkTargets, targetsTable } from "./targets.ts";
 import {
-  checkTargets,
+  footprintTable,
   guestlessMemoryTable,
   guestlessTable,
   guestMemoryTable,
   guestTable,
   renderCharts,
   renderMarkdown,
-  targetsTable,
   type BenchMeta,
   type BenchResults,
 } from "./report.ts";
 
-const SECTIONS = ["ring", "blk", "guest", "guestless"] as const;
+const SECTIONS = ["ring", "blk", "guest", "guestless", "footprint"] as const;
 type Section = (typeof SECTIONS)[number];
 
 const { values: flags } = parseArgs({
@@ -196,6 +197,27 @@ async function runGuestless(
   console.log(textTable(guestlessMemoryTable(r)));
 }
 
+async function runFootprint(): Promise<void> {
+  console.log(`\nfootprint benchmark (${reps} repetitions)`);
+  const dir = mkdtempSync(join(tmpdir(), "vts-footprint-"));
+  try {
+    const r = await footprintBench({
+      dir,
+      reps,
+      exports: quick ? 4 : 16,
+      idleSeconds: quick ? 2 : 10,
+      loadSeconds: quick ? 2 : 5,
+      backends: ["virtio-ts", "qsd"],
+      log: progress,
+    });
+    writeResult("footprint", r);
+    console.log(`\nfootprint; written to bench/results/footprint.json`);
+    console.log(textTable(footprintTable(r)));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** Regenerates docs/benchmarks.md and its charts from bench/results/*.json. */
 function writeReport(): void {
   const results: BenchResults = {
@@ -204,6 +226,7 @@ function writeReport(): void {
     blk: readResult("blk"),
     guest: readResult("guest"),
     guestless: readResult("guestless"),
+    footprint: readResult("footprint"),
   };
   const charts = renderCharts(results);
   const chartDir = join(docsDir, "benchmarks");
@@ -211,7 +234,7 @@ function writeReport(): void {
   mkdirSync(chartDir, { recursive: true });
   for (const [file, svg] of Object.entries(charts)) writeFileSync(join(chartDir, file), svg);
   writeFileSync(join(docsDir, "benchmarks.md"), renderMarkdown(results, charts));
-  console.log(`\ntargets (issue 5):`);
+  console.log(`\ntargets:`);
   console.log(textTable(targetsTable(checkTargets(results))));
   console.log(`\ndocs/benchmarks.md and docs/benchmarks/*.svg regenerated`);
 }
@@ -246,6 +269,7 @@ async function main(): Promise<void> {
       removeDir();
     }
   }
+  if (wanted("footprint")) await timed("footprint", runFootprint);
   if (!flags.report) {
     const meta: BenchMeta = {
       machine: machineInfo(),

@@ -13,8 +13,8 @@ export class UsageError extends Error {
   override readonly name = "UsageError";
 }
 
-/** Value kinds a flag can take. */
-export type FlagKind = "boolean" | "string" | "integer";
+/** Value kinds a flag can take; a `list` flag is a string that may be given several times. */
+export type FlagKind = "boolean" | "string" | "integer" | "list";
 
 /** One flag of a command. */
 export interface FlagSpec {
@@ -41,8 +41,11 @@ export interface FlagSpec {
   readonly group?: string;
 }
 
-/** Parsed flags: name → value (`true` for booleans). Absent flags are absent. */
-export type ParsedFlags = ReadonlyMap<string, string | number | true>;
+/** A parsed flag's value: `true` for a boolean, every value in order for a `list`. */
+export type FlagValue = string | number | true | readonly string[];
+
+/** Parsed flags: name → value. Absent flags are absent. */
+export type ParsedFlags = ReadonlyMap<string, FlagValue>;
 
 /** The result of {@link parseFlags}. */
 export interface ParsedArgs {
@@ -59,7 +62,7 @@ export function flagLabel(spec: Pick<FlagSpec, "name">): string {
 }
 
 function parseValue(spec: FlagSpec, raw: string): string | number {
-  if (spec.kind === "string") {
+  if (spec.kind === "string" || spec.kind === "list") {
     if (raw === "") throw new UsageError(`${flagLabel(spec)} needs a non-empty value`);
     return checked(spec, raw);
   }
@@ -109,7 +112,8 @@ function lookup(
  *
  * A value that starts with `-` after a flag counts as a missing value (write
  * `--socket=-odd-name` for such a value), except a negative number after an
- * integer flag (which then fails the range check). Each flag may be given once.
+ * integer flag (which then fails the range check). Each flag may be given
+ * once, except a `list` flag, whose values are collected in order.
  *
  * @throws {UsageError} with a one-line message on the first mistake.
  * @example
@@ -123,7 +127,7 @@ export function parseFlags(argv: readonly string[], specs: readonly FlagSpec[]):
   const byShort = new Map(
     specs.filter((s) => s.short !== undefined).map((s) => [s.short as string, s]),
   );
-  const flags = new Map<string, string | number | true>();
+  const flags = new Map<string, FlagValue>();
   const positionals: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
@@ -136,7 +140,8 @@ export function parseFlags(argv: readonly string[], specs: readonly FlagSpec[]):
       continue;
     }
     const { spec, inline } = lookup(arg, byLong, byShort);
-    if (flags.has(spec.name)) throw new UsageError(`${flagLabel(spec)} is given more than once`);
+    if (flags.has(spec.name) && spec.kind !== "list")
+      throw new UsageError(`${flagLabel(spec)} is given more than once`);
     if (spec.kind === "boolean") {
       if (inline !== undefined) throw new UsageError(`${flagLabel(spec)} takes no value`);
       flags.set(spec.name, true);
@@ -152,7 +157,13 @@ export function parseFlags(argv: readonly string[], specs: readonly FlagSpec[]):
       raw = next;
       i++;
     }
-    flags.set(spec.name, parseValue(spec, raw));
+    const value = parseValue(spec, raw);
+    if (spec.kind === "list")
+      flags.set(spec.name, [
+        ...((flags.get(spec.name) as string[] | undefined) ?? []),
+        value as string,
+      ]);
+    else flags.set(spec.name, value);
   }
   return { flags, positionals };
 }

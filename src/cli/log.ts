@@ -8,6 +8,8 @@
  * - With `--verbose`, the device's trace hook is on and every trace event is
  *   one QEMU trace-event style line on stderr:
  *   `conn 2: virtqueue_pop vq 0 head 17 in_num 2 out_num 1`.
+ * - A process serving several exports names the export first:
+ *   `virtio-ts: disk1: conn 2: <message>`.
  * - stdout carries only what scripts wait for (`listening on PATH`).
  *
  * @module
@@ -32,18 +34,33 @@ export interface CliIo {
 export class CliLog {
   readonly #io: CliIo;
   readonly #verbose: boolean;
+  /** The export's name and a colon, or "" (./commands/vhost-user-blk.ts). */
+  readonly #prefix: string;
   /** Connection label prefixed to lines, e.g. `"conn 2"`; undefined while none is connected. */
   connection: string | undefined;
 
   readonly #limiter: LineRateLimiter;
 
-  constructor(io: CliIo, verbose: boolean, rateLimit?: RateLimitOptions) {
+  constructor(
+    io: CliIo,
+    verbose: boolean,
+    rateLimit?: RateLimitOptions,
+    scope?: { prefix: string; limiter: LineRateLimiter },
+  ) {
     this.#io = io;
     this.#verbose = verbose;
-    this.#limiter = new LineRateLimiter(
-      (summary) => this.#io.err(`virtio-ts: ${summary}`),
-      rateLimit,
-    );
+    this.#prefix = scope?.prefix ?? "";
+    this.#limiter =
+      scope?.limiter ??
+      new LineRateLimiter((summary) => this.#io.err(`virtio-ts: ${summary}`), rateLimit);
+  }
+
+  /** A log whose lines name export `id` first (same streams and rate limit; its own connection label). */
+  forExport(id: string): CliLog {
+    return new CliLog(this.#io, this.#verbose, undefined, {
+      prefix: `${id}: `,
+      limiter: this.#limiter,
+    });
   }
 
   get verbose(): boolean {
@@ -53,7 +70,7 @@ export class CliLog {
   /** One ordinary line on stderr (rate-limited per kind: ./rate-limit.ts). */
   line(message: string): void {
     const conn = this.connection === undefined ? "" : `${this.connection}: `;
-    const line = `${conn}${message}`;
+    const line = `${this.#prefix}${conn}${message}`;
     if (this.#limiter.allow(line)) this.#io.err(`virtio-ts: ${line}`);
   }
 
@@ -62,9 +79,9 @@ export class CliLog {
     this.#limiter.flush();
   }
 
-  /** One ordinary line about the whole process (never names a connection). */
+  /** One ordinary line about the whole process or export (never names a connection). */
   process(message: string): void {
-    this.#io.err(`virtio-ts: ${message}`);
+    this.#io.err(`virtio-ts: ${this.#prefix}${message}`);
   }
 
   /** One line on stderr only with `--verbose`. */
@@ -75,7 +92,7 @@ export class CliLog {
   /** A trace-event line (only with `--verbose`). */
   trace(event: string): void {
     const conn = this.connection === undefined ? "" : `${this.connection}: `;
-    this.#io.err(`${conn}${event}`);
+    this.#io.err(`${this.#prefix}${conn}${event}`);
   }
 
   /** The library's logger: errors and warnings always, the trace hook only with `--verbose`. */

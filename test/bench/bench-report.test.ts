@@ -1,5 +1,5 @@
 /**
- * Unit tests of the benchmark report: tables, SVG charts, and the issue-5
+ * Unit tests of the benchmark report: tables, SVG charts, and the cost
  * target checks on synthetic results.
  *
  * @module
@@ -8,7 +8,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { niceStep, renderBarChart, tickLabel } from "../../bench/lib/svg.ts";
 import { markdownTable, spreadCell, textTable } from "../../bench/lib/table.ts";
-import { checkTargets, renderCharts, renderMarkdown } from "../../bench/report.ts";
+import { renderCharts, renderMarkdown } from "../../bench/report.ts";
+import { checkTargets, type TargetCheck } from "../../bench/targets.ts";
+import type { FootprintBenchReport, FootprintRow } from "../../bench/footprint-bench.ts";
 import type { GuestBenchReport, GuestPoint } from "../../bench/guest-bench.ts";
 import type { GuestlessBenchReport, GuestlessPoint } from "../../bench/guestless-bench.ts";
 import { GUEST_WORKLOADS } from "../../bench/guest/fio.ts";
@@ -86,7 +88,11 @@ function guestReport(ours: [number, number][]): GuestBenchReport {
   };
 }
 
-function guestlessReport(iopsRatios: number[], hwm: number): GuestlessBenchReport {
+function guestlessReport(
+  iopsRatios: number[],
+  hwm: number,
+  cpuRatios: number[] = iopsRatios.map(() => 0.9),
+): GuestlessBenchReport {
   const depths = [1, 32, 128];
   const points: GuestlessPoint[] = depths.map((depth, i) => ({
     backend: "virtio-ts",
@@ -95,6 +101,7 @@ function guestlessReport(iopsRatios: number[], hwm: number): GuestlessBenchRepor
     depth,
     iops: one(1000),
     iopsRatio: one(iopsRatios[i]!),
+    cpuPerIoRatio: one(cpuRatios[i]!),
   }));
   return {
     name: "guestless",
@@ -113,41 +120,65 @@ function guestlessReport(iopsRatios: number[], hwm: number): GuestlessBenchRepor
   };
 }
 
-test("checkTargets: met only when every workload meets it; QD1 does not count guest-less", () => {
+function footprintReport(idle: number, perExport: number, passed: number): FootprintBenchReport {
+  const row: FootprintRow = {
+    backend: "virtio-ts",
+    idleCpuPercent: one(idle),
+    oneExportMiB: one(50),
+    manyExportsMiB: one(50 + 15 * perExport),
+    perAddedExportMiB: one(perExport),
+    loadPassed: passed,
+    loadRuns: 16,
+    loadIops: one(1000),
+    smallHwmMiB: one(40),
+    oneThreadHwmMiB: one(60),
+    failures: [],
+  };
+  return {
+    date: "2026-01-01T00:00:00Z",
+    options: { reps: 1, exports: 16, idleSeconds: 10, loadSeconds: 5, backends: ["virtio-ts"] },
+    rows: [row],
+  };
+}
+
+test("checkTargets: met only when every cell meets it; absent measurements are not met", () => {
   const ok = checkTargets({
     guest: guestReport([
       [1.1, 0.9],
       [1.0, 1.0],
     ]),
-    guestless: guestlessReport([0.2, 1.05, 1.2], 60),
+    guestless: guestlessReport([1.2, 1.05, 1.2], 60),
+    footprint: footprintReport(0.3, 2, 16),
   });
-  assert.deepEqual(
-    ok.map((c) => c.met),
-    [true, true, true, true],
-  );
+  const byName = (checks: TargetCheck[], re: RegExp): TargetCheck => checks.find((c) => re.test(c.target))!;
+  for (const re of [/^Guest-less IOPS/, /^Guest-less backend CPU/, /^Real guest .*page-cache/, /1 I\/O thread ≤ 64/, /io-threads 0/, /^Idle/, /16 exports/])
+    assert.equal(byName(ok, re).met, true, String(re));
+  assert.equal(byName(ok, /2 queues ≤ 80/).met, undefined, "no 2-queue guest-less run");
+  assert.equal(byName(ok, /O_DIRECT pairing/).met, undefined);
   const bad = checkTargets({
     guest: guestReport([
       [1.1, 0.9],
       [0.95, 1.3],
     ]),
-    guestless: guestlessReport([2, 0.5, 1.2], 70),
+    guestless: guestlessReport([0.5, 1.5, 1.2], 70, [0.9, 1.1, 0.9]),
+    footprint: footprintReport(1.5, 2, 15),
   });
-  assert.deepEqual(
-    bad.map((c) => c.met),
-    [false, false, false, false],
-  );
-  assert.match(bad[0]!.measured, /lowest 0\.95× .*1 of 2 met/);
-  assert.match(bad[1]!.measured, /highest 1\.30×/);
-  assert.match(bad[2]!.measured, /lowest 0\.50× \(randread QD32, 1q\)/);
-  assert.match(bad[3]!.measured, /70\.0 MiB/);
-  assert.deepEqual(
-    checkTargets({}).map((c) => c.met),
-    [undefined, undefined, undefined, undefined],
-  );
+  assert.match(byName(bad, /^Guest-less IOPS/).measured, /lowest 0\.50× \(randread QD1, 1q\); 2 of 3 met/);
+  assert.match(byName(bad, /^Guest-less backend CPU/).measured, /highest 1\.10× \(randread QD32, 1q\)/);
+  assert.match(byName(bad, /^Real guest .*page-cache/).measured, /highest 1\.30×/);
+  assert.match(byName(bad, /1 I\/O thread ≤ 64/).measured, /70\.0 MiB/);
+  assert.match(byName(bad, /16 exports/).measured, /15 of 16 export runs passed/);
+  for (const re of [/^Guest-less IOPS/, /^Guest-less backend CPU/, /^Real guest .*page-cache/, /1 I\/O thread/, /^Idle/, /16 exports/])
+    assert.equal(byName(bad, re).met, false, String(re));
+  assert.ok(checkTargets({}).every((c) => c.met === undefined && c.measured === "not measured"));
 });
 
 test("renderMarkdown: sections present for the results given, charts referenced", () => {
-  const r = { guest: guestReport([[1.1, 0.9]]), guestless: guestlessReport([1, 1, 1], 50) };
+  const r = {
+    guest: guestReport([[1.1, 0.9]]),
+    guestless: guestlessReport([1, 1, 1], 50),
+    footprint: footprintReport(0.2, 1, 16),
+  };
   const charts = renderCharts(r);
   assert.ok(charts["guest-iops-1q.svg"] && charts["guestless-cpu-1q.svg"]);
   const md = renderMarkdown(r, charts);
@@ -157,4 +188,6 @@ test("renderMarkdown: sections present for the results given, charts referenced"
   assert.doesNotMatch(md, /## In-process ring/);
   assert.match(md, /!\[real-guest IOPS, 1 queue\(s\)\]\(benchmarks\/guest-iops-1q\.svg\)/);
   assert.match(md, /Host page cache: not dropped/);
+  assert.match(md, /## Footprint/);
+  assert.match(md, /\| virtio-ts \| 0\.20 \|/);
 });

@@ -89,6 +89,33 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
     assert.equal(existsSync(SOCK), false, "no socket was created");
   });
 
+  test("--export mistakes: one line naming the export and the key, exit status 2", async () => {
+    const x = (n: number): string => `socket=${join(dir.path, `x${n}.sock`)},image=${IMAGE}`;
+    const exp = (...values: string[]): string[] => [
+      "vhost-user-blk",
+      ...values.flatMap((v) => ["--export", v]),
+    ];
+    const usage: [string[], RegExp][] = [
+      [[...exp(x(1)), "--socket", SOCK], /: --socket cannot be combined with --export \(give socket= in each --export\) /],
+      [[...exp(x(1)), "--image", IMAGE], /: --image cannot be combined with --export /],
+      [exp(`${x(1)},colour=red`), /: --export 1: unknown key "colour" /],
+      [exp(x(1), `${x(2)},num-queues=0`), /: --export 2: num-queues must be in 1\.\.1024, got 0 /],
+      [exp(`${x(1)},queue-size=100`), /: --export 1: queue-size must be a power of two, got "100" /],
+      [exp(`${x(1)},num-queues`), /: --export 1: num-queues needs a value \(num-queues=N\) /],
+      [exp(`${x(1)},read-only=yes`), /: --export 1: read-only takes =on or =off, got "yes" /],
+      [exp(`image=${IMAGE}`), /: --export 1: give exactly one of socket= and fd= /],
+      [exp(`socket=${SOCK}`), /: --export 1: image= is required /],
+      [exp(`${x(1)},id=a b`), /: --export 1: id must be 1\.\.32 of A-Z a-z 0-9 \. _ -, got "a b" /],
+      [exp(`${x(1)},id=d`, `${x(2)},id=d,read-only`), /: --export 2: same id as --export 1 \(d\) /],
+      [exp(x(1), `${x(1)},read-only`), /: --export 2: same socket as --export 1 /],
+      [exp(x(1), x(2)), /: --export 2: same writable image as --export 1 /],
+      [exp(`${x(1)},serial=a,b`), /: --export 1: unknown key "b" /],
+    ];
+    for (const [argv, expected] of usage) {
+      assert.match(await fails(argv, ExitStatus.USAGE), expected, argv.join(" "));
+    }
+  });
+
   test("image and socket problems: one line, exit status 1, nothing left open", async (t) => {
     const d = tempDir("virtio-ts-cli-");
     t.after(d.remove);
@@ -171,6 +198,40 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
     assert.equal(await main(["vhost-user-blk", "--num-queues", "zero", "-h"], h), ExitStatus.OK);
     assert.match(h.stdout[0]!, /^Usage: virtio-ts vhost-user-blk --socket PATH --image FILE/);
     assert.deepEqual(h.stderr, []);
+  });
+
+  test("several exports: each listed, its lines named; a bad one stops the start with nothing left behind", async (t) => {
+    const d = tempDir("virtio-ts-cli-");
+    t.after(d.remove);
+    const image = join(d.path, "disk.img");
+    writeFileSync(image, Buffer.alloc(1 << 20));
+    const [s1, s2] = [join(d.path, "1.sock"), join(d.path, "2.sock")];
+    const before = fdSnapshot();
+    const bad = new MemoryIo();
+    const missing = join(d.path, "missing.img");
+    const argvBad = ["vhost-user-blk", "--export", `socket=${s1},image=${image}`];
+    argvBad.push("--export", `id=two,socket=${s2},image=${missing}`);
+    assert.equal(await main(argvBad, bad), ExitStatus.FAILURE, bad.dump());
+    assert.deepEqual(bad.stderr, [`virtio-ts: disk image ${missing}: does not exist`]);
+    assert.equal(existsSync(s1), false, "the first export's socket is removed again");
+    assert.deepEqual(fdsOpenedSince(before), []);
+
+    const io = new MemoryIo();
+    const argv = ["vhost-user-blk", "--export", `socket=${s1},image=${image},read-only`];
+    argv.push("--export", `id=two,socket=${s2},image=${image},read-only,serial=x,,y`, "--num-queues", "2");
+    const run = main(argv, io);
+    await io.waitOut(new RegExp(`^listening on ${s2}$`));
+    assert.deepEqual(io.stdout, [`listening on ${s1}`, `listening on ${s2}`]);
+    io.signal("SIGTERM");
+    assert.equal(await run, ExitStatus.OK, io.dump());
+    assert.deepEqual(io.stderr, [
+      `virtio-ts: export1: serving ${image} (1 MiB) as virtio-blk: 2 queues of 128, read-only, 1 I/O thread`,
+      `virtio-ts: two: serving ${image} (1 MiB) as virtio-blk: 2 queues of 128, read-only, 1 I/O thread, serial x,y`,
+      "virtio-ts: SIGTERM: stopping (draining requests in flight)",
+      "virtio-ts: stopped",
+    ]);
+    assert.equal(existsSync(s1) || existsSync(s2), false, "sockets removed");
+    assert.deepEqual(fdsOpenedSince(before), []);
   });
 
   test("a stale socket file is replaced; a stop signal removes the socket and releases everything", async (t) => {

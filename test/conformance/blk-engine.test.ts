@@ -181,6 +181,49 @@ describe("bounded in-flight requests", () => {
     assert.equal(r.drv.usedIdx, 2, "both served by the one kick");
   });
 
+  test("adaptive polling: a window opens after a short wait, takes work without a kick, then sleeps", () => {
+    const turnsQueued: (() => void)[] = [];
+    const r = new BlkRig({
+      backing: new MemoryBacking(DISK),
+      engine: { pollMaxNs: 1_000_000_000, schedule: (fn) => turnsQueued.push(fn) },
+    });
+    const noNotify = (): boolean => (r.drv.usedFlags & VIRTQ_USED_F_NO_NOTIFY) !== 0;
+    r.add({ type: GET_ID, inLen: 20 });
+    r.engine.kick();
+    assert.equal(r.drv.usedIdx, 1);
+    assert.equal(noNotify(), false, "no window yet: asleep, notifications on");
+    r.add({ type: GET_ID, inLen: 20 });
+    r.engine.kick(); // soon after running dry: the window grows to 4 µs
+    assert.equal(r.engine.poller.windowNs, 4_000);
+    assert.equal(r.engine.poller.polling, true);
+    assert.equal(noNotify(), true, "notifications stay off while polling");
+    assert.equal(r.engine.idle, false, "a polling queue is not idle");
+    r.add({ type: GET_ID, inLen: 20 }); // the driver sees NO_NOTIFY and does not kick
+    turnsQueued.shift()!();
+    assert.equal(r.drv.usedIdx, 3, "served from the poll");
+    assert.equal(r.engine.poller.hits, 1);
+    // Nothing more: the window ends (real time passes), notifications go back on, nothing polls.
+    for (let i = 0; i < 100_000 && turnsQueued.length > 0; i++) turnsQueued.shift()!();
+    assert.equal(turnsQueued.length, 0);
+    assert.equal(r.engine.poller.polling, false);
+    assert.equal(noNotify(), false);
+    assert.equal(r.engine.idle, true);
+  });
+
+  test("without pollMaxNs the engine never polls; a bad value is refused", () => {
+    const r = new BlkRig({ backing: new MemoryBacking(DISK) });
+    for (let i = 0; i < 3; i++) {
+      r.add({ type: GET_ID, inLen: 20 });
+      r.engine.kick();
+    }
+    assert.equal(r.engine.poller.windowNs, 0);
+    assert.equal(r.engine.poller.polling, false);
+    assert.throws(
+      () => new BlkRig({ backing: new MemoryBacking(DISK), engine: { pollMaxNs: -1 } }),
+      /pollMaxNs must be in 0\.\.1000000000/,
+    );
+  });
+
   test("a notify callback that kicks synchronously is handled (re-entrancy)", async () => {
     let extra = 2;
     const r: BlkRig = new BlkRig({

@@ -12,7 +12,8 @@
  * watchdog fails the run when requests are outstanding and none completes
  * for `stallSeconds`.
  *
- * Used by ./guestless-soak.test.ts (short runs in the suite) and by
+ * Used by ./guestless-soak.test.ts (short runs in the suite), by
+ * ./multi-export.test.ts (several disks of one process at once) and by
  * `npm run soak -- --guestless` (long runs).
  *
  * @module
@@ -50,6 +51,14 @@ export interface GuestlessSoakResult {
   readonly repaired: number;
 }
 
+/** Creates a sparse image of `mib` MiB at `path`; returns the path. */
+export function sparseImage(path: string, mib: number): string {
+  const fd = openSync(path, "w");
+  ftruncateSync(fd, mib << 20);
+  closeSync(fd);
+  return path;
+}
+
 /** Fills `b` with a pattern naming the block and its generation (never all zeros). */
 function pattern(b: Uint8Array, block: number, gen: number): void {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
@@ -62,10 +71,7 @@ function pattern(b: Uint8Array, block: number, gen: number): void {
 /** Runs the scenario; rejects on a stall, a data mismatch or a back-end exit. */
 export async function guestlessSoak(o: GuestlessSoakOptions): Promise<GuestlessSoakResult> {
   const d = tempDir("virtio-ts-soak-");
-  const image = join(d.path, "disk.img");
-  const fd = openSync(image, "w");
-  ftruncateSync(fd, (o.imageMiB ?? 64) << 20);
-  closeSync(fd);
+  const image = sparseImage(join(d.path, "disk.img"), o.imageMiB ?? 64);
   const sock = join(d.path, "vu.sock");
   const cli = new CliProcess([
     "vhost-user-blk",
@@ -76,7 +82,7 @@ export async function guestlessSoak(o: GuestlessSoakOptions): Promise<GuestlessS
   try {
     await cli.waitStdout(/listening on/);
     disk = await VhostUserBlk.connect(sock, { numQueues: o.numQueues });
-    const r = await drive(disk, o, cli);
+    const r = await drive(disk, o, () => cli.proc.exitCode === null && cli.proc.signalCode === null);
     return {
       ...r,
       repaired: cli.stderr.match(/a notification was lost|no kick arrived/g)?.length ?? 0,
@@ -92,11 +98,15 @@ export async function guestlessSoak(o: GuestlessSoakOptions): Promise<GuestlessS
   }
 }
 
-/** The workers and the watchdog. */
-async function drive(
+/**
+ * The workers and the watchdog on one connected disk of `o.imageMiB` MiB;
+ * rejects on a stall, a data mismatch or once `alive` says the back-end
+ * exited.
+ */
+export async function drive(
   disk: VhostUserBlk,
-  o: GuestlessSoakOptions,
-  cli: CliProcess,
+  o: Pick<GuestlessSoakOptions, "seconds" | "depth" | "stallSeconds" | "imageMiB">,
+  alive: () => boolean,
 ): Promise<Omit<GuestlessSoakResult, "repaired">> {
   const depth = o.depth ?? 32;
   const blocks = ((o.imageMiB ?? 64) << 20) / BLOCK;
@@ -143,8 +153,7 @@ async function drive(
       failure = new Error(
         `stalled: ${count.outstanding} requests outstanding, none completed for ${pause} ms`,
       );
-    if (cli.proc.exitCode !== null || cli.proc.signalCode !== null)
-      failure ??= new Error("the back-end exited");
+    if (!alive()) failure ??= new Error("the back-end exited");
   }
   if (failure !== undefined) throw failure;
   return { reads: count.reads, writes: count.writes, longestPauseMs: count.longest };

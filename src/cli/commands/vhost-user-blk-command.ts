@@ -7,13 +7,16 @@
  * @module
  */
 import type { Command } from "./command.ts";
-import { EPILOG, FLAGS, settings } from "./vhost-user-blk-flags.ts";
+import { EPILOG, FLAGS } from "./vhost-user-blk-flags.ts";
+import { settings } from "./vhost-user-blk-settings.ts";
 
 /** The `vhost-user-blk` command. */
 export const vhostUserBlkCommand: Command = {
   name: "vhost-user-blk",
-  summary: "serve a raw disk image to a VM as a vhost-user virtio-blk device",
-  usage: "virtio-ts vhost-user-blk --socket PATH --image FILE [options]",
+  summary: "serve raw disk images to VMs as vhost-user virtio-blk devices",
+  usage:
+    "virtio-ts vhost-user-blk --socket PATH --image FILE [options]\n" +
+    "       virtio-ts vhost-user-blk --export socket=PATH,image=FILE[,KEY=VALUE...] [--export ...] [options]",
   flags: FLAGS,
   epilog: EPILOG,
   async run(flags, ctx) {

@@ -1,15 +1,18 @@
 /**
- * The flags of `virtio-ts vhost-user-blk`, their help, and the validated
- * settings they give. Device limits follow VIRTIO 1.2 §5.2.4 (config
+ * The flags of `virtio-ts vhost-user-blk`, their help, and the shape of the
+ * settings they give (./vhost-user-blk-settings.ts validates them). Device limits follow VIRTIO 1.2 §5.2.4 (config
  * layout: num_queues, seg_max, blk_size) and §2.7 (queue size: a power of
  * two, at most 32768).
  *
  * @module
  */
-import { type FlagSpec, type ParsedFlags, UsageError } from "../args.ts";
+import type { FlagSpec } from "../args.ts";
 
 const isPowerOfTwo = (v: string | number): boolean =>
   typeof v === "number" && v > 0 && (v & (v - 1)) === 0;
+
+/** The default of `--poll-max-us` (chosen by measurement: docs/benchmarks.md). */
+export const DEFAULT_POLL_MAX_US = 0;
 
 /** The flags, in help order. */
 export const FLAGS: readonly FlagSpec[] = [
@@ -33,9 +36,15 @@ export const FLAGS: readonly FlagSpec[] = [
     name: "image",
     kind: "string",
     metavar: "FILE",
-    required: true,
     group: "Where",
     help: "Raw disk image; its size must be a multiple of the\nlogical block size.",
+  },
+  {
+    name: "export",
+    kind: "list",
+    metavar: "KEY=VALUE,...",
+    group: "Where",
+    help: "Serve one more image from this process, instead of\n--socket/--fd and --image; repeat for each. Keys:\nid=NAME (names its log lines), socket=PATH or fd=N,\nimage=FILE, and any Device flag or direct,\nmax-in-flight (read-only, writeback, direct take\n=on or =off). Device flags given outside --export\nare every export's defaults. All exports share the\nI/O threads. Write ,, for a comma in a value.",
   },
   {
     name: "num-queues",
@@ -105,6 +114,15 @@ export const FLAGS: readonly FlagSpec[] = [
     help: "Requests each queue has in flight on the image,\n1..32768 (default 32).",
   },
   {
+    name: "poll-max-us",
+    kind: "integer",
+    metavar: "US",
+    min: 0,
+    max: 1_000_000,
+    group: "I/O",
+    help: `When a queue runs dry, keep polling it for new\nrequests up to this many microseconds before\nsleeping until a kick (adaptive, like QEMU's\npoll-max-ns; 0 = never poll; default ${DEFAULT_POLL_MAX_US}).`,
+  },
+  {
     name: "io-threads",
     kind: "integer",
     metavar: "N",
@@ -139,8 +157,14 @@ export const EPILOG = `Example with QEMU (guest RAM must be shared memory):
     -device vhost-user-blk-pci,chardev=vu0,num-queues=2 \\
     -kernel bzImage -append "console=ttyS0 root=/dev/vda" -nographic
 
-One front-end at a time; after it disconnects the next one may connect
-(reconnect=1 makes QEMU come back after a restart of this server).
+Several disks from one process (each export its own socket and device;
+they share the I/O threads; Device flags outside --export are defaults):
+  virtio-ts vhost-user-blk --io-threads 2 --writeback \\
+    --export id=vm1,socket=/run/vm1.sock,image=vm1.img \\
+    --export id=vm2,socket=/run/vm2.sock,image=vm2.img,num-queues=2
+
+One front-end per export at a time; after it disconnects the next one may
+connect (reconnect=1 makes QEMU come back after a restart of this server).
 SIGINT or SIGTERM stops cleanly: in-flight requests complete (those still
 in flight after --shutdown-timeout fail with an I/O error), the image is
 flushed, the socket file is removed, exit status 0. A second signal exits at
@@ -149,8 +173,10 @@ once with status 1.
 Exit status: 0 clean stop; 1 runtime error (image, socket, I/O); 2 bad usage.
 More: docs/cli.md (cloud-hypervisor, troubleshooting).`;
 
-/** Validated settings of one run. */
-export interface Settings {
+/** One export: an image served as one virtio-blk device on one socket. */
+export interface ExportSettings {
+  /** The name its log lines carry when the process serves several exports. */
+  readonly id: string;
   readonly socket: string | undefined;
   readonly fd: number | undefined;
   readonly image: string;
@@ -162,33 +188,22 @@ export interface Settings {
   readonly writeback: boolean;
   readonly direct: boolean;
   readonly maxInFlight: number | undefined;
+  /** Longest adaptive poll window, µs (0: no polling). */
+  readonly pollMaxUs: number;
+}
+
+/** Validated settings of one run: the exports, and what they share. */
+export interface Settings {
+  readonly exports: readonly ExportSettings[];
   readonly ioThreads: number;
   readonly shutdownTimeoutSeconds: number;
   readonly allowUnsealedMemory: boolean;
 }
 
-/**
- * Settings from parsed flags.
- *
- * @throws {UsageError} unless exactly one of --socket and --fd is given.
- */
-export function settings(f: ParsedFlags): Settings {
-  if (f.has("socket") === f.has("fd"))
-    throw new UsageError("give exactly one of --socket and --fd");
-  return {
-    socket: f.get("socket") as string | undefined,
-    fd: f.get("fd") as number | undefined,
-    image: f.get("image") as string,
-    numQueues: (f.get("num-queues") as number | undefined) ?? 1,
-    queueSize: (f.get("queue-size") as number | undefined) ?? 128,
-    readOnly: f.has("read-only"),
-    serial: f.get("serial") as string | undefined,
-    logicalBlockSize: (f.get("logical-block-size") as number | undefined) ?? 512,
-    writeback: f.has("writeback"),
-    direct: f.has("direct"),
-    maxInFlight: f.get("max-in-flight") as number | undefined,
-    ioThreads: (f.get("io-threads") as number | undefined) ?? 1,
-    shutdownTimeoutSeconds: (f.get("shutdown-timeout") as number | undefined) ?? 30,
-    allowUnsealedMemory: f.has("allow-unsealed-memory"),
-  };
-}
+/** The flags that describe one export (the keys `--export` takes, besides `id`). */
+export const EXPORT_FLAGS: readonly FlagSpec[] = FLAGS.filter(
+  (f) =>
+    f.group === "Where" ||
+    f.group === "Device" ||
+    ["direct", "max-in-flight", "poll-max-us"].includes(f.name),
+);

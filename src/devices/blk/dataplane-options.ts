@@ -12,6 +12,7 @@ import type { ThreadHost } from "../../dataplane/threads.ts";
 import type { Logger } from "../../log.ts";
 import type { BackingSpec } from "./backing-spec.ts";
 import { BlkDeviceConfig } from "./config.ts";
+import { MAX_POLL_NS } from "./queue-engine-options.ts";
 import type { BlkDataplaneConfig } from "./runtime-device.ts";
 
 /** Options of `BlkDataplaneDevice.create`: the blk configuration plus where and how to run. */
@@ -38,6 +39,8 @@ export interface BlkDataplaneDeviceOptions extends BlkDataplaneConfig {
   readonly budget?: number;
   /** A request in flight this long is logged as stalled (default 30). */
   readonly stallSeconds?: number;
+  /** Longest adaptive poll window in ns when a queue runs dry (default 0: no polling). */
+  readonly pollMaxNs?: number;
   readonly logger?: Logger;
   /** Forward the workers' per-request trace lines to `logger.trace` (default false). */
   readonly trace?: boolean;
@@ -56,6 +59,7 @@ const PART_KEYS = [
   "maxInFlight",
   "budget",
   "stallSeconds",
+  "pollMaxNs",
   "logger",
   "trace",
   "timeoutMs",
@@ -88,6 +92,7 @@ function checkInt(name: string, v: number | undefined, min: number, max: number)
 export function workerCount(parts: Parts, config: BlkDataplaneConfig): number {
   checkInt("maxInFlight", parts.maxInFlight, 1, 32768);
   checkInt("budget", parts.budget, 1, 0x7fff_ffff);
+  checkInt("pollMaxNs", parts.pollMaxNs, 0, MAX_POLL_NS);
   checkInt("timeoutMs", parts.timeoutMs, 1, 0x7fff_ffff);
   const numQueues = new BlkDeviceConfig({ ...config, capacityBytes: 0 }).numQueues;
   const io = parts.ioThreads ?? "per-queue";

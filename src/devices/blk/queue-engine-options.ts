@@ -52,6 +52,9 @@ export interface BlkVirtqueue {
   forceNotification?(): void;
 }
 
+/** The longest poll window accepted: 1 s (QEMU accepts any; a longer one is a mistake). */
+export const MAX_POLL_NS = 1_000_000_000;
+
 /** What the engine reads per request: the parser's policy plus the cache mode. */
 export type BlkEnginePolicy = BlkRequestPolicy & BlkExecPolicy;
 
@@ -70,6 +73,11 @@ export interface BlkQueueEngineOptions {
    * {@link DEFAULT_BLK_ENGINE_BUDGET}: 16 where `setImmediate` exists, else 256).
    */
   readonly budget?: number;
+  /**
+   * The longest poll window in ns when the queue runs dry (adaptive, QEMU's
+   * `poll-max-ns`: ../../dataplane/adaptive-poll.ts); 0 (default) never polls.
+   */
+  readonly pollMaxNs?: number;
   /**
    * Sends a used-buffer notification ("call") to the driver. The engine
    * publishes and asks `needsNotification` itself, then calls this.
@@ -105,20 +113,27 @@ export interface BlkQueueEngineOptions {
 }
 
 /**
- * The in-flight limit and the budget of `o`, checked; and exactly one of
+ * The in-flight limit, the budget and the poll maximum of `o`, checked; and exactly one of
  * `notify` and `signalUsed` given.
  *
  * @throws {RangeError} for a limit out of range.
  * @throws {TypeError} unless exactly one of `notify` and `signalUsed` is given.
  */
-export function engineLimits(o: BlkQueueEngineOptions): { maxInFlight: number; budget: number } {
+export function engineLimits(o: BlkQueueEngineOptions): {
+  maxInFlight: number;
+  budget: number;
+  pollMaxNs: number;
+} {
   const maxInFlight = o.maxInFlight ?? 32;
   if (!Number.isInteger(maxInFlight) || maxInFlight < 1 || maxInFlight > 32768)
     throw new RangeError(`maxInFlight must be in 1..32768, got ${maxInFlight}`);
   const budget = o.budget ?? DEFAULT_BLK_ENGINE_BUDGET;
   if (!Number.isInteger(budget) || budget < 1)
     throw new RangeError(`budget must be a positive integer, got ${budget}`);
+  const pollMaxNs = o.pollMaxNs ?? 0;
+  if (!Number.isInteger(pollMaxNs) || pollMaxNs < 0 || pollMaxNs > MAX_POLL_NS)
+    throw new RangeError(`pollMaxNs must be in 0..${MAX_POLL_NS}, got ${pollMaxNs}`);
   if ((o.notify === undefined) === (o.signalUsed === undefined))
     throw new TypeError("give exactly one of notify and signalUsed");
-  return { maxInFlight, budget };
+  return { maxInFlight, budget, pollMaxNs };
 }

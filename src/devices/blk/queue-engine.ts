@@ -9,17 +9,17 @@
  * (completions may arrive in any order) → on completion write data and
  * status through the chain cursors, `addUsed`, publish and notify (batched
  * through `needsNotification`) → when the queue is drained, enable
- * notifications and re-check for work that slipped in.
+ * notifications and re-check for work that slipped in — or first, with a
+ * poll window (`pollMaxNs`), keep them off and poll the available ring for a
+ * while (../../dataplane/adaptive-poll.ts).
  *
  * When the in-flight limit is reached the engine stops popping and leaves
  * notifications disabled; the completion that frees a slot re-runs the loop,
  * so no kick is lost and nothing spins. Each run pops at most `budget`
  * chains, then yields to the event loop (a guest that keeps the ring full of
- * requests answered synchronously cannot starve I/O completions). Where
- * yielding is cheap (`setImmediate`, Node) the budget is small by default, so
- * that requests completed early in a long batch are published and signalled
- * while the rest are still being processed: the driver refills the ring in
- * parallel instead of waiting for the whole batch.
+ * requests answered synchronously cannot starve I/O completions); where
+ * yielding is cheap (`setImmediate`) the budget is small, so the driver sees
+ * early completions of a long batch and refills the ring in parallel.
  *
  * The engine knows no transport: it is given a queue, a backing store, a
  * policy (usually a {@link BlkDeviceConfig}) and callbacks
@@ -28,8 +28,9 @@
  *
  * @module
  */
+import { QueuePoller } from "../../dataplane/adaptive-poll.ts";
 import { nextTask } from "../../dataplane/schedule.ts";
-import { ErrorCode, VirtioError, isVirtioError } from "../../errors.ts";
+import { ErrorCode, isVirtioError } from "../../errors.ts";
 import type { DescriptorChain } from "../../ring/chain.ts";
 import { VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK } from "../../spec/blk.ts";
 import type { BlkBacking } from "./backing.ts";
@@ -44,6 +45,7 @@ import {
 } from "./queue-engine-options.ts";
 import { BlkRequest } from "./request.ts";
 import { BlkUsedPublisher } from "./used-publisher.ts";
+import { type BrokenReport, reportBroken } from "./engine-broken.ts";
 
 export {
   DEFAULT_BLK_ENGINE_BUDGET,
@@ -71,10 +73,10 @@ export class BlkQueueEngine {
   readonly #max: number;
   readonly #budget: number;
   readonly #used: BlkUsedPublisher;
-  readonly #onBroken: (err: VirtioError) => void;
-  readonly #memoryFault: () => VirtioError | null;
+  readonly #broken: BrokenReport;
   readonly #log: Logger;
   readonly #schedule: (fn: () => void) => void;
+  readonly #poller: QueuePoller;
   /** Idle request objects: one per in-flight slot, plus one for requests answered at once. */
   readonly #free: BlkRequest[] = [];
   #inFlight = 0;
@@ -94,16 +96,18 @@ export class BlkQueueEngine {
   readonly #stopWaiters: (() => void)[] = [];
 
   constructor(o: BlkQueueEngineOptions) {
-    const { maxInFlight: max, budget } = engineLimits(o);
+    const { maxInFlight: max, budget, pollMaxNs } = engineLimits(o);
     this.#q = o.queue;
     this.#qi = o.queueIndex;
     this.#backing = o.backing;
     this.#policy = o.policy;
     this.#max = max;
     this.#budget = budget;
-    this.#onBroken = o.onBroken;
-    this.#memoryFault = o.memoryFault ?? (() => null);
     this.#log = o.logger ?? consoleLogger;
+    this.#broken = {
+      ...{ queue: o.queue, queueIndex: o.queueIndex, log: this.#log, onBroken: o.onBroken },
+      memoryFault: o.memoryFault ?? (() => null),
+    };
     this.#used = new BlkUsedPublisher({
       queue: o.queue,
       queueIndex: o.queueIndex,
@@ -113,6 +117,12 @@ export class BlkQueueEngine {
       fail: (e) => this.#fail(e),
     });
     this.#schedule = o.schedule ?? nextTask;
+    this.#poller = new QueuePoller({
+      maxNs: pollMaxNs,
+      hasWork: () => this.#q.hasAvailable(),
+      resume: () => this.#run(),
+      schedule: this.#schedule,
+    });
     for (let i = 0; i <= max; i++) this.#free.push(new BlkRequest());
   }
 
@@ -134,7 +144,13 @@ export class BlkQueueEngine {
   /** The driver notified the queue (a kick). Spurious kicks are harmless. */
   kick(): void {
     if (this.#stopping || this.#halted) return;
+    this.#poller.kicked();
     this.#run();
+  }
+
+  /** The queue's poller (its window and counts). */
+  get poller(): QueuePoller {
+    return this.#poller;
   }
 
   /**
@@ -144,6 +160,7 @@ export class BlkQueueEngine {
    */
   halt(): void {
     this.#halted = true;
+    this.#poller.stop();
     this.#maybeStopped();
   }
 
@@ -154,6 +171,7 @@ export class BlkQueueEngine {
    */
   stop(): Promise<void> {
     this.#stopping = true;
+    this.#poller.stop();
     if (this.#stopped) return Promise.resolve();
     const done = new Promise<void>((resolve) => this.#stopWaiters.push(resolve));
     this.#maybeStopped();
@@ -203,6 +221,7 @@ export class BlkQueueEngine {
       !this.#stopping &&
       !this.#halted &&
       !this.#continuationScheduled &&
+      !this.#poller.polling &&
       this.#inFlight === 0
     );
   }
@@ -260,6 +279,7 @@ export class BlkQueueEngine {
           this.#scheduleContinuation();
           break;
         }
+        if (this.#poller.idle()) break; // a poll window: notifications stay off, resume follows
         // §2.7.10: a chain made available between the last pop and this enable raised no kick
         // (notifications were off), so enableNotification re-checks and we poll again.
         if (this.#q.enableNotification()) this.#again = true;
@@ -374,23 +394,8 @@ export class BlkQueueEngine {
   #fail(e: unknown): void {
     if (this.#halted) return;
     this.#halted = true;
-    const err =
-      this.#memoryFault() ??
-      (e instanceof VirtioError
-        ? e
-        : new VirtioError(ErrorCode.DEVICE_BROKEN, `virtio-blk vq ${this.#qi}: ${errorText(e)}`));
-    try {
-      if (this.#q.broken === null) this.#q.markBroken(err);
-    } catch {
-      // The queue could not record it; the engine is halted either way.
-    }
-    if (err.code !== ErrorCode.MEM_FAULT)
-      this.#log.error(`virtio-blk vq ${this.#qi}: device broken: ${errorText(err)}`);
-    try {
-      this.#onBroken(err);
-    } catch (cbErr) {
-      this.#log.error(`virtio-blk vq ${this.#qi}: onBroken callback threw: ${errorText(cbErr)}`);
-    }
+    this.#poller.stop();
+    reportBroken(this.#broken, e);
     this.#maybeStopped();
   }
 }

@@ -36,15 +36,24 @@ export interface BlkEngineLimits {
   readonly budget?: number;
   /** A request in flight this long is logged as stalled (default 30). */
   readonly stallSeconds?: number;
+  /** Longest adaptive poll window in ns when a queue runs dry; 0 or absent: no polling. */
+  readonly pollMaxNs?: number;
 }
+
+const LIMIT_KEYS = ["maxInFlight", "budget", "stallSeconds", "pollMaxNs"] as const;
 
 /** The limits given in `o` (absent ones stay absent: the engine's defaults apply). */
 export function engineLimits(o: BlkEngineLimits): BlkEngineLimits {
-  return {
-    ...(o.maxInFlight === undefined ? {} : { maxInFlight: o.maxInFlight }),
-    ...(o.budget === undefined ? {} : { budget: o.budget }),
-    ...(o.stallSeconds === undefined ? {} : { stallSeconds: o.stallSeconds }),
-  };
+  const limits: Record<string, number> = {};
+  for (const k of LIMIT_KEYS) if (o[k] !== undefined) limits[k] = o[k];
+  return limits;
+}
+
+/** `o` without its engine limits. */
+export function withoutLimits<T extends BlkEngineLimits>(o: T): Omit<T, keyof BlkEngineLimits> {
+  const rest: Record<string, unknown> = { ...o };
+  for (const k of LIMIT_KEYS) delete rest[k];
+  return rest as Omit<T, keyof BlkEngineLimits>;
 }
 
 /** How a runtime opens a blk device (plain data). */
@@ -91,7 +100,11 @@ export class BlkRuntimeDevice implements DataplaneDevice {
       queueIndex: ctx.index,
       backing: this.backing,
       policy: this.#policy,
-      ...engineLimits({ maxInFlight: this.#limits.maxInFlight, budget: this.#limits.budget }),
+      ...engineLimits({
+        maxInFlight: this.#limits.maxInFlight,
+        budget: this.#limits.budget,
+        pollMaxNs: this.#limits.pollMaxNs,
+      }),
       signalUsed: () => void ctx.signalUsed(),
       onBroken: (err) => ctx.markBroken(err),
       memoryFault: () => ctx.memoryFault(),
@@ -165,7 +178,7 @@ export function blkOnBacking(o: BlkOnBackingOptions): {
   core: BlkDeviceCore;
   device: BlkRuntimeDevice;
 } {
-  const { backing, maxInFlight: _m, budget: _b, stallSeconds: _s, ...config } = o;
+  const { backing, ...config } = withoutLimits(o);
   const readOnly = config.readOnly ?? backing.readOnly;
   if (backing.readOnly && !readOnly)
     throw new RangeError("a read-only backing store needs a read-only device");

@@ -28,6 +28,7 @@ import {
   type BlkRuntimeDevice,
   blkOnBacking,
   engineLimits,
+  withoutLimits,
   type BlkDataplaneConfig,
   type BlkDeviceInfo,
   type BlkEngineLimits,
@@ -116,7 +117,7 @@ export interface OpenedVhostUserBlk {
  *   error, e.g. VirtioError `BLK_IMAGE`.
  */
 export async function openVhostUserBlk(o: OpenVhostUserBlkOptions): Promise<OpenedVhostUserBlk> {
-  const { pool, backing, logger, maxInFlight: _m, budget: _b, stallSeconds: _s, ...config } = o;
+  const { pool, backing, logger, ...config } = withoutLimits(o);
   const opened = await openBlk({
     pool,
     backing,

@@ -1,0 +1,150 @@
+/**
+ * The validated settings of `virtio-ts vhost-user-blk`: one export from
+ * `--socket`/`--fd` and `--image`, or one per `--export KEY=VALUE,...`,
+ * whose keys are the per-export flags of ./vhost-user-blk-flags.ts checked by
+ * the same rules. Every mistake is one {@link UsageError} line naming the
+ * export. Not spec-defined (the device limits the flags check are VIRTIO
+ * 1.2 §5.2.4).
+ *
+ * @module
+ */
+import { resolve } from "node:path";
+import { type FlagValue, type ParsedFlags, UsageError, parseFlags } from "../args.ts";
+import {
+  DEFAULT_POLL_MAX_US,
+  EXPORT_FLAGS,
+  type ExportSettings,
+  type Settings,
+} from "./vhost-user-blk-flags.ts";
+
+const WHERE = new Set(["socket", "fd", "image"]);
+const ID = /^[A-Za-z0-9._-]{1,32}$/;
+/** Items of one `--export` value at most (there are fewer keys than this). */
+const MAX_ITEMS = 64;
+
+/** One export's settings from parsed flags (`id` names it). */
+export function exportSettings(f: ParsedFlags, id: string): ExportSettings {
+  if (f.has("socket") === f.has("fd"))
+    throw new UsageError("give exactly one of --socket and --fd");
+  if (!f.has("image")) throw new UsageError("--image is required");
+  return {
+    id,
+    socket: f.get("socket") as string | undefined,
+    fd: f.get("fd") as number | undefined,
+    image: f.get("image") as string,
+    numQueues: (f.get("num-queues") as number | undefined) ?? 1,
+    queueSize: (f.get("queue-size") as number | undefined) ?? 128,
+    readOnly: f.get("read-only") === true,
+    serial: f.get("serial") as string | undefined,
+    logicalBlockSize: (f.get("logical-block-size") as number | undefined) ?? 512,
+    writeback: f.get("writeback") === true,
+    direct: f.get("direct") === true,
+    maxInFlight: f.get("max-in-flight") as number | undefined,
+    pollMaxUs: (f.get("poll-max-us") as number | undefined) ?? DEFAULT_POLL_MAX_US,
+  };
+}
+
+/**
+ * Settings from parsed flags.
+ *
+ * @throws {UsageError} for a missing or conflicting flag, or a bad `--export`.
+ */
+export function settings(f: ParsedFlags): Settings {
+  const specs = f.get("export") as readonly string[] | undefined;
+  return {
+    exports: specs === undefined ? [exportSettings(f, "export1")] : parseExports(specs, f),
+    ioThreads: (f.get("io-threads") as number | undefined) ?? 1,
+    shutdownTimeoutSeconds: (f.get("shutdown-timeout") as number | undefined) ?? 30,
+    allowUnsealedMemory: f.has("allow-unsealed-memory"),
+  };
+}
+
+/** Splits `a=1,b=x,,y` into items at single commas (`,,` is a literal comma). */
+export function splitItems(value: string): string[] {
+  const items: string[] = [];
+  let cur = "";
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i]!;
+    if (c !== ",") cur += c;
+    else if (value[i + 1] === ",") ((cur += ","), i++);
+    else (items.push(cur), (cur = ""));
+  }
+  items.push(cur);
+  return items;
+}
+
+/** Applies one `key[=value]` item to `into` with the key's flag rules. */
+function applyItem(item: string, into: Map<string, FlagValue>): void {
+  const eq = item.indexOf("=");
+  const key = eq < 0 ? item : item.slice(0, eq);
+  const raw = eq < 0 ? undefined : item.slice(eq + 1);
+  if (key === "id") {
+    if (raw === undefined || !ID.test(raw))
+      throw new UsageError(
+        `id must be 1..32 of A-Z a-z 0-9 . _ -, got ${JSON.stringify(raw ?? "")}`,
+      );
+    into.set("id", raw);
+    return;
+  }
+  const spec = EXPORT_FLAGS.find((s) => s.name === key);
+  if (spec === undefined) throw new UsageError(`unknown key ${JSON.stringify(key)}`);
+  if (spec.kind === "boolean") {
+    if (raw === undefined || raw === "on") into.set(key, true);
+    else if (raw === "off") into.delete(key);
+    else throw new UsageError(`${key} takes =on or =off, got ${JSON.stringify(raw)}`);
+    return;
+  }
+  if (raw === undefined) throw new UsageError(`${key} needs a value (${key}=${spec.metavar})`);
+  const parsed = parseFlags([`--${key}=${raw}`], [spec]).flags.get(key)!;
+  into.set(key, parsed);
+}
+
+/** One `--export` value over the defaults given outside `--export`. */
+function parseExport(value: string, n: number, defaults: ParsedFlags): ExportSettings {
+  const f = new Map<string, FlagValue>();
+  for (const s of EXPORT_FLAGS)
+    if (!WHERE.has(s.name) && defaults.has(s.name)) f.set(s.name, defaults.get(s.name)!);
+  try {
+    const items = splitItems(value);
+    if (items.length > MAX_ITEMS) throw new UsageError(`more than ${MAX_ITEMS} keys`);
+    for (const item of items) applyItem(item, f);
+    return exportSettings(f, (f.get("id") as string | undefined) ?? `export${n}`);
+  } catch (e) {
+    if (!(e instanceof UsageError)) throw e;
+    const why = e.message
+      .replace(/^give exactly one of --socket and --fd$/, "give exactly one of socket= and fd=")
+      .replace(/--(image|socket|fd)\b/g, "$1=")
+      .replace(/^--/, "");
+    throw new UsageError(`--export ${n}: ${why}`, { cause: e });
+  }
+}
+
+/** Refuses two exports with the same id, socket or fd, or one writable image served twice. */
+function checkDistinct(exports: readonly ExportSettings[]): void {
+  const seen = new Map<string, number>();
+  exports.forEach((x, i) => {
+    const keys: [string, string][] = [
+      ["id", x.id],
+      x.socket === undefined ? ["fd", String(x.fd)] : ["socket", resolve(x.socket)],
+      ...(x.readOnly ? [] : [["writable image", resolve(x.image)] as [string, string]]),
+    ];
+    for (const [what, value] of keys) {
+      const other = seen.get(`${what} ${value}`);
+      if (other !== undefined)
+        throw new UsageError(`--export ${i + 1}: same ${what} as --export ${other} (${value})`);
+      seen.set(`${what} ${value}`, i + 1);
+    }
+  });
+}
+
+/** The exports of repeated `--export` values; `f` holds the defaults given outside them. */
+function parseExports(values: readonly string[], f: ParsedFlags): ExportSettings[] {
+  for (const name of WHERE)
+    if (f.has(name))
+      throw new UsageError(
+        `--${name} cannot be combined with --export (give ${name}= in each --export)`,
+      );
+  const exports = values.map((v, i) => parseExport(v, i + 1, f));
+  checkDistinct(exports);
+  return exports;
+}
