@@ -23,7 +23,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { VhostUserBlk } from "../src/devices/blk/vhost-user-frontend.ts";
 import { spawnBackend, virtioTsCommand } from "../test/interop/guest/backends.ts";
 import { drive, sparseImage } from "../test/reliability/guestless-soak.ts";
-import type { VhostBackendKind } from "./lib/backends.ts";
+import { isVirtioTs, type VhostBackendKind } from "./lib/backends.ts";
 import { cpuSeconds, listeningSocketOwner, processMemory } from "./lib/procfs.ts";
 import { spreadOf, type Spread } from "./lib/stats.ts";
 
@@ -84,7 +84,7 @@ function command(
   exports: readonly Export[],
   ioThreads: number,
 ): { cmd: string; args: string[] } {
-  if (kind === "qsd")
+  if (!isVirtioTs(kind))
     return {
       cmd: "qemu-storage-daemon",
       args: exports.flatMap((x, i) => [
@@ -179,12 +179,12 @@ async function repetition(
     await s.stop();
   }
   // Peak memory of one export under load, per threading mode.
-  for (const threads of kind === "qsd" ? [1] : [0, 1]) {
+  for (const threads of isVirtioTs(kind) ? [0, 1] : [1]) {
     s = await serve(kind, xs.slice(0, 1), threads);
     try {
       await drive(s.disks[0]!, { seconds: o.loadSeconds, imageMiB: IMAGE_MIB }, s.alive);
       const hwm = processMemory(s.pid)?.hwm;
-      if (hwm !== undefined) (threads === 0 || kind === "qsd" ? acc.small : acc.oneThread).push(hwm / MiB);
+      if (hwm !== undefined) (threads === 0 || !isVirtioTs(kind) ? acc.small : acc.oneThread).push(hwm / MiB);
     } catch (e) {
       acc.failures.push(`peak memory, ${threads} I/O threads: ${(e as Error).message}`);
     } finally {

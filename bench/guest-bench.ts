@@ -24,7 +24,13 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { GuestRunError, parseSerialLog, runGuest } from "../test/interop/guest/runner.ts";
 import type { GuestDisk, GuestStep } from "../test/interop/guest/runner.ts";
-import { startBenchBackend, type BenchBackend, type VhostBackendKind } from "./lib/backends.ts";
+import {
+  baselineOf,
+  isVirtioTs,
+  startBenchBackend,
+  type BenchBackend,
+  type VhostBackendKind,
+} from "./lib/backends.ts";
 import { flushAndWarm } from "./lib/image.ts";
 import { cpuSeconds, processMemory, type ProcMemory } from "./lib/procfs.ts";
 import { ratio, spreadOf, type Spread } from "./lib/stats.ts";
@@ -245,8 +251,8 @@ async function guestBoot(
         socketPath: socket,
         imagePath: o.imagePath,
         numQueues: queues,
-        ...(backend === "virtio-ts" && o.virtioTsNodeArgs ? { nodeArgs: o.virtioTsNodeArgs } : {}),
-        ...(backend === "virtio-ts" && o.virtioTsArgs ? { extraArgs: o.virtioTsArgs } : {}),
+        ...(isVirtioTs(backend) && o.virtioTsNodeArgs ? { nodeArgs: o.virtioTsNodeArgs } : {}),
+        ...(isVirtioTs(backend) && o.virtioTsArgs ? { extraArgs: o.virtioTsArgs } : {}),
       });
       watch = new ConsoleWatch(server.pid);
       disk = { kind: "vhost-user", socket, numQueues: queues };
@@ -384,12 +390,12 @@ function summarize(
             }),
           );
         const paired = (f: (m: GuestWorkloadMeasure) => number | undefined): Spread | undefined =>
-          backend !== "virtio-ts"
+          baselineOf(backend) === undefined
             ? undefined
             : spreadOf(
                 mine.map((r) => {
                   const q = runs.find(
-                    (x) => x.backend === "qsd" && x.queues === queues && x.rep === r.rep,
+                    (x) => x.backend === baselineOf(backend) && x.queues === queues && x.rep === r.rep,
                   );
                   const a = r.workloads[w.id];
                   const b = q?.workloads[w.id];

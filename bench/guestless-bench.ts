@@ -17,7 +17,13 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { startBenchBackend, type BenchBackend, type VhostBackendKind } from "./lib/backends.ts";
+import {
+  baselineOf,
+  isVirtioTs,
+  startBenchBackend,
+  type BenchBackend,
+  type VhostBackendKind,
+} from "./lib/backends.ts";
 import { flushAndWarm } from "./lib/image.ts";
 import { processMemory } from "./lib/procfs.ts";
 import { ratio, spreadOf, type Spread } from "./lib/stats.ts";
@@ -149,8 +155,8 @@ async function session(
       socketPath: socket,
       imagePath: o.imagePath,
       numQueues: queues,
-      ...(backend === "virtio-ts" && o.virtioTsNodeArgs ? { nodeArgs: o.virtioTsNodeArgs } : {}),
-      ...(backend === "virtio-ts" && o.virtioTsArgs ? { extraArgs: o.virtioTsArgs } : {}),
+      ...(isVirtioTs(backend) && o.virtioTsNodeArgs ? { nodeArgs: o.virtioTsNodeArgs } : {}),
+      ...(isVirtioTs(backend) && o.virtioTsArgs ? { extraArgs: o.virtioTsArgs } : {}),
     });
     const timeoutMs = 60_000 + (o.warmupSeconds + jobs.length * (o.seconds + 10)) * 1000;
     out = await runDriver(
@@ -200,12 +206,12 @@ function summarize(
             }),
           );
         const paired = (f: (r: DriverJobResult) => number): Spread | undefined =>
-          backend !== "virtio-ts"
+          baselineOf(backend) === undefined
             ? undefined
             : spreadOf(
                 mine.map((s) => {
                   const q = sessions.find(
-                    (x) => x.backend === "qsd" && x.queues === queues && x.rep === s.rep,
+                    (x) => x.backend === baselineOf(backend) && x.queues === queues && x.rep === s.rep,
                   );
                   const a = pick(s);
                   const b = q && pick(q);

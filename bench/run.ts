@@ -162,7 +162,7 @@ async function runGuest(
     reps,
     runtimeSeconds: quick ? 3 : 8,
     queues: [1, 2],
-    backends: ["virtio-ts", "qsd", "qemu-builtin"],
+    backends: ["virtio-ts", "qsd", "qemu-builtin", "virtio-ts-direct", "qsd-direct"],
     log: progress,
     failureDir,
     ...(nodeArgs ? { virtioTsNodeArgs: nodeArgs } : {}),

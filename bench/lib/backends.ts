@@ -12,6 +12,10 @@
  * runs with `--writeback` (a write completes once in the page cache; FLUSH
  * runs fdatasync), and the guest also switches the disk to write back.
  *
+ * The O_DIRECT pairing compares the two like for like without the host page
+ * cache: `virtio-ts --direct --writeback` against qemu-storage-daemon
+ * `cache.direct=on,aio=native` (Linux AIO, as QEMU users run O_DIRECT).
+ *
  * Launch and readiness come from the real-guest harness
  * (test/interop/guest/backends.ts); this module adds what a measurement
  * needs: the pid of the process that actually serves (found through the
@@ -24,15 +28,27 @@ import { spawnBackend, virtioTsCommand } from "../../test/interop/guest/backends
 import type { ExitStatus } from "../../test/interop/guest/process.ts";
 import { listeningSocketOwner } from "./procfs.ts";
 
-/** Which vhost-user-blk backend. */
-export type VhostBackendKind = "virtio-ts" | "qsd";
+/** Which vhost-user-blk backend (the `-direct` ones bypass the host page cache). */
+export type VhostBackendKind = "virtio-ts" | "qsd" | "virtio-ts-direct" | "qsd-direct";
 
 /** Display names. */
 export const BACKEND_LABELS: Readonly<Record<VhostBackendKind | "qemu-builtin", string>> = {
   "virtio-ts": "virtio-ts",
   qsd: "qemu-storage-daemon",
+  "virtio-ts-direct": "virtio-ts O_DIRECT",
+  "qsd-direct": "qemu-storage-daemon O_DIRECT",
   "qemu-builtin": "QEMU virtio-blk",
 };
+
+/** True for this project's backend, in either pairing. */
+export const isVirtioTs = (kind: string): boolean => kind.startsWith("virtio-ts");
+
+/** The qemu-storage-daemon run a virtio-ts run is paired with (undefined for the others). */
+export function baselineOf(kind: string): VhostBackendKind | undefined {
+  if (kind === "virtio-ts") return "qsd";
+  if (kind === "virtio-ts-direct") return "qsd-direct";
+  return undefined;
+}
 
 /** Options of {@link startBenchBackend}. */
 export interface BenchBackendOptions {
@@ -62,10 +78,11 @@ export interface BenchBackend {
 }
 
 /** The qemu-storage-daemon arguments of a benchmark run. */
-export function qsdArgs(o: BenchBackendOptions): string[] {
+export function qsdArgs(o: BenchBackendOptions, direct = false): string[] {
+  const cache = direct ? "cache.direct=on,aio=native" : "cache.direct=off,aio=io_uring";
   return [
     "--blockdev",
-    `driver=file,node-name=file0,filename=${o.imagePath},cache.direct=off,aio=io_uring`,
+    `driver=file,node-name=file0,filename=${o.imagePath},${cache}`,
     "--export",
     [
       "type=vhost-user-blk",
@@ -81,7 +98,7 @@ export function qsdArgs(o: BenchBackendOptions): string[] {
 }
 
 /** The `virtio-ts vhost-user-blk` arguments of a benchmark run (after the command itself). */
-export function virtioTsArgs(o: BenchBackendOptions): string[] {
+export function virtioTsArgs(o: BenchBackendOptions, direct = false): string[] {
   return [
     "vhost-user-blk",
     "--socket",
@@ -91,6 +108,7 @@ export function virtioTsArgs(o: BenchBackendOptions): string[] {
     "--num-queues",
     String(o.numQueues),
     "--writeback",
+    ...(direct ? ["--direct"] : []),
     ...(o.extraArgs ?? []),
   ];
 }
@@ -102,11 +120,12 @@ export async function startBenchBackend(
 ): Promise<BenchBackend> {
   const env = { ...process.env, ...o.env };
   let b;
-  if (kind === "qsd") {
+  const direct = kind.endsWith("-direct");
+  if (!isVirtioTs(kind)) {
     b = await spawnBackend(
       "qemu-storage-daemon",
       "qemu-storage-daemon",
-      qsdArgs(o),
+      qsdArgs(o, direct),
       o.socketPath,
       { listening: o.socketPath },
       env,
@@ -120,7 +139,7 @@ export async function startBenchBackend(
     b = await spawnBackend(
       "virtio-ts vhost-user-blk",
       cmd,
-      [...args, ...virtioTsArgs(o)],
+      [...args, ...virtioTsArgs(o, direct)],
       o.socketPath,
       // The CLI prints this once ready; the socket is listening by then.
       { listening: o.socketPath },
