@@ -178,29 +178,45 @@ export function footprintTable(r: FootprintBenchReport): Table {
   };
 }
 
-/** Ring benchmark results (bench/ring-bench.ts). */
+const C_LABEL = { sleep: "C ringtest, sleep", poll: "C ringtest, poll" } as const;
+
+/** Ring benchmark results (bench/ring-bench.ts), with Linux's C ringtest when measured. */
 export function ringTable(r: RingBenchReport): Table {
+  const ours = r.points.map((p) => [
+    p.transport,
+    p.job,
+    spreadCell(p.roundTripsPerSec as Spread),
+    p.ratioToBaseline === undefined ? "baseline" : p.ratioToBaseline.toFixed(1),
+    p.ratioToC === undefined ? "–" : p.ratioToC.toFixed(2),
+    spreadCell(p.medianLatencyUs as Spread | undefined),
+    spreadCell(p.p99LatencyUs as Spread | undefined),
+    p.kicksPerRoundTrip === undefined ? "" : p.kicksPerRoundTrip.toFixed(3),
+    p.sleepsPerRoundTrip === undefined ? "" : p.sleepsPerRoundTrip.toFixed(3),
+  ]);
+  const c = (r.c ?? []).map((p) => [
+    C_LABEL[p.mode],
+    p.job,
+    spreadCell(p.roundTripsPerSec as Spread),
+    "–",
+    "C",
+    "–",
+    "–",
+    "",
+    "",
+  ]);
   return {
     header: [
       "transport",
       "job",
       "round trips/s",
       "× postMessage",
+      "× C ringtest",
       "latency µs",
       "p99 µs",
       "kicks/rt",
       "sleeps/rt",
     ],
-    rows: r.points.map((p) => [
-      p.transport,
-      p.job,
-      spreadCell(p.roundTripsPerSec as Spread),
-      p.ratioToBaseline === undefined ? "baseline" : p.ratioToBaseline.toFixed(1),
-      spreadCell(p.medianLatencyUs as Spread | undefined),
-      spreadCell(p.p99LatencyUs as Spread | undefined),
-      p.kicksPerRoundTrip === undefined ? "" : p.kicksPerRoundTrip.toFixed(3),
-      p.sleepsPerRoundTrip === undefined ? "" : p.sleepsPerRoundTrip.toFixed(3),
-    ]),
+    rows: [...ours, ...c],
   };
 }
 
@@ -375,8 +391,9 @@ export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, 
     "```",
     "",
     "The real-guest part installs what it needs on first use (like the interop tests: QEMU, fio, a",
-    "Debian kernel; root on Debian bookworm). Results: `bench/results/{ring,blk,guest,guestless,footprint,meta}.json`",
-    "(git-ignored); a run with `--only` keeps the other sections' last results, each with its own date.",
+    "Debian kernel; root on Debian bookworm); the ring part builds Linux's C ringtest once from Debian's",
+    "`linux-source-6.1` (installed if missing) into `~/.cache/virtio-ts/`. Results:",
+    "`bench/results/{ring,blk,guest,guestless,footprint,meta}.json` (git-ignored); a run with `--only` keeps the other sections' last results, each with its own date.",
     "",
     "## Machine",
     "",
@@ -508,20 +525,45 @@ export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, 
       "",
     );
   }
-  if (r.ring) {
-    L.push(
-      "## In-process ring (bench/ring-bench.ts)",
-      "",
-      `Run ${r.ring.date}. Round trips of 1-descriptor chains between a driver worker and a device worker`,
-      "over the in-process transport (split ring of 256, EVENT_IDX, device in null mode), sleeping",
-      "(`Atomics.wait`) or busy-polling, against postMessage between two workers in the same run;",
-      `${r.ring.options.reps} repetitions.`,
-      "",
-      markdownTable(ringTable(r.ring)),
-      "",
-    );
-  }
+  if (r.ring) L.push(...ringSection(r.ring));
   return L.join("\n");
+}
+
+function ringtestText(r: RingBenchReport): string[] {
+  if (!r.c?.length)
+    return [
+      "Linux's C ringtest was not measured in this run (it could not be built or run: see the",
+      "run's output).",
+    ];
+  return [
+    `Linux's C ring benchmark runs in the same repetitions, after ours: \`tools/virtio/ringtest\` built`,
+    `from Debian's ${r.ringtestSource ?? "linux-source-6.1"} (only that directory extracted, its Makefile's`,
+    '`virtio_ring_0_9`). Two threads of one process ("guest" and "host") pass 1-descriptor buffers',
+    "through a split ring with event indices; `--sleep` makes each side sleep on an eventfd when its",
+    "ring is empty and notify the other (compared with ring-wait), without it both busy-poll and never",
+    "notify (compared with ring-poll). Every kick and call also spins ~1000 TSC cycles (ringtest's",
+    "model of a VM exit and entry). No CPU pinning, as ours. Round trips/s is `--run-cycles` divided",
+    "by the process's wall time; × C ringtest is our median over the C median for the same job and",
+    "mode. Options per row:",
+    "",
+    ...r.c.map((p) => `- ${C_LABEL[p.mode]}, ${p.job}: \`${p.args}\``),
+  ];
+}
+
+function ringSection(r: RingBenchReport): string[] {
+  return [
+    "## In-process ring (bench/ring-bench.ts)",
+    "",
+    `Run ${r.date}. Round trips of 1-descriptor chains between a driver worker and a device worker`,
+    "over the in-process transport (split ring of 256, EVENT_IDX, device in null mode), sleeping",
+    "(`Atomics.wait`) or busy-polling, against postMessage between two workers in the same run;",
+    `${r.options.reps} repetitions, each running every transport in fresh workers after a short warm-up.`,
+    "",
+    ...ringtestText(r),
+    "",
+    markdownTable(ringTable(r)),
+    "",
+  ];
 }
 
 function footprintSection(f: FootprintBenchReport): string[] {

@@ -5,9 +5,13 @@
  * 32 with up to a ring's worth in flight, and ping-pong latency with one
  * request in flight; in sleep mode (Atomics.wait) and busy-poll mode. The
  * baseline, measured in the same run, carries the same round trips with
- * postMessage over a MessagePort between two workers.
+ * postMessage over a MessagePort between two workers; and, when it could be
+ * built (./ringtest-c.ts), Linux's C ringtest with the matching options.
  *
- * Each point is repeated (interleaved) and reported as median / min / max.
+ * Each repetition runs every transport once, in turn (postMessage, ring-wait,
+ * ring-poll, then the C runs), each transport in fresh workers that first
+ * run the three jobs at a tenth of their size as a warm-up; every point is
+ * reported as median / min / max over the repetitions.
  *
  * @module
  */
@@ -26,6 +30,13 @@ import type { DeviceWorkerInit } from "../examples/device-worker.ts";
 import { threadHost } from "../examples/session.ts";
 import type { RingDriverInit, RingJob, RingJobResult } from "./ring-driver-worker.ts";
 import type { PostMessageInit, PostMessageJobResult } from "./postmessage-worker.ts";
+import {
+  ringtestArgs,
+  ringtestRunFor,
+  runRingtest,
+  type RingtestMode,
+  type RingtestRun,
+} from "./ringtest-c.ts";
 
 /** Sizes of the run. */
 export interface RingBenchOptions {
@@ -34,6 +45,11 @@ export interface RingBenchOptions {
   readonly pingpongTotal: number;
   /** Busy-poll rounds before sleeping in busy-poll mode. */
   readonly pollSpin: number;
+  /**
+   * Round trips per C ringtest run: sleeping ping-pong (slow: two wake-ups
+   * per round trip), and every other job.
+   */
+  readonly ringtestCycles: { readonly sleepPingpong: number; readonly other: number };
 }
 
 /** Median / min / max of repeated measurements. */
@@ -52,9 +68,21 @@ export interface RingPoint {
   readonly p99LatencyUs?: Spread;
   /** Median round trips/s divided by the postMessage baseline's for the same job. */
   readonly ratioToBaseline?: number;
+  /** Median round trips/s divided by the C ringtest's for the same job and mode. */
+  readonly ratioToC?: number;
   /** Ring points: kicks rung / suppressed per round trip (medians). */
   readonly kicksPerRoundTrip?: number;
   readonly sleepsPerRoundTrip?: number;
+}
+
+/** One C ringtest point (./ringtest-c.ts). */
+export interface RingtestPoint {
+  /** sleep: compared with ring-wait; poll: with ring-poll. */
+  readonly mode: RingtestMode;
+  readonly job: RingPoint["job"];
+  /** The ringtest options of the run. */
+  readonly args: string;
+  readonly roundTripsPerSec: Spread;
 }
 
 export interface RingBenchReport {
@@ -64,6 +92,16 @@ export interface RingBenchReport {
   readonly cpus: number;
   readonly options: RingBenchOptions;
   readonly points: readonly RingPoint[];
+  /** Linux's C ringtest in the same run; absent when it could not be built or run. */
+  readonly c?: readonly RingtestPoint[];
+  /** What the C ringtest was built from, e.g. "linux-source-6.1 6.1.192-3". */
+  readonly ringtestSource?: string;
+}
+
+/** The C ringtest binary to compare with, and its source. */
+export interface RingtestBinary {
+  readonly bin: string;
+  readonly source?: string;
 }
 
 const QUEUE_SIZE = 256;
@@ -76,14 +114,19 @@ const isType =
   (m: unknown): m is T =>
     typeof m === "object" && m !== null && types.includes((m as { type: string }).type);
 
+const JOBS = ["batch-1", "batch-32", "ping-pong"] as const;
+/** Warm-up jobs at the start of every session (their results are dropped). */
+const WARMUP_JOBS = JOBS.length;
+const WARMUP_DIVISOR = 10;
+
+/** One repetition's jobs, after the same jobs at a tenth of their size as a warm-up. */
 function jobsFor(o: RingBenchOptions): RingJob[] {
-  const jobs: RingJob[] = [];
-  for (let r = 0; r < o.reps; r++) {
-    jobs.push({ kind: "throughput", total: o.throughputTotal, batch: 1 });
-    jobs.push({ kind: "throughput", total: o.throughputTotal, batch: 32 });
-    jobs.push({ kind: "pingpong", total: o.pingpongTotal });
-  }
-  return jobs;
+  const jobs = (div: number): RingJob[] => [
+    { kind: "throughput", total: Math.ceil(o.throughputTotal / div), batch: 1 },
+    { kind: "throughput", total: Math.ceil(o.throughputTotal / div), batch: 32 },
+    { kind: "pingpong", total: Math.ceil(o.pingpongTotal / div) },
+  ];
+  return [...jobs(WARMUP_DIVISOR), ...jobs(1)];
 }
 
 const jobName = (j: RingJob): RingPoint["job"] =>
@@ -123,7 +166,7 @@ async function ringSession(o: RingBenchOptions, spin: number): Promise<RingJobRe
       TIMEOUT_MS,
     );
     if (m.type === "ring-error") throw new Error(`ring driver: ${m.message}`);
-    return m.results!;
+    return m.results!.slice(WARMUP_JOBS);
   } finally {
     stopInprocDevice(shared.registers);
     await Promise.all(threads.map((t) => t.terminate()));
@@ -153,7 +196,7 @@ async function postMessageSession(o: RingBenchOptions): Promise<PostMessageJobRe
       message?: string;
     }>(driver, isType("pm-done", "pm-error"), TIMEOUT_MS);
     if (m.type === "pm-error") throw new Error(`postMessage driver: ${m.message}`);
-    return m.results!;
+    return m.results!.slice(WARMUP_JOBS);
   } finally {
     await Promise.all(threads.map((t) => t.terminate()));
   }
@@ -171,7 +214,7 @@ function points(
   results: readonly (RingJobResult | PostMessageJobResult)[],
 ): RingPoint[] {
   const out: RingPoint[] = [];
-  for (const job of ["batch-1", "batch-32", "ping-pong"] as const) {
+  for (const job of JOBS) {
     const rs = results.filter((r) => jobName(r.job) === job);
     const rings = rs.filter((r): r is RingJobResult => "stats" in r);
     out.push({
@@ -195,21 +238,130 @@ function points(
   return out;
 }
 
-/** Runs the whole ring benchmark (sequentially: the machine may have only 2 cores). */
-export async function ringBench(o: RingBenchOptions, cpus: number): Promise<RingBenchReport> {
-  const baseline = points("postmessage", await postMessageSession(o));
-  const wait = points("ring-wait", await ringSession(o, 0));
-  const poll = points("ring-poll", await ringSession(o, o.pollSpin));
-  const ratio = (p: RingPoint): RingPoint => {
-    const b = baseline.find((x) => x.job === p.job)!;
-    return { ...p, ratioToBaseline: p.roundTripsPerSec.median / b.roundTripsPerSec.median };
+/** One C ringtest run's result. */
+interface RingtestResult {
+  readonly mode: RingtestMode;
+  readonly job: RingPoint["job"];
+  readonly args: string;
+  readonly roundTripsPerSec: number;
+}
+
+function ringtestRunOf(
+  o: RingBenchOptions,
+  mode: RingtestMode,
+  job: RingPoint["job"],
+): RingtestRun {
+  const c = o.ringtestCycles;
+  return ringtestRunFor(
+    mode,
+    job,
+    mode === "sleep" && job === "ping-pong" ? c.sleepPingpong : c.other,
+  );
+}
+
+/** One repetition of every C ringtest point. */
+async function ringtestRound(bin: string, o: RingBenchOptions): Promise<RingtestResult[]> {
+  const out: RingtestResult[] = [];
+  for (const mode of ["sleep", "poll"] as const)
+    for (const job of JOBS) {
+      const run = ringtestRunOf(o, mode, job);
+      const r = await runRingtest(bin, run);
+      out.push({
+        mode,
+        job,
+        args: ringtestArgs(run).join(" "),
+        roundTripsPerSec: r.roundTripsPerSec,
+      });
+    }
+  return out;
+}
+
+function ringtestPoints(results: readonly RingtestResult[]): RingtestPoint[] {
+  return (["sleep", "poll"] as const).flatMap((mode) =>
+    JOBS.map((job) => {
+      const rs = results.filter((r) => r.mode === mode && r.job === job);
+      return {
+        mode,
+        job,
+        args: rs[0]!.args,
+        roundTripsPerSec: spread(rs.map((r) => r.roundTripsPerSec)),
+      };
+    }),
+  );
+}
+
+/** Our point with its ratios to the postMessage baseline and to the C ringtest. */
+function withRatios(
+  p: RingPoint,
+  baseline: readonly RingPoint[],
+  c: readonly RingtestPoint[],
+): RingPoint {
+  const b = baseline.find((x) => x.job === p.job)!;
+  const mode = p.transport === "ring-wait" ? "sleep" : "poll";
+  const cp = c.find((x) => x.mode === mode && x.job === p.job);
+  return {
+    ...p,
+    ratioToBaseline: p.roundTripsPerSec.median / b.roundTripsPerSec.median,
+    ...(cp ? { ratioToC: p.roundTripsPerSec.median / cp.roundTripsPerSec.median } : {}),
   };
+}
+
+interface Collected {
+  readonly pm: PostMessageJobResult[];
+  readonly wait: RingJobResult[];
+  readonly poll: RingJobResult[];
+  /** Undefined once a C run failed (the C points are then left out). */
+  c: RingtestResult[] | undefined;
+}
+
+/** Every repetition: each transport in turn, then the C runs. */
+async function collect(
+  o: RingBenchOptions,
+  ringtest: RingtestBinary | undefined,
+  log: (line: string) => void,
+): Promise<Collected> {
+  const r: Collected = { pm: [], wait: [], poll: [], c: ringtest ? [] : undefined };
+  for (let rep = 1; rep <= o.reps; rep++) {
+    const t0 = Date.now();
+    r.pm.push(...(await postMessageSession(o)));
+    r.wait.push(...(await ringSession(o, 0)));
+    r.poll.push(...(await ringSession(o, o.pollSpin)));
+    if (ringtest && r.c) {
+      try {
+        r.c.push(...(await ringtestRound(ringtest.bin, o)));
+      } catch (e) {
+        log(
+          `C ringtest failed, left out: ${(e instanceof Error ? e.message : String(e)).split("\n")[0]}`,
+        );
+        r.c = undefined;
+      }
+    }
+    log(`[ring ${rep}/${o.reps}] done (${((Date.now() - t0) / 1000).toFixed(0)} s)`);
+  }
+  return r;
+}
+
+/**
+ * Runs the whole ring benchmark (sequentially: the machine may have only 2
+ * cores), with the C ringtest when `ringtest` is given.
+ */
+export async function ringBench(
+  o: RingBenchOptions,
+  cpus: number,
+  ringtest?: RingtestBinary,
+  log: (line: string) => void = (l) => console.log(l),
+): Promise<RingBenchReport> {
+  const r = await collect(o, ringtest, log);
+  const baseline = points("postmessage", r.pm);
+  const c = r.c ? ringtestPoints(r.c) : undefined;
+  const ours = [...points("ring-wait", r.wait), ...points("ring-poll", r.poll)];
   return {
     name: "ring",
     date: new Date().toISOString(),
     node: process.version,
     cpus,
     options: o,
-    points: [...wait.map(ratio), ...poll.map(ratio), ...baseline],
+    points: [...ours.map((p) => withRatios(p, baseline, c ?? [])), ...baseline],
+    ...(c ? { c, ...(ringtest?.source ? { ringtestSource: ringtest.source } : {}) } : {}),
   };
 }

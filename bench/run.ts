@@ -18,7 +18,8 @@ import { availableParallelism, tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
-import { ringBench, type RingBenchReport, type RingPoint } from "./ring-bench.ts";
+import { ringBench, type RingBenchOptions } from "./ring-bench.ts";
+import { ensureRingtest, ringtestSource } from "./ringtest-c.ts";
 import { blkBench, blkBenchOptions, blkTable } from "./blk-bench.ts";
 import { guestBench } from "./guest-bench.ts";
 import { guestlessBench } from "./guestless-bench.ts";
@@ -34,6 +35,7 @@ import {
   guestMemoryTable,
   guestTable,
   renderCharts,
+  ringTable,
   renderMarkdown,
   type BenchMeta,
   type BenchResults,
@@ -69,40 +71,6 @@ const wanted = (s: Section): boolean => !flags.report && only.has(s);
 const resultsDir = fileURLToPath(new URL("./results/", import.meta.url));
 const docsDir = fileURLToPath(new URL("../docs/", import.meta.url));
 
-function fmt(n: number): string {
-  return n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(2);
-}
-
-function spreadCell(s: { median: number; min: number; max: number } | undefined): string {
-  return s === undefined ? "" : `${fmt(s.median)} (${fmt(s.min)}–${fmt(s.max)})`;
-}
-
-function ringTable(r: RingBenchReport): string {
-  const header = [
-    "transport",
-    "job",
-    "round trips/s median (min–max)",
-    "× postMessage",
-    "latency µs median",
-    "p99 µs",
-    "kicks/rt",
-    "sleeps/rt",
-  ];
-  const rows = r.points.map((p: RingPoint) => [
-    p.transport,
-    p.job,
-    spreadCell(p.roundTripsPerSec),
-    p.ratioToBaseline === undefined ? "baseline" : p.ratioToBaseline.toFixed(1),
-    spreadCell(p.medianLatencyUs),
-    spreadCell(p.p99LatencyUs),
-    p.kicksPerRoundTrip === undefined ? "" : p.kicksPerRoundTrip.toFixed(3),
-    p.sleepsPerRoundTrip === undefined ? "" : p.sleepsPerRoundTrip.toFixed(3),
-  ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join("  ");
-  return [line(header), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n");
-}
-
 function writeResult(name: string, report: unknown): void {
   mkdirSync(resultsDir, { recursive: true });
   writeFileSync(`${resultsDir}${name}.json`, JSON.stringify(report, null, 2) + "\n");
@@ -118,12 +86,33 @@ function readResult<T>(name: string): T | undefined {
 
 const progress = (line: string): void => console.log(line);
 
+/** Ring benchmark sizes: --quick, and the full run. */
+const RING_OPTIONS: Record<"quick" | "full", RingBenchOptions> = {
+  quick: {
+    reps: 3,
+    throughputTotal: 100_000,
+    pingpongTotal: 5_000,
+    pollSpin: 20_000,
+    ringtestCycles: { sleepPingpong: 20_000, other: 1_000_000 },
+  },
+  full: {
+    reps: 5,
+    throughputTotal: 1_000_000,
+    pingpongTotal: 30_000,
+    pollSpin: 20_000,
+    ringtestCycles: { sleepPingpong: 100_000, other: 5_000_000 },
+  },
+};
+
 async function runRing(cpus: number): Promise<void> {
+  const bin = await ensureRingtest(progress);
+  const source = bin === undefined ? undefined : ringtestSource(bin);
+  console.log(`\nring benchmark${bin ? `, with Linux's C ringtest (${bin})` : ""}`);
   const ring = await ringBench(
-    quick
-      ? { reps: 3, throughputTotal: 100_000, pingpongTotal: 5_000, pollSpin: 20_000 }
-      : { reps: 5, throughputTotal: 1_000_000, pingpongTotal: 30_000, pollSpin: 20_000 },
+    RING_OPTIONS[quick ? "quick" : "full"],
     cpus,
+    bin === undefined ? undefined : { bin, ...(source ? { source } : {}) },
+    progress,
   );
   writeResult("ring", ring);
   console.log(JSON.stringify(ring, null, 2));
@@ -131,7 +120,7 @@ async function runRing(cpus: number): Promise<void> {
   console.log(
     `ring benchmark (${cpus} CPUs, Node ${process.version}); written to bench/results/ring.json`,
   );
-  console.log(ringTable(ring));
+  console.log(textTable(ringTable(ring)));
 }
 
 async function runBlk(cpus: number): Promise<void> {

@@ -8,12 +8,13 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { niceStep, renderBarChart, tickLabel } from "../../bench/lib/svg.ts";
 import { markdownTable, spreadCell, textTable } from "../../bench/lib/table.ts";
-import { renderCharts, renderMarkdown } from "../../bench/report.ts";
+import { renderCharts, renderMarkdown, ringTable } from "../../bench/report.ts";
 import { checkTargets, type TargetCheck } from "../../bench/targets.ts";
 import type { FootprintBenchReport, FootprintRow } from "../../bench/footprint-bench.ts";
 import type { GuestBenchReport, GuestPoint } from "../../bench/guest-bench.ts";
 import type { GuestlessBenchReport, GuestlessPoint } from "../../bench/guestless-bench.ts";
 import { GUEST_WORKLOADS } from "../../bench/guest/fio.ts";
+import type { RingBenchReport, RingPoint, RingtestPoint } from "../../bench/ring-bench.ts";
 
 const one = (v: number) => ({ median: v, min: v, max: v, n: 1 });
 
@@ -150,8 +151,17 @@ test("checkTargets: met only when every cell meets it; absent measurements are n
     guestless: guestlessReport([1.2, 1.05, 1.2], 60),
     footprint: footprintReport(0.3, 2, 16),
   });
-  const byName = (checks: TargetCheck[], re: RegExp): TargetCheck => checks.find((c) => re.test(c.target))!;
-  for (const re of [/^Guest-less IOPS/, /^Guest-less backend CPU/, /^Real guest .*page-cache/, /1 I\/O thread ≤ 64/, /io-threads 0/, /^Idle/, /16 exports/])
+  const byName = (checks: TargetCheck[], re: RegExp): TargetCheck =>
+    checks.find((c) => re.test(c.target))!;
+  for (const re of [
+    /^Guest-less IOPS/,
+    /^Guest-less backend CPU/,
+    /^Real guest .*page-cache/,
+    /1 I\/O thread ≤ 64/,
+    /io-threads 0/,
+    /^Idle/,
+    /16 exports/,
+  ])
     assert.equal(byName(ok, re).met, true, String(re));
   assert.equal(byName(ok, /2 queues ≤ 80/).met, undefined, "no 2-queue guest-less run");
   assert.equal(byName(ok, /O_DIRECT pairing/).met, undefined);
@@ -163,12 +173,25 @@ test("checkTargets: met only when every cell meets it; absent measurements are n
     guestless: guestlessReport([0.5, 1.5, 1.2], 70, [0.9, 1.1, 0.9]),
     footprint: footprintReport(1.5, 2, 15),
   });
-  assert.match(byName(bad, /^Guest-less IOPS/).measured, /lowest 0\.50× \(randread QD1, 1q\); 2 of 3 met/);
-  assert.match(byName(bad, /^Guest-less backend CPU/).measured, /highest 1\.10× \(randread QD32, 1q\)/);
+  assert.match(
+    byName(bad, /^Guest-less IOPS/).measured,
+    /lowest 0\.50× \(randread QD1, 1q\); 2 of 3 met/,
+  );
+  assert.match(
+    byName(bad, /^Guest-less backend CPU/).measured,
+    /highest 1\.10× \(randread QD32, 1q\)/,
+  );
   assert.match(byName(bad, /^Real guest .*page-cache/).measured, /highest 1\.30×/);
   assert.match(byName(bad, /1 I\/O thread ≤ 64/).measured, /70\.0 MiB/);
   assert.match(byName(bad, /16 exports/).measured, /15 of 16 export runs passed/);
-  for (const re of [/^Guest-less IOPS/, /^Guest-less backend CPU/, /^Real guest .*page-cache/, /1 I\/O thread/, /^Idle/, /16 exports/])
+  for (const re of [
+    /^Guest-less IOPS/,
+    /^Guest-less backend CPU/,
+    /^Real guest .*page-cache/,
+    /1 I\/O thread/,
+    /^Idle/,
+    /16 exports/,
+  ])
     assert.equal(byName(bad, re).met, false, String(re));
   assert.ok(checkTargets({}).every((c) => c.met === undefined && c.measured === "not measured"));
 });
@@ -190,4 +213,85 @@ test("renderMarkdown: sections present for the results given, charts referenced"
   assert.match(md, /Host page cache: not dropped/);
   assert.match(md, /## Footprint/);
   assert.match(md, /\| virtio-ts \| 0\.20 \|/);
+});
+
+const RING_JOBS = ["batch-1", "batch-32", "ping-pong"] as const;
+
+/** A ring report whose ring-wait points run at `ours` round trips/s against C's 1000 (no C: `c` false). */
+function ringReport(ours: Record<RingPoint["job"], number>, c = true): RingBenchReport {
+  const pt = (transport: RingPoint["transport"], job: RingPoint["job"], v: number): RingPoint => ({
+    transport,
+    job,
+    roundTripsPerSec: one(v),
+    ...(transport === "postmessage" ? {} : { ratioToBaseline: v / 100 }),
+    ...(c && transport !== "postmessage" ? { ratioToC: v / 1000 } : {}),
+  });
+  const cPoints: RingtestPoint[] = (["sleep", "poll"] as const).flatMap((mode) =>
+    RING_JOBS.map((job) => ({
+      mode,
+      job,
+      args: `--ring-size 256 --run-cycles 1000 --batch ${job === "batch-32" ? 32 : 1}${mode === "sleep" ? " --sleep" : ""}`,
+      roundTripsPerSec: one(1000),
+    })),
+  );
+  return {
+    name: "ring",
+    date: "2026-01-01T00:00:00Z",
+    node: "v20.0.0",
+    cpus: 2,
+    options: {
+      reps: 3,
+      throughputTotal: 1000,
+      pingpongTotal: 100,
+      pollSpin: 10,
+      ringtestCycles: { sleepPingpong: 100, other: 1000 },
+    },
+    points: [
+      ...RING_JOBS.map((job) => pt("ring-wait", job, ours[job])),
+      ...RING_JOBS.map((job) => pt("ring-poll", job, 2000)),
+      ...RING_JOBS.map((job) => pt("postmessage", job, 100)),
+    ],
+    ...(c ? { c: cPoints, ringtestSource: "linux-source-6.1 6.1.0-1" } : {}),
+  };
+}
+
+test("checkTargets: the ring target compares ring-wait batch-32 and ping-pong with the C ringtest's --sleep runs", () => {
+  const ringTarget = (r: RingBenchReport): TargetCheck =>
+    checkTargets({ ring: r }).find((t) => /C ringtest/.test(t.target))!;
+  const met = ringTarget(ringReport({ "batch-1": 10, "batch-32": 1500, "ping-pong": 1000 }));
+  assert.equal(met.met, true);
+  assert.match(met.measured, /lowest 1\.00× \(ring-wait ping-pong vs C --sleep\); 2 of 2 met/);
+  // batch-1 is not part of the target: a slow batch-1 does not matter.
+  const bad = ringTarget(ringReport({ "batch-1": 5000, "batch-32": 400, "ping-pong": 1200 }));
+  assert.equal(bad.met, false);
+  assert.match(bad.measured, /lowest 0\.40× \(ring-wait batch-32 vs C --sleep\); 1 of 2 met/);
+  const none = ringTarget(ringReport({ "batch-1": 1, "batch-32": 1, "ping-pong": 1 }, false));
+  assert.equal(none.met, undefined);
+  assert.equal(none.measured, "not measured");
+});
+
+test("ringTable and renderMarkdown: C ringtest rows, × C ringtest column, the options of each C run", () => {
+  const r = ringReport({ "batch-1": 500, "batch-32": 1500, "ping-pong": 800 });
+  const t = ringTable(r);
+  const col = t.header.indexOf("× C ringtest");
+  assert.ok(col > 0);
+  const row = (transport: string, job: string): readonly string[] =>
+    t.rows.find((x) => x[0] === transport && x[1] === job)!;
+  assert.equal(row("ring-wait", "batch-32")[col], "1.50");
+  assert.equal(row("ring-poll", "ping-pong")[col], "2.00");
+  assert.equal(row("postmessage", "batch-1")[col], "–");
+  assert.equal(row("C ringtest, sleep", "ping-pong")[2], "1,000");
+  assert.equal(row("C ringtest, poll", "batch-32")[col], "C");
+  assert.equal(t.rows.length, 9 + 6);
+  const md = renderMarkdown({ ring: r }, {});
+  assert.match(md, /## In-process ring/);
+  assert.match(md, /tools\/virtio\/ringtest`? built\s+from Debian's linux-source-6\.1 6\.1\.0-1/);
+  assert.match(
+    md,
+    /- C ringtest, sleep, batch-32: `--ring-size 256 --run-cycles 1000 --batch 32 --sleep`/,
+  );
+  assert.match(md, /\| C ringtest, poll \| ping-pong \|/);
+  const noC = ringReport({ "batch-1": 1, "batch-32": 1, "ping-pong": 1 }, false);
+  assert.equal(ringTable(noC).rows.length, 9);
+  assert.match(renderMarkdown({ ring: noC }, {}), /C ringtest was not measured in this run/);
 });

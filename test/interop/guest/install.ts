@@ -138,13 +138,17 @@ async function aptUpdateOnce(): Promise<void> {
 
 function requireRoot(what: string): void {
   if (process.getuid?.() !== 0) {
-    throw new Error(`the real-guest tests must run as root to ${what}`);
+    throw new Error(`must run as root to ${what}`);
   }
 }
 
-/** Install the missing host packages; returns what was installed. */
-async function ensureHostPackages(): Promise<string[]> {
-  const missing = await missingPackages(HOST_PACKAGES);
+/**
+ * Install those of `names` that are missing (one `apt-get update` per
+ * process first); returns what was installed. Also used by the benchmarks
+ * (bench/ringtest-c.ts).
+ */
+export async function ensurePackages(names: readonly string[]): Promise<string[]> {
+  const missing = await missingPackages(names);
   if (missing.length === 0) return [];
   requireRoot(`install ${missing.join(" ")}`);
   await aptUpdateOnce();
@@ -268,7 +272,7 @@ let prereqs: Promise<GuestPrereqs> | undefined;
  */
 export function ensureGuestPrereqs(): Promise<GuestPrereqs> {
   prereqs ??= withLock(join(guestCacheDir(), "install.lock"), LOCK_WAIT_MS, async () => {
-    const installed = await ensureHostPackages();
+    const installed = await ensurePackages(HOST_PACKAGES);
     const kernelRoot = join(guestCacheDir(), "kernel");
     let cached = cachedKernel(kernelRoot);
     if (cached && cached.bootImage === cached.vmlinuz) {
