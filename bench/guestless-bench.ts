@@ -11,6 +11,12 @@
  * and the backend's (/proc/PID/stat, every thread), so a front-end
  * bottleneck shows as front-end CPU per I/O near 1 s / IOPS.
  *
+ * System calls per I/O (./syscalls.ts): the last repetition's session of
+ * each backend and queue count runs two more jobs after the timed ones —
+ * 4 KiB random reads, then writes, at QD32 — with `strace -c -f` attached to
+ * the backend for exactly that job; only their system-call counts are kept
+ * (strace slows the backend, so their speed is not reported).
+ *
  * @module
  */
 import { spawn } from "node:child_process";
@@ -27,6 +33,13 @@ import {
 import { flushAndWarm } from "./lib/image.ts";
 import { processMemory } from "./lib/procfs.ts";
 import { ratio, spreadOf, type Spread } from "./lib/stats.ts";
+import {
+  ensureStrace,
+  JobTracer,
+  straceJobs,
+  unmeasuredPoints,
+  type SyscallPoint,
+} from "./syscalls.ts";
 import type { DriverInput, DriverJob, DriverJobResult, DriverOutput } from "./guestless/driver.ts";
 
 /** Options of {@link guestlessBench}. */
@@ -45,6 +58,8 @@ export interface GuestlessBenchOptions {
   /** Node options / CLI arguments for virtio-ts (profiling, tracing). */
   readonly virtioTsNodeArgs?: readonly string[];
   readonly virtioTsArgs?: readonly string[];
+  /** Seconds of each strace-traced job (see the module comment); 0 or absent: none. */
+  readonly straceSeconds?: number;
 }
 
 /** One session: one backend, queue count and repetition. */
@@ -54,7 +69,7 @@ export interface GuestlessSession {
   readonly rep: number;
   readonly error?: string;
   readonly results: readonly DriverJobResult[];
-  /** Driver counters (kicks, suppressed kicks, requests). */
+  /** Driver counters (kicks, suppressed kicks, requests) at the end of the session (every job). */
   readonly driverStats?: Readonly<Record<string, number>>;
   /** Backend peak RSS (VmHWM) in bytes. */
   readonly backendHwm?: number;
@@ -91,15 +106,37 @@ export interface GuestlessBenchReport {
   readonly points: readonly GuestlessPoint[];
   /** Backend peak RSS per backend × queues, MiB. */
   readonly memory: readonly { backend: VhostBackendKind; queues: number; hwmMiB: Spread }[];
+  /** System calls per I/O, per backend × queues × traced job (absent: not traced). */
+  readonly syscalls?: readonly SyscallPoint[];
 }
 
 const DRIVER = fileURLToPath(new URL("./guestless/driver.ts", import.meta.url));
 
-/** Runs the driver process; resolves with its output or rejects with its stderr tail. */
-function runDriver(input: DriverInput, timeoutMs: number): Promise<DriverOutput> {
+/** Calls `onLine` with every complete line of a text stream. */
+function eachLine(stream: NodeJS.ReadableStream, onLine: (line: string) => void): void {
+  let pending = "";
+  stream.on("data", (c: string) => {
+    pending += c;
+    for (let nl = pending.indexOf("\n"); nl >= 0; nl = pending.indexOf("\n")) {
+      onLine(pending.slice(0, nl));
+      pending = pending.slice(nl + 1);
+    }
+  });
+}
+
+/**
+ * Runs the driver process; resolves with its output or rejects with its
+ * stderr tail. `onSync` answers the driver's `@EVENT` lines of `pause` jobs:
+ * once it settles, the driver is told to go on.
+ */
+function runDriver(
+  input: DriverInput,
+  timeoutMs: number,
+  onSync?: (event: string) => Promise<void>,
+): Promise<DriverOutput> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ["--import", "tsx", DRIVER, JSON.stringify(input)], {
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: ["pipe", "pipe", "pipe"],
     });
     const kill = (): void => void child.kill("SIGKILL");
     process.once("exit", kill);
@@ -107,6 +144,11 @@ function runDriver(input: DriverInput, timeoutMs: number): Promise<DriverOutput>
     let err = "";
     child.stdout.setEncoding("utf8").on("data", (c: string) => (out += c));
     child.stderr.setEncoding("utf8").on("data", (c: string) => (err = (err + c).slice(-8000)));
+    child.stdin.on("error", () => undefined); // the driver may be gone when told to go on
+    if (onSync)
+      eachLine(child.stdout, (line) => {
+        if (line.startsWith("@")) void onSync(line.slice(1)).then(() => child.stdin.write("go\n"));
+      });
     const timer = setTimeout(() => {
       child.kill("SIGKILL");
       err += `\n[driver killed after ${timeoutMs} ms]`;
@@ -114,18 +156,25 @@ function runDriver(input: DriverInput, timeoutMs: number): Promise<DriverOutput>
     child.on("close", (code, signal) => {
       clearTimeout(timer);
       process.off("exit", kill);
-      const line = out.trim().split("\n").pop() ?? "";
-      if (code === 0 && line.startsWith("{")) {
-        try {
-          resolve(JSON.parse(line) as DriverOutput);
-          return;
-        } catch {
-          // fall through to the error
-        }
-      }
-      reject(new Error(`driver exited code=${code} signal=${signal}: ${err.trim().slice(-1500)}`));
+      const parsed = parseDriverOutput(out);
+      if (code === 0 && parsed) resolve(parsed);
+      else
+        reject(
+          new Error(`driver exited code=${code} signal=${signal}: ${err.trim().slice(-1500)}`),
+        );
     });
   });
+}
+
+/** The driver's result: the last line of its stdout, if it is JSON. */
+function parseDriverOutput(out: string): DriverOutput | undefined {
+  const line = out.trim().split("\n").pop() ?? "";
+  if (!line.startsWith("{")) return undefined;
+  try {
+    return JSON.parse(line) as DriverOutput;
+  } catch {
+    return undefined;
+  }
 }
 
 function jobsOf(o: GuestlessBenchOptions): DriverJob[] {
@@ -135,55 +184,118 @@ function jobsOf(o: GuestlessBenchOptions): DriverJob[] {
   return jobs;
 }
 
+/** Driver time bound: start-up, warm-up, each job plus slack (strace attach and detach for a traced one). */
+function driverTimeoutMs(o: GuestlessBenchOptions, jobs: readonly DriverJob[]): number {
+  const slack = (j: DriverJob): number => j.seconds + (j.pause ? 60 : 10);
+  return 60_000 + (o.warmupSeconds + jobs.reduce((t, j) => t + slack(j), 0)) * 1000;
+}
+
+function startBackend(
+  o: GuestlessBenchOptions,
+  backend: VhostBackendKind,
+  socket: string,
+  queues: number,
+): Promise<BenchBackend> {
+  return startBenchBackend(backend, {
+    socketPath: socket,
+    imagePath: o.imagePath,
+    numQueues: queues,
+    ...(isVirtioTs(backend) && o.virtioTsNodeArgs ? { nodeArgs: o.virtioTsNodeArgs } : {}),
+    ...(isVirtioTs(backend) && o.virtioTsArgs ? { extraArgs: o.virtioTsArgs } : {}),
+  });
+}
+
+/** What one session produced: the timed results, and the traced jobs' system calls. */
+interface SessionOutcome {
+  readonly session: GuestlessSession;
+  readonly syscalls: readonly SyscallPoint[];
+}
+
+/** What the driver of one session produced. */
+interface Driven {
+  readonly out?: DriverOutput;
+  readonly tracer?: JobTracer;
+  readonly error?: string;
+}
+
+/** Runs the driver against a started backend, with strace around the `pause` jobs if `trace`. */
+async function drive(
+  o: GuestlessBenchOptions,
+  server: BenchBackend,
+  socket: string,
+  queues: number,
+  jobs: readonly DriverJob[],
+  trace: boolean,
+): Promise<Driven> {
+  const timeoutMs = driverTimeoutMs(o, jobs);
+  const tracer = trace ? new JobTracer(server.pid, timeoutMs) : undefined;
+  const input = {
+    socket,
+    numQueues: queues,
+    backendPid: server.pid,
+    warmupSeconds: o.warmupSeconds,
+    jobs,
+  };
+  try {
+    const out = await runDriver(input, timeoutMs, tracer && ((e) => tracer.onSync(e)));
+    const failed = out.results.find((r) => r.error !== undefined && !r.pause);
+    return {
+      out,
+      tracer,
+      ...(failed ? { error: `${failed.rw} QD${failed.depth}: ${failed.error}` } : {}),
+    };
+  } catch (e) {
+    return { tracer, error: (e as Error).message };
+  } finally {
+    tracer?.close();
+  }
+}
+
 async function session(
   o: GuestlessBenchOptions,
   backend: VhostBackendKind,
   queues: number,
   rep: number,
-): Promise<GuestlessSession> {
+  trace: boolean,
+): Promise<SessionOutcome> {
   const started = Date.now();
   flushAndWarm(o.imagePath);
   const dir = mkdtempSync(join(o.imagePath, "..", "gl-"));
   const socket = join(dir, "vhost-user.sock");
+  const jobs = [...jobsOf(o), ...(trace ? straceJobs(o.straceSeconds ?? 0) : [])];
   let server: BenchBackend | undefined;
-  let error: string | undefined;
-  let out: DriverOutput | undefined;
-  let hwm: number | undefined;
-  const jobs = jobsOf(o);
+  let driven: Driven;
   try {
-    server = await startBenchBackend(backend, {
-      socketPath: socket,
-      imagePath: o.imagePath,
-      numQueues: queues,
-      ...(isVirtioTs(backend) && o.virtioTsNodeArgs ? { nodeArgs: o.virtioTsNodeArgs } : {}),
-      ...(isVirtioTs(backend) && o.virtioTsArgs ? { extraArgs: o.virtioTsArgs } : {}),
-    });
-    const timeoutMs = 60_000 + (o.warmupSeconds + jobs.length * (o.seconds + 10)) * 1000;
-    out = await runDriver(
-      { socket, numQueues: queues, backendPid: server.pid, warmupSeconds: o.warmupSeconds, jobs },
-      timeoutMs,
-    );
-    const failed = out.results.find((r) => r.error !== undefined);
-    if (failed) error = `${failed.rw} QD${failed.depth}: ${failed.error}`;
+    server = await startBackend(o, backend, socket, queues);
+    driven = await drive(o, server, socket, queues, jobs, trace);
   } catch (e) {
-    error = (e as Error).message;
+    driven = { error: (e as Error).message };
   }
-  if (server) {
-    hwm = processMemory(server.pid)?.hwm;
-    if (server.status) error ??= `backend exited: ${server.diagnostics()}`;
-    await server.stop();
-  }
+  const stopped = server && (await stopBackend(server));
   rmSync(dir, { recursive: true, force: true });
+  const error = driven.error ?? stopped?.error;
+  const results = driven.out?.results ?? [];
   return {
-    backend,
-    queues,
-    rep,
-    ...(error ? { error } : {}),
-    results: out?.results.filter((r) => r.error === undefined) ?? [],
-    ...(out ? { driverStats: out.stats } : {}),
-    ...(hwm !== undefined ? { backendHwm: hwm } : {}),
-    wallMs: Date.now() - started,
+    session: {
+      backend,
+      queues,
+      rep,
+      ...(error ? { error } : {}),
+      results: results.filter((r) => r.error === undefined && !r.pause),
+      ...(driven.out ? { driverStats: driven.out.stats } : {}),
+      ...(stopped?.hwm !== undefined ? { backendHwm: stopped.hwm } : {}),
+      wallMs: Date.now() - started,
+    },
+    syscalls: driven.tracer?.points(backend, queues, jobs, results, error) ?? [],
   };
+}
+
+/** Reads the backend's peak RSS, notes whether it died, and stops it. */
+async function stopBackend(server: BenchBackend): Promise<{ hwm?: number; error?: string }> {
+  const hwm = processMemory(server.pid)?.hwm;
+  const error = server.status ? `backend exited: ${server.diagnostics()}` : undefined;
+  await server.stop();
+  return { ...(hwm !== undefined ? { hwm } : {}), ...(error ? { error } : {}) };
 }
 
 function summarize(
@@ -241,27 +353,59 @@ function summarize(
   return { points, memory };
 }
 
+function logSession(
+  o: GuestlessBenchOptions,
+  s: GuestlessSession,
+  progress: { done: number; of: number; etaMs: number },
+): void {
+  const figures = s.results
+    .map((r) => `${r.rw === "randread" ? "R" : "W"}${r.depth} ${(r.iops / 1000).toFixed(1)}k`)
+    .join(" ");
+  o.log(
+    `[guest-less ${progress.done}/${progress.of}] ${s.backend} ${s.queues}q rep ${s.rep}: ${figures}` +
+      `${s.error ? ` — FAILED: ${s.error.split("\n")[0]}` : ""} (${(s.wallMs / 1000).toFixed(0)} s; ETA ${(progress.etaMs / 60_000).toFixed(1)} min)`,
+  );
+}
+
+function logSyscalls(o: GuestlessBenchOptions, points: readonly SyscallPoint[]): void {
+  for (const p of points) {
+    const head = `  [strace] ${p.backend} ${p.queues}q ${p.rw} QD${p.depth}`;
+    const threads = `threads attached ${p.threadsAttached ?? "?"} of ${p.threadsSeen ?? "?"}`;
+    if (p.perIo === undefined) o.log(`${head}: not measured — ${p.error?.split("\n")[0]}`);
+    else
+      o.log(
+        `${head}: ${p.perIo.toFixed(2)} syscalls/IO over ${p.ios} I/Os (${(p.top ?? [])
+          .map((t) => `${t.syscall} ${t.perIo.toFixed(2)}`)
+          .join(", ")}; ${threads})`,
+      );
+  }
+}
+
 /** Runs the whole guest-less benchmark. */
 export async function guestlessBench(o: GuestlessBenchOptions): Promise<GuestlessBenchReport> {
   const plan: { backend: VhostBackendKind; queues: number; rep: number }[] = [];
   for (let rep = 1; rep <= o.reps; rep++)
     for (const queues of o.queues)
       for (const backend of o.backends) plan.push({ backend, queues, rep });
+  const straceMissing = o.straceSeconds ? await ensureStrace(o.log) : undefined;
+  const trace = (o.straceSeconds ?? 0) > 0 && straceMissing === undefined;
   const sessions: GuestlessSession[] = [];
+  const syscalls: SyscallPoint[] = [];
   const t0 = Date.now();
   for (const [i, p] of plan.entries()) {
-    const s = await session(o, p.backend, p.queues, p.rep);
-    sessions.push(s);
+    const r = await session(o, p.backend, p.queues, p.rep, trace && p.rep === o.reps);
+    sessions.push(r.session);
+    syscalls.push(...r.syscalls);
     const done = i + 1;
-    const eta = ((Date.now() - t0) / done) * (plan.length - done);
-    const figures = s.results
-      .map((r) => `${r.rw === "randread" ? "R" : "W"}${r.depth} ${(r.iops / 1000).toFixed(1)}k`)
-      .join(" ");
-    o.log(
-      `[guest-less ${done}/${plan.length}] ${p.backend} ${p.queues}q rep ${p.rep}: ${figures}` +
-        `${s.error ? ` — FAILED: ${s.error.split("\n")[0]}` : ""} (${(s.wallMs / 1000).toFixed(0)} s; ETA ${(eta / 60_000).toFixed(1)} min)`,
-    );
+    logSession(o, r.session, {
+      done,
+      of: plan.length,
+      etaMs: ((Date.now() - t0) / done) * (plan.length - done),
+    });
+    logSyscalls(o, r.syscalls);
   }
+  if (straceMissing !== undefined)
+    syscalls.push(...unmeasuredPoints(o.backends, o.queues, straceMissing));
   return {
     name: "guestless",
     date: new Date().toISOString(),
@@ -272,8 +416,10 @@ export async function guestlessBench(o: GuestlessBenchOptions): Promise<Guestles
       depths: o.depths,
       queues: o.queues,
       backends: o.backends,
+      ...(o.straceSeconds ? { straceSeconds: o.straceSeconds } : {}),
     },
     sessions,
     ...summarize(sessions, o),
+    ...(o.straceSeconds ? { syscalls } : {}),
   };
 }

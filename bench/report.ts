@@ -18,6 +18,7 @@ import type { MachineInfo } from "./lib/machine.ts";
 import { renderBarChart, SERIES_COLORS, type BarSeries } from "./lib/svg.ts";
 import type { Spread } from "./lib/stats.ts";
 import { fmt, markdownTable, ratioCell, spreadCell, type Table } from "./lib/table.ts";
+import { syscallsSection } from "./syscalls-table.ts";
 
 /** How and where the benchmarks ran (bench/results/meta.json). */
 export interface BenchMeta {
@@ -499,6 +500,7 @@ export function renderMarkdown(r: BenchResults, charts: Readonly<Record<string, 
       chart(`guestless-cpu-${q}q.svg`, `guest-less backend CPU per I/O, ${q} queue(s)`);
     }
     L.push("Backend peak memory per session:", "", markdownTable(guestlessMemoryTable(gl)), "");
+    L.push(...syscallsSection(gl));
     const failed = gl.sessions.filter((x) => x.error);
     if (failed.length)
       L.push(

@@ -26,6 +26,7 @@ import { guestlessBench } from "./guestless-bench.ts";
 import { createImage } from "./lib/image.ts";
 import { machineInfo } from "./lib/machine.ts";
 import { textTable } from "./lib/table.ts";
+import { SYSCALLS_TITLE, syscallsTable } from "./syscalls-table.ts";
 import { footprintBench } from "./footprint-bench.ts";
 import { checkTargets, targetsTable } from "./targets.ts";
 import {
@@ -177,6 +178,7 @@ async function runGuestless(
     queues: [1, 2],
     backends: ["virtio-ts", "qsd"],
     log: progress,
+    straceSeconds: quick ? 2 : 3,
     ...(nodeArgs ? { virtioTsNodeArgs: nodeArgs } : {}),
   });
   writeResult("guestless", r);
@@ -184,6 +186,10 @@ async function runGuestless(
   console.log(textTable(guestlessTable(r)));
   console.log();
   console.log(textTable(guestlessMemoryTable(r)));
+  if (r.syscalls?.length) {
+    console.log(`\n${SYSCALLS_TITLE}`);
+    console.log(textTable(syscallsTable(r.syscalls)));
+  }
 }
 
 async function runFootprint(): Promise<void> {

@@ -13,11 +13,18 @@
  * its own CPU time (`process.cpuUsage`, all threads) and the back-end's
  * (/proc/PID/stat of the pid it is given) from the job's start to its end.
  *
+ * A job marked `pause` is bracketed by a handshake with the parent: the
+ * driver prints `@before N` (N = the job's index) on stdout and waits for a
+ * line on stdin before starting it, and `@after N` once it is done — so the
+ * parent can attach a tracer (strace, ../syscalls.ts) to the back-end for
+ * exactly that job.
+ *
  * Input: one JSON argument ({@link DriverInput}).
  *
  * @module
  */
 import { performance } from "node:perf_hooks";
+import { createInterface, type Interface } from "node:readline";
 import { VhostUserBlk } from "../../src/devices/blk/vhost-user-frontend.ts";
 import type { BlkSegment } from "../../src/devices/blk/driver-plan.ts";
 import { cpuSeconds } from "../lib/procfs.ts";
@@ -29,6 +36,8 @@ export interface DriverJob {
   /** Requests in flight, in total over all queues. */
   readonly depth: number;
   readonly seconds: number;
+  /** Wait for the parent's go-ahead before and after the job (see the module comment). */
+  readonly pause?: boolean;
 }
 
 /** What the parent passes (as one JSON argument). */
@@ -154,6 +163,52 @@ async function runJob(
   };
 }
 
+/** The handshake of `pause` jobs: `@EVENT` on stdout, then one line from the parent on stdin. */
+class Pauser {
+  #rl: Interface | undefined;
+  #lines: AsyncIterator<string> | undefined;
+
+  async sync(event: string): Promise<void> {
+    if (!this.#lines) {
+      this.#rl = createInterface({ input: process.stdin });
+      this.#lines = this.#rl[Symbol.asyncIterator]();
+    }
+    process.stdout.write(`@${event}\n`);
+    const r = await this.#lines.next();
+    if (r.done === true) throw new Error(`the parent closed stdin at ${event}`);
+  }
+
+  close(): void {
+    this.#rl?.close();
+    if (this.#rl) process.stdin.destroy();
+  }
+}
+
+async function runJobs(
+  disk: VhostUserBlk,
+  input: DriverInput,
+  buffers: readonly BlkSegment[][],
+  lat: Float64Array,
+): Promise<DriverJobResult[]> {
+  const pauser = new Pauser();
+  const results: DriverJobResult[] = [];
+  try {
+    for (const [i, job] of input.jobs.entries()) {
+      if (job.pause) await pauser.sync(`before ${i}`);
+      const r = await runJob(disk, job, buffers, lat, input.backendPid, true);
+      if (job.pause) await pauser.sync(`after ${i}`);
+      results.push(r);
+      process.stderr.write(
+        `  ${job.rw} QD${job.depth}${job.pause ? " (paused job)" : ""}: ${Math.round(r.iops)} IOPS${r.error ? ` (error: ${r.error})` : ""}\n`,
+      );
+      if (r.error) break;
+    }
+  } finally {
+    pauser.close();
+  }
+  return results;
+}
+
 async function main(input: DriverInput): Promise<DriverOutput> {
   const maxDepth = Math.max(32, ...input.jobs.map((j) => j.depth));
   const disk = await VhostUserBlk.connect(input.socket, {
@@ -177,17 +232,8 @@ async function main(input: DriverInput): Promise<DriverOutput> {
         input.backendPid,
         false,
       );
-    const results: DriverJobResult[] = [];
-    for (const job of input.jobs) {
-      const r = await runJob(disk, job, buffers, lat, input.backendPid, true);
-      results.push(r);
-      process.stderr.write(
-        `  ${job.rw} QD${job.depth}: ${Math.round(r.iops)} IOPS${r.error ? ` (error: ${r.error})` : ""}\n`,
-      );
-      if (r.error) break;
-    }
     return {
-      results,
+      results: await runJobs(disk, input, buffers, lat),
       stats: { ...disk.stats },
       capacityBytes: disk.config.capacityBytes,
     };
