@@ -112,8 +112,8 @@ function command(
 interface Served {
   readonly pid: number;
   readonly disks: VhostUserBlk[];
-  alive(): boolean;
-  stop(): Promise<void>;
+  readonly alive: () => boolean;
+  readonly stop: () => Promise<void>;
 }
 
 async function serve(
@@ -184,7 +184,8 @@ async function repetition(
     try {
       await drive(s.disks[0]!, { seconds: o.loadSeconds, imageMiB: IMAGE_MIB }, s.alive);
       const hwm = processMemory(s.pid)?.hwm;
-      if (hwm !== undefined) (threads === 0 || !isVirtioTs(kind) ? acc.small : acc.oneThread).push(hwm / MiB);
+      if (hwm !== undefined)
+        (threads === 0 || !isVirtioTs(kind) ? acc.small : acc.oneThread).push(hwm / MiB);
     } catch (e) {
       acc.failures.push(`peak memory, ${threads} I/O threads: ${(e as Error).message}`);
     } finally {
@@ -254,7 +255,13 @@ export async function footprintBench(o: FootprintBenchOptions): Promise<Footprin
     }
   return {
     date: new Date().toISOString(),
-    options: { reps: o.reps, exports: o.exports, idleSeconds: o.idleSeconds, loadSeconds: o.loadSeconds, backends: o.backends },
+    options: {
+      reps: o.reps,
+      exports: o.exports,
+      idleSeconds: o.idleSeconds,
+      loadSeconds: o.loadSeconds,
+      backends: o.backends,
+    },
     rows: o.backends.map((backend) => row(backend, acc.get(backend)!, o.exports)),
   };
 }

@@ -395,7 +395,8 @@ function summarize(
             : spreadOf(
                 mine.map((r) => {
                   const q = runs.find(
-                    (x) => x.backend === baselineOf(backend) && x.queues === queues && x.rep === r.rep,
+                    (x) =>
+                      x.backend === baselineOf(backend) && x.queues === queues && x.rep === r.rep,
                   );
                   const a = r.workloads[w.id];
                   const b = q?.workloads[w.id];

@@ -323,7 +323,8 @@ function summarize(
             : spreadOf(
                 mine.map((s) => {
                   const q = sessions.find(
-                    (x) => x.backend === baselineOf(backend) && x.queues === queues && x.rep === s.rep,
+                    (x) =>
+                      x.backend === baselineOf(backend) && x.queues === queues && x.rep === s.rep,
                   );
                   const a = pick(s);
                   const b = q && pick(q);

@@ -28,7 +28,11 @@ function topCell(p: SyscallPoint): string {
 function ratioCell(p: SyscallPoint, all: readonly SyscallPoint[]): string {
   if (p.backend !== "virtio-ts") return "";
   const q = all.find(
-    (x) => x.backend === baselineOf(p.backend) && x.queues === p.queues && x.rw === p.rw && x.depth === p.depth,
+    (x) =>
+      x.backend === baselineOf(p.backend) &&
+      x.queues === p.queues &&
+      x.rw === p.rw &&
+      x.depth === p.depth,
   );
   const r = ratio(p.perIo, q?.perIo);
   return r === undefined ? "–" : r.toFixed(2);

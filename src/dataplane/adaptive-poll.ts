@@ -127,7 +127,8 @@ export class QueuePoller {
   #adjust(waitNs: number): void {
     const max = this.#o.maxNs;
     if (waitNs <= this.#window) return;
-    if (waitNs <= max) this.#window = Math.min(max, this.#window === 0 ? START_NS : this.#window * GROW);
+    if (waitNs <= max)
+      this.#window = Math.min(max, this.#window === 0 ? START_NS : this.#window * GROW);
     else {
       this.#window = Math.floor(this.#window / SHRINK);
       if (this.#window < START_NS) this.#window = 0;

@@ -96,11 +96,17 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
       ...values.flatMap((v) => ["--export", v]),
     ];
     const usage: [string[], RegExp][] = [
-      [[...exp(x(1)), "--socket", SOCK], /: --socket cannot be combined with --export \(give socket= in each --export\) /],
+      [
+        [...exp(x(1)), "--socket", SOCK],
+        /: --socket cannot be combined with --export \(give socket= in each --export\) /,
+      ],
       [[...exp(x(1)), "--image", IMAGE], /: --image cannot be combined with --export /],
       [exp(`${x(1)},colour=red`), /: --export 1: unknown key "colour" /],
       [exp(x(1), `${x(2)},num-queues=0`), /: --export 2: num-queues must be in 1\.\.1024, got 0 /],
-      [exp(`${x(1)},queue-size=100`), /: --export 1: queue-size must be a power of two, got "100" /],
+      [
+        exp(`${x(1)},queue-size=100`),
+        /: --export 1: queue-size must be a power of two, got "100" /,
+      ],
       [exp(`${x(1)},num-queues`), /: --export 1: num-queues needs a value \(num-queues=N\) /],
       [exp(`${x(1)},read-only=yes`), /: --export 1: read-only takes =on or =off, got "yes" /],
       [exp(`image=${IMAGE}`), /: --export 1: give exactly one of socket= and fd= /],
@@ -218,7 +224,12 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
 
     const io = new MemoryIo();
     const argv = ["vhost-user-blk", "--export", `socket=${s1},image=${image},read-only`];
-    argv.push("--export", `id=two,socket=${s2},image=${image},read-only,serial=x,,y`, "--num-queues", "2");
+    argv.push(
+      "--export",
+      `id=two,socket=${s2},image=${image},read-only,serial=x,,y`,
+      "--num-queues",
+      "2",
+    );
     const run = main(argv, io);
     await io.waitOut(new RegExp(`^listening on ${s2}$`));
     assert.deepEqual(io.stdout, [`listening on ${s1}`, `listening on ${s2}`]);

@@ -82,7 +82,11 @@ export async function guestlessSoak(o: GuestlessSoakOptions): Promise<GuestlessS
   try {
     await cli.waitStdout(/listening on/);
     disk = await VhostUserBlk.connect(sock, { numQueues: o.numQueues });
-    const r = await drive(disk, o, () => cli.proc.exitCode === null && cli.proc.signalCode === null);
+    const r = await drive(
+      disk,
+      o,
+      () => cli.proc.exitCode === null && cli.proc.signalCode === null,
+    );
     return {
       ...r,
       repaired: cli.stderr.match(/a notification was lost|no kick arrived/g)?.length ?? 0,

@@ -62,18 +62,29 @@ describe("one process, several exports", { timeout: 120_000 }, () => {
     next.close();
 
     const [ra, rb] = await runs;
-    for (const [name, r] of [["a", ra], ["b", rb]] as const) {
+    for (const [name, r] of [
+      ["a", ra],
+      ["b", rb],
+    ] as const) {
       assert.ok(r.reads > 0 && r.writes > 0, `${name}: ${r.reads} reads, ${r.writes} writes`);
-      t.diagnostic(`${name}: ${r.reads} reads, ${r.writes} writes; longest pause ${r.longestPauseMs} ms`);
+      t.diagnostic(
+        `${name}: ${r.reads} reads, ${r.writes} writes; longest pause ${r.longestPauseMs} ms`,
+      );
     }
     cli.proc.kill("SIGTERM");
     assert.deepEqual(await cli.exit(), { code: 0, signal: null }, cli.dump());
     for (const s of [a, b, c]) assert.equal(existsSync(s.sock), false, `${s.sock} removed`);
     const err = lines(cli.stderr);
     for (const id of ["a", "b", "c"])
-      assert.ok(err.some((l) => l.startsWith(`virtio-ts: ${id}: serving `)), cli.dump());
+      assert.ok(
+        err.some((l) => l.startsWith(`virtio-ts: ${id}: serving `)),
+        cli.dump(),
+      );
     const closing = err.filter((l) => / closing connection: /.test(l));
     assert.equal(closing.length, 1, cli.dump());
-    assert.match(closing[0]!, /^virtio-ts: c: conn 1: vhost-user: virtio-blk: closing connection: VIRTIO_ERR_MEM_FAULT: /);
+    assert.match(
+      closing[0]!,
+      /^virtio-ts: c: conn 1: vhost-user: virtio-blk: closing connection: VIRTIO_ERR_MEM_FAULT: /,
+    );
   });
 });

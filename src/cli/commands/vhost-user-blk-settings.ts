@@ -65,9 +65,15 @@ export function splitItems(value: string): string[] {
   let cur = "";
   for (let i = 0; i < value.length; i++) {
     const c = value[i]!;
-    if (c !== ",") cur += c;
-    else if (value[i + 1] === ",") ((cur += ","), i++);
-    else (items.push(cur), (cur = ""));
+    if (c !== ",") {
+      cur += c;
+    } else if (value[i + 1] === ",") {
+      cur += ",";
+      i++;
+    } else {
+      items.push(cur);
+      cur = "";
+    }
   }
   items.push(cur);
   return items;

@@ -222,7 +222,7 @@ async function stop(served: readonly Served[], s: Settings, pool: DataplanePool)
   const results = await Promise.allSettled(served.map((v) => stopExport(v, s)));
   await pool.close();
   const failed = results.find((r) => r.status === "rejected");
-  if (failed !== undefined) throw (failed as PromiseRejectedResult).reason;
+  if (failed !== undefined) throw failed.reason;
   return 0;
 }
 

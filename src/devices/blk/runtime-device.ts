@@ -51,7 +51,7 @@ export function engineLimits(o: BlkEngineLimits): BlkEngineLimits {
 
 /** `o` without its engine limits. */
 export function withoutLimits<T extends BlkEngineLimits>(o: T): Omit<T, keyof BlkEngineLimits> {
-  const rest: Record<string, unknown> = { ...o };
+  const rest = { ...o } as Record<string, unknown>;
   for (const k of LIMIT_KEYS) delete rest[k];
   return rest as Omit<T, keyof BlkEngineLimits>;
 }
