@@ -17,7 +17,7 @@ import { BACKEND_LABELS } from "./lib/backends.ts";
 import type { MachineInfo } from "./lib/machine.ts";
 import { renderBarChart, SERIES_COLORS, type BarSeries } from "./lib/svg.ts";
 import type { Spread } from "./lib/stats.ts";
-import { fmt, markdownTable, ratioCell, spreadCell, type Table } from "./lib/table.ts";
+import { byJob, fmt, markdownTable, ratioCell, spreadCell, type Table } from "./lib/table.ts";
 import { syscallsSection } from "./syscalls-table.ts";
 
 /** How and where the benchmarks ran (bench/results/meta.json). */
@@ -103,13 +103,7 @@ export function guestMemoryTable(r: GuestBenchReport): Table {
 
 /** Guest-less results: one row per job × queue count × backend. */
 export function guestlessTable(r: GuestlessBenchReport): Table {
-  const sorted = [...r.points].sort(
-    (a, b) =>
-      a.rw.localeCompare(b.rw) ||
-      a.depth - b.depth ||
-      a.queues - b.queues ||
-      a.backend.localeCompare(b.backend),
-  );
+  const sorted = [...r.points].sort(byJob);
   return {
     header: [
       "job",

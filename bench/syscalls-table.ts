@@ -9,7 +9,7 @@
 import type { GuestlessBenchReport } from "./guestless-bench.ts";
 import { BACKEND_LABELS, baselineOf } from "./lib/backends.ts";
 import { ratio } from "./lib/stats.ts";
-import { markdownTable, type Table } from "./lib/table.ts";
+import { byJob, markdownTable, type Table } from "./lib/table.ts";
 import { STRACE_DEPTH, TOP_SYSCALLS, type SyscallPoint } from "./syscalls.ts";
 
 /** Title of the table. */
@@ -26,7 +26,7 @@ function topCell(p: SyscallPoint): string {
 
 /** virtio-ts / qsd of the same queues and job; empty for qsd rows. */
 function ratioCell(p: SyscallPoint, all: readonly SyscallPoint[]): string {
-  if (p.backend !== "virtio-ts") return "";
+  if (baselineOf(p.backend) === undefined) return "";
   const q = all.find(
     (x) =>
       x.backend === baselineOf(p.backend) &&
@@ -40,13 +40,7 @@ function ratioCell(p: SyscallPoint, all: readonly SyscallPoint[]): string {
 
 /** One row per job × queue count × backend (backends of a job adjacent). */
 export function syscallsTable(points: readonly SyscallPoint[]): Table {
-  const sorted = [...points].sort(
-    (a, b) =>
-      a.rw.localeCompare(b.rw) ||
-      a.depth - b.depth ||
-      a.queues - b.queues ||
-      a.backend.localeCompare(b.backend),
-  );
+  const sorted = [...points].sort(byJob);
   return {
     header: [
       "backend",

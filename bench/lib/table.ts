@@ -52,3 +52,16 @@ export function markdownTable(t: Table): string {
     `| ${cells.map((c) => c.replace(/\|/g, "\\|")).join(" | ")} |`;
   return [row(t.header), row(t.header.map(() => "---")), ...t.rows.map(row)].join("\n");
 }
+
+/** Orders rows of a job table: read/write, depth, queues, then backend (backends of a job adjacent). */
+export function byJob(
+  a: { rw: string; depth: number; queues: number; backend: string },
+  b: { rw: string; depth: number; queues: number; backend: string },
+): number {
+  return (
+    a.rw.localeCompare(b.rw) ||
+    a.depth - b.depth ||
+    a.queues - b.queues ||
+    a.backend.localeCompare(b.backend)
+  );
+}

@@ -74,6 +74,7 @@ export class QueuePoller {
    * them off; `resume` follows). False: enable notifications and sleep.
    */
   idle(): boolean {
+    if (this.#o.maxNs === 0) return false; // off: no clock reads on the data path
     if (this.#state === "polling") return true;
     if (this.#state === "expired" || this.#window === 0 || this.#stopped) {
       this.#state = "off";

@@ -105,7 +105,10 @@ export class BlkQueueEngine {
     this.#budget = budget;
     this.#log = o.logger ?? consoleLogger;
     this.#broken = {
-      ...{ queue: o.queue, queueIndex: o.queueIndex, log: this.#log, onBroken: o.onBroken },
+      queue: o.queue,
+      queueIndex: o.queueIndex,
+      log: this.#log,
+      onBroken: o.onBroken,
       memoryFault: o.memoryFault ?? (() => null),
     };
     this.#used = new BlkUsedPublisher({
