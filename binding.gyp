@@ -11,6 +11,7 @@
         "native/memory.cc",
         "native/sigbus.cc",
         "native/sockets.cc",
+        "native/uring.cc",
         "native/watch.cc"
       ],
       "dependencies": [

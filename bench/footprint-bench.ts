@@ -121,6 +121,9 @@ async function serve(
   exports: readonly Export[],
   ioThreads: number,
 ): Promise<Served> {
+  // Every run starts from zeroed images: the workload checks reads against
+  // what it wrote itself, starting at generation 0 (all zeros).
+  for (const x of exports) sparseImage(x.image, IMAGE_MIB);
   const { cmd, args } = command(kind, exports, ioThreads);
   const last = exports[exports.length - 1]!.socket;
   const b = await spawnBackend(kind, cmd, args, last, { listening: last });
@@ -230,7 +233,7 @@ const spread = (v: number[]): Spread | null => spreadOf(v) ?? null;
 export async function footprintBench(o: FootprintBenchOptions): Promise<FootprintBenchReport> {
   const xs: Export[] = Array.from({ length: o.exports }, (_, i) => ({
     socket: join(o.dir, `fp${i}.sock`),
-    image: sparseImage(join(o.dir, `fp${i}.img`), IMAGE_MIB),
+    image: join(o.dir, `fp${i}.img`),
   }));
   const acc = new Map<VhostBackendKind, Accumulator>();
   for (const k of o.backends)
@@ -242,6 +245,7 @@ export async function footprintBench(o: FootprintBenchOptions): Promise<Footprin
     for (const kind of o.backends) {
       const t = Date.now();
       const a = acc.get(kind)!;
+      const known = a.failures.length;
       try {
         await repetition(kind, o, xs, a);
       } catch (e) {
@@ -252,6 +256,7 @@ export async function footprintBench(o: FootprintBenchOptions): Promise<Footprin
           `${a.one.at(-1)?.toFixed(1) ?? "?"} MiB (1 export) → ${a.many.at(-1)?.toFixed(1) ?? "?"} MiB ` +
           `(${o.exports}), ${a.loadPassed}/${a.loadRuns} exports passed under load (${((Date.now() - t) / 1000).toFixed(0)} s)`,
       );
+      for (const f of a.failures.slice(known)) o.log(`[footprint ${rep}/${o.reps}] ${kind}: ${f}`);
     }
   return {
     date: new Date().toISOString(),

@@ -129,6 +129,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFiles(env, exports);
   InitWatch(env, exports);
   InitIo(env, exports);
+  InitUring(env, exports);
   return exports;
 }
 

@@ -1,7 +1,7 @@
 // virtio-ts native addon: declarations shared by the source files.
 //
 // The addon is a thin layer over Linux system calls that Node.js lacks
-// (fd passing, mmap, eventfd, fd watching, memfd, fallocate). It holds no
+// (fd passing, mmap, eventfd, fd watching, memfd, fallocate, io_uring). It holds no
 // protocol logic: the TypeScript side (src/native/) decides what to do.
 //
 // Conventions:
@@ -23,6 +23,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -43,6 +44,9 @@ struct EnvState {
   size_t closingPolls = 0;
   bool tearingDown = false;
   napi_async_cleanup_hook_handle cleanupHook = nullptr;
+  // uring.cc's open rings (a type-erased owner, so that this header need not
+  // know the type: destroying it closes every ring of the environment).
+  std::shared_ptr<void> urings;
 };
 
 EnvState& State(Napi::Env env);
@@ -74,6 +78,7 @@ void InitMemory(Napi::Env env, Napi::Object exports);
 void InitFiles(Napi::Env env, Napi::Object exports);
 void InitWatch(Napi::Env env, Napi::Object exports);
 void InitIo(Napi::Env env, Napi::Object exports);
+void InitUring(Napi::Env env, Napi::Object exports);
 
 // Sets exports.constants[name] = value (Linux ABI values, checked by the
 // TypeScript tests against the literals src/native declares).

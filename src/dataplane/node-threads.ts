@@ -5,7 +5,7 @@
  * @module
  */
 import { Worker, isMainThread, parentPort } from "node:worker_threads";
-import type { TransferListItem } from "node:worker_threads";
+import type { ResourceLimits, TransferListItem } from "node:worker_threads";
 import type { MessageEndpoint, ThreadHost, Transferable, WorkerThread } from "./threads.ts";
 
 /** Options of {@link nodeThreadHost}. */
@@ -18,19 +18,28 @@ export interface NodeThreadHostOptions {
    * worker's entry module).
    */
   readonly loaderRegister?: string;
+  /**
+   * The new threads' V8 heap limits (Node's `resourceLimits`). A dataplane
+   * thread allocates only short-lived objects per request, so a small young
+   * generation bounds its resident memory at the cost of more frequent (and
+   * cheap) scavenges.
+   */
+  readonly resourceLimits?: ResourceLimits;
 }
 
 /** A ThreadHost that starts worker_threads. */
 export function nodeThreadHost(options: NodeThreadHostOptions = {}): ThreadHost {
   return {
     spawn(module: URL, init: unknown, transfer: readonly Transferable[] = []): WorkerThread {
+      const limits =
+        options.resourceLimits === undefined ? {} : { resourceLimits: options.resourceLimits };
       const w =
         options.loaderRegister === undefined
-          ? new Worker(module)
+          ? new Worker(module, limits)
           : new Worker(
               `import(${JSON.stringify(options.loaderRegister)})` +
                 `.then((m) => { m.register(); return import(${JSON.stringify(module.href)}); })`,
-              { eval: true },
+              { eval: true, ...limits },
             );
       w.postMessage(init, transfer as readonly TransferListItem[]);
       return {

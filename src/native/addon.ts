@@ -105,6 +105,26 @@ export interface NativeAddon {
   watchRef(id: number, ref: boolean): void;
   watchStop(id: number): boolean;
   watchCount(): number;
+  // uring.cc
+  uringOpen(entries: number): UringRing;
+  uringPrepare(
+    ring: number,
+    fd: number,
+    buffers: readonly Uint8Array[],
+    position: number,
+    write: boolean,
+  ): number;
+  uringSubmit(ring: number): number;
+  uringReap(ring: number, out: Int32Array): number;
+  uringClose(ring: number): void;
+}
+
+/** An open io_uring (uring.cc): its id, the eventfd it signals completions on, and its slots. */
+export interface UringRing {
+  readonly ring: number;
+  readonly eventFd: number;
+  /** Requests that may be in flight at once. */
+  readonly capacity: number;
 }
 
 /**

@@ -64,3 +64,11 @@ export {
   zeroRange,
 } from "./files.ts";
 export { IO_NOWAIT_MAX_VIEWS, preadvNowait, pwritevNowait } from "./io.ts";
+export {
+  uringClose,
+  uringOpen,
+  uringPrepare,
+  uringReap,
+  uringSubmit,
+  type UringRing,
+} from "./uring.ts";

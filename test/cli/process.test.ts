@@ -46,6 +46,7 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
       "--logical-block-size N",
       "--writeback",
       "--direct",
+      "--aio MODE",
       "--max-in-flight N",
       "--verbose",
       "--help",

@@ -62,8 +62,16 @@ export class CliProcess {
   stderr = "";
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  constructor(args: readonly string[], stdio: StdioOptions = ["ignore", "pipe", "pipe"]) {
-    this.proc = spawn(process.execPath, [BIN, ...args], { stdio });
+  /** `wrapper`: a command that runs Node for us (e.g. one that installs a seccomp filter). */
+  constructor(
+    args: readonly string[],
+    stdio: StdioOptions = ["ignore", "pipe", "pipe"],
+    wrapper?: string,
+  ) {
+    this.proc =
+      wrapper === undefined
+        ? spawn(process.execPath, [BIN, ...args], { stdio })
+        : spawn(wrapper, [process.execPath, BIN, ...args], { stdio });
     this.proc.stdout?.setEncoding("utf8").on("data", (c: string) => (this.stdout += c));
     this.proc.stderr?.setEncoding("utf8").on("data", (c: string) => (this.stderr += c));
     this.exited = new Promise((resolve) =>

@@ -14,6 +14,12 @@ const isPowerOfTwo = (v: string | number): boolean =>
 /** The default of `--poll-max-us` (chosen by measurement: docs/benchmarks.md). */
 export const DEFAULT_POLL_MAX_US = 0;
 
+/** The `--aio` modes (QEMU's names). */
+export const AIO_MODES = ["threads", "io_uring"] as const;
+export type AioMode = (typeof AIO_MODES)[number];
+/** The default `--aio`. */
+export const DEFAULT_AIO: AioMode = "io_uring";
+
 /** The flags, in help order. */
 export const FLAGS: readonly FlagSpec[] = [
   {
@@ -105,6 +111,14 @@ export const FLAGS: readonly FlagSpec[] = [
     help: "Open the image with O_DIRECT (bypass the host page\ncache).",
   },
   {
+    name: "aio",
+    kind: "string",
+    metavar: "MODE",
+    check: (v) => (AIO_MODES.includes(v as AioMode) ? undefined : "must be threads or io_uring"),
+    group: "I/O",
+    help: `How reads and writes that would block run (QEMU's\naio): threads (Node's thread pool) or io_uring (one\nio_uring per I/O thread, one submission per ring\ndrain; the thread pool where the kernel refuses it).\nDefault ${DEFAULT_AIO}. Cached reads complete inline either way.`,
+  },
+  {
     name: "max-in-flight",
     kind: "integer",
     metavar: "N",
@@ -187,6 +201,8 @@ export interface ExportSettings {
   readonly logicalBlockSize: number;
   readonly writeback: boolean;
   readonly direct: boolean;
+  /** How transfers that would block run. */
+  readonly aio: AioMode;
   readonly maxInFlight: number | undefined;
   /** Longest adaptive poll window, µs (0: no polling). */
   readonly pollMaxUs: number;
@@ -205,5 +221,5 @@ export const EXPORT_FLAGS: readonly FlagSpec[] = FLAGS.filter(
   (f) =>
     f.group === "Where" ||
     f.group === "Device" ||
-    ["direct", "max-in-flight", "poll-max-us"].includes(f.name),
+    ["direct", "aio", "max-in-flight", "poll-max-us"].includes(f.name),
 );

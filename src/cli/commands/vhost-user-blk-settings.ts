@@ -11,7 +11,9 @@
 import { resolve } from "node:path";
 import { type FlagValue, type ParsedFlags, UsageError, parseFlags } from "../args.ts";
 import {
+  DEFAULT_AIO,
   DEFAULT_POLL_MAX_US,
+  type AioMode,
   EXPORT_FLAGS,
   type ExportSettings,
   type Settings,
@@ -39,6 +41,7 @@ export function exportSettings(f: ParsedFlags, id: string): ExportSettings {
     logicalBlockSize: (f.get("logical-block-size") as number | undefined) ?? 512,
     writeback: f.get("writeback") === true,
     direct: f.get("direct") === true,
+    aio: (f.get("aio") as AioMode | undefined) ?? DEFAULT_AIO,
     maxInFlight: f.get("max-in-flight") as number | undefined,
     pollMaxUs: (f.get("poll-max-us") as number | undefined) ?? DEFAULT_POLL_MAX_US,
   };

@@ -69,7 +69,13 @@ async function openDevice(
   try {
     blk = await openVhostUserBlk({
       pool,
-      backing: { kind: "file", path: x.image, readOnly: x.readOnly, direct: x.direct },
+      backing: {
+        kind: "file",
+        path: x.image,
+        readOnly: x.readOnly,
+        direct: x.direct,
+        aio: x.aio,
+      },
       ...deviceOptions(x),
       logger: log.logger(),
     });

@@ -18,6 +18,8 @@ export interface FileBackingSpec {
   readonly readOnly?: boolean;
   /** O_DIRECT with an aligned bounce buffer for unaligned guest buffers (default false). */
   readonly direct?: boolean;
+  /** Transfers that would block: Node's thread pool (default) or the runtime's io_uring. */
+  readonly aio?: "threads" | "io_uring";
   /** Largest transfer per system call (FileBacking default when absent). */
   readonly maxIoBytes?: number;
   /** Use the native fallocate for DISCARD / WRITE_ZEROES (default true; false: write zeroes). */

@@ -7,7 +7,8 @@
  * FileBacking checks each call and hands it to one mechanism:
  * - reads and writes: the non-blocking fast path (file-nowait.ts), then the
  *   transfer loop (file-transfer.ts): positioned, vectored, short transfers
- *   continued, end of file read as zeroes;
+ *   continued, end of file read as zeroes, on the thread pool or io_uring
+ *   (file-uring.ts);
  * - `direct: true` (O_DIRECT): guest buffers the kernel refuses are redone
  *   through an aligned bounce buffer (file-direct.ts);
  * - `flush()`: fdatasync, coalesced between concurrent callers, failing for
@@ -29,6 +30,7 @@ import { type DirectBounce, probeDirectBounce } from "./file-direct.ts";
 import { DONE, loadNativeNowait, type NowaitIo, NowaitPath } from "./file-nowait.ts";
 import { errnoCode, imageOpenFlags, imageSize, openError } from "./file-open.ts";
 import { type Attempt, FileTransfer, NOT_TRIED } from "./file-transfer.ts";
+import { loadUringIo, THREAD_POOL_IO, type VectoredIo } from "./file-uring.ts";
 import { type Logger, consoleLogger } from "../../log.ts";
 
 export { IOV_MAX } from "./file-transfer.ts";
@@ -59,6 +61,13 @@ export interface FileBackingOptions {
    * or undefined to load the native addon (not used with O_DIRECT).
    */
   readonly nowait?: NowaitIo | null;
+  /**
+   * How transfers that cannot complete without blocking run (QEMU's `aio`):
+   * `"threads"`, Node's thread pool (the default), or `"io_uring"`, this
+   * thread's io_uring (file-uring.ts; the thread pool where the kernel
+   * refuses it). A {@link VectoredIo} object is used as given (tests).
+   */
+  readonly aio?: "threads" | "io_uring" | VectoredIo;
   readonly logger?: Logger;
 }
 
@@ -75,6 +84,8 @@ export class FileBacking implements BlkBacking {
   readonly path: string;
   readonly readOnly: boolean;
   readonly direct: boolean;
+  /** The asynchronous path in use (see {@link FileBackingOptions.aio}). */
+  readonly aio: VectoredIo["name"];
   readonly #fh: FileHandle;
   readonly #nowait: NowaitPath;
   readonly #xfer: FileTransfer;
@@ -91,6 +102,7 @@ export class FileBacking implements BlkBacking {
     o: FileBackingOptions,
     bounce: DirectBounce | null,
     nowait: NowaitIo | null,
+    io: VectoredIo,
   ) {
     this.path = path;
     this.#fh = fh;
@@ -100,7 +112,8 @@ export class FileBacking implements BlkBacking {
     const maxIo = o.maxIoBytes ?? 8 << 20;
     const log = o.logger ?? consoleLogger;
     this.#nowait = new NowaitPath(nowait, o.readOnly === true, maxIo);
-    this.#xfer = new FileTransfer(fh, maxIo, this.#nowait);
+    this.#xfer = new FileTransfer(fh, maxIo, this.#nowait, io);
+    this.aio = io.name;
     this.#bounce = bounce;
     this.#sync = new DatasyncCoalescer(fh, path, log);
     this.#fallocate = new FileFallocate(fh, path, log, o.fallocate);
@@ -136,7 +149,14 @@ export class FileBacking implements BlkBacking {
       const bounce = direct ? await probeDirectBounce(path, fh, size, lbs) : null;
       const nowait =
         direct || options.nowait === null ? null : (options.nowait ?? (await loadNativeNowait()));
-      return new FileBacking(path, fh, size, options, bounce, nowait);
+      const aio = options.aio ?? "threads";
+      const io =
+        aio === "threads"
+          ? THREAD_POOL_IO
+          : aio === "io_uring"
+            ? await loadUringIo(options.logger ?? consoleLogger)
+            : aio;
+      return new FileBacking(path, fh, size, options, bounce, nowait, io);
     } catch (e) {
       await fh.close().catch(() => {});
       throw e;

@@ -4,11 +4,11 @@
  * (fs). VIRTIO 1.2 §5.2.6 (IN reads the disk into the request's writable
  * buffers, OUT writes its readable buffers to the disk).
  *
- * - preadv/pwritev through the callback API, straight into / out of the
- *   views the request gives; each call covers at most {@link IOV_MAX} views
- *   and `maxIoBytes` bytes.
+ * - preadv/pwritev straight into / out of the views the request gives; each
+ *   call covers at most {@link IOV_MAX} views and `maxIoBytes` bytes.
  * - Each call is first tried without blocking (see file-nowait.ts) and goes
- *   to the thread pool only when that would block.
+ *   to the asynchronous path (the thread pool or io_uring, file-uring.ts)
+ *   only when that would block.
  * - A short transfer continues where it stopped (every loop makes progress or
  *   ends). A read that meets end-of-file (the image shrank behind our back)
  *   returns zeroes for the missing part, as QEMU's raw driver does; a write
@@ -16,10 +16,10 @@
  *
  * @module
  */
-import { readv as fsReadv, writev as fsWritev } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { iovLength } from "./backing.ts";
 import type { NowaitPath } from "./file-nowait.ts";
+import type { VectoredIo } from "./file-uring.ts";
 
 /** Most views passed to one preadv/pwritev (Linux IOV_MAX). */
 export const IOV_MAX = 1024;
@@ -28,25 +28,6 @@ export const IOV_MAX = 1024;
 export type Attempt = number | null;
 /** No first attempt was made. */
 export const NOT_TRIED = -2;
-
-/**
- * One positioned preadv/pwritev through the callback API: about half the CPU
- * per call of FileHandle.readv/writev, which allocate a result object and
- * go through extra promise machinery for every call.
- */
-function vectored(
-  fd: number,
-  iov: Uint8Array[],
-  position: number,
-  write: boolean,
-): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const done = (err: NodeJS.ErrnoException | null, n: number): void =>
-      err ? reject(err) : resolve(n);
-    if (write) fsWritev(fd, iov, position, done);
-    else fsReadv(fd, iov, position, done);
-  });
-}
 
 /**
  * Fills `batch` with the views of one call: from view `idx` (less its first
@@ -79,11 +60,13 @@ export class FileTransfer {
   readonly #fh: FileHandle;
   readonly #maxIo: number;
   readonly #nowait: NowaitPath;
+  readonly #io: VectoredIo;
 
-  constructor(fh: FileHandle, maxIo: number, nowait: NowaitPath) {
+  constructor(fh: FileHandle, maxIo: number, nowait: NowaitPath, io: VectoredIo) {
     this.#fh = fh;
     this.#maxIo = maxIo;
     this.#nowait = nowait;
+    this.#io = io;
   }
 
   /**
@@ -108,7 +91,7 @@ export class FileTransfer {
       const fd = this.#fh.fd;
       let n = first === NOT_TRIED ? this.#nowait.attempt(fd, batch, offset + done, write) : first;
       first = NOT_TRIED;
-      if (n === null) n = await vectored(fd, batch, offset + done, write);
+      if (n === null) n = await this.#io.run(fd, batch, offset + done, write);
       if (n === 0) {
         if (write) throw new Error(`write at ${offset + done} made no progress`);
         zeroFrom(iov, idx, skip); // end of file: the rest reads as zeroes

@@ -27,6 +27,7 @@ export async function openNodeBacking(spec: BackingSpec, ctx: BackingContext): P
   return FileBacking.open(f.path, {
     readOnly: f.readOnly ?? false,
     direct: f.direct ?? false,
+    aio: f.aio ?? "threads",
     logicalBlockSize: ctx.logicalBlockSize,
     ...(f.maxIoBytes === undefined ? {} : { maxIoBytes: f.maxIoBytes }),
     ...(f.fallocate === false ? { fallocate: null } : {}),
