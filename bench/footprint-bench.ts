@@ -4,7 +4,7 @@
  * side by side, repetitions interleaved. Not a test: nothing here asserts.
  *
  * - **Idle**: one export, a front-end connected (rings started, a few I/Os
- *   done), then `idleSeconds` without I/O: the backend's CPU time over that
+ *   done), {@link IDLE_SETTLE_SECONDS} to settle, then `idleSeconds` without I/O: the backend's CPU time over that
  *   span (`/proc/PID/stat`, all threads) as a percentage of one CPU.
  * - **Many exports**: one process serving `exports` disks (repeated
  *   `--export`), each with a front-end connected, against one process
@@ -18,6 +18,7 @@
  *
  * @module
  */
+import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { VhostUserBlk } from "../src/devices/blk/vhost-user-frontend.ts";
@@ -60,17 +61,27 @@ export interface FootprintRow {
   readonly smallHwmMiB: Spread | null;
   /** virtio-ts only: the same with one I/O thread. */
   readonly oneThreadHwmMiB: Spread | null;
+  /** Private memory (RssAnon) after that load: --io-threads 0 (virtio-ts) or the only mode (qsd). */
+  readonly smallAnonMiB?: Spread | null;
+  /** virtio-ts only: the same with one I/O thread. */
+  readonly oneThreadAnonMiB?: Spread | null;
+  /** File-backed resident memory (RssFile: the executable and its libraries) after that load. */
+  readonly fileMiB?: Spread | null;
   /** The first failures, for the report. */
   readonly failures: readonly string[];
 }
 
 export interface FootprintBenchReport {
   readonly date: string;
+  /** A bare `node` process in the same run (idle, nothing loaded): its RSS and RssFile, MiB. */
+  readonly bareNode?: { readonly rssMiB: Spread | null; readonly fileMiB: Spread | null };
   readonly options: Omit<FootprintBenchOptions, "log" | "dir">;
   readonly rows: readonly FootprintRow[];
 }
 
 const MiB = 1 << 20;
+/** Seconds between the front-end's last I/O and the start of the idle span. */
+export const IDLE_SETTLE_SECONDS = 10;
 const IMAGE_MIB = 64;
 
 interface Export {
@@ -145,6 +156,17 @@ async function serve(
   }
 }
 
+/** A bare idle `node` process's memory (the floor any Node program starts from). */
+async function bareNode(): Promise<ReturnType<typeof processMemory>> {
+  const p = spawn(process.execPath, ["-e", "setInterval(() => {}, 1000)"], { stdio: "ignore" });
+  try {
+    await sleep(1000);
+    return p.pid === undefined ? undefined : processMemory(p.pid);
+  } finally {
+    p.kill();
+  }
+}
+
 /** Memory without the guest RAM the backend maps (shared with the front-end), MiB. */
 function ownMiB(pid: number): number | undefined {
   const m = processMemory(pid);
@@ -161,7 +183,9 @@ async function repetition(
   // Idle, and memory with one export.
   let s = await serve(kind, xs.slice(0, 1), 1);
   try {
-    await sleep(1000);
+    // Start-up work (V8's optimizing compiler and GC after the connection)
+    // settles first: the idle figure is the steady state.
+    await sleep(IDLE_SETTLE_SECONDS * 1000);
     const c0 = cpuSeconds(s.pid);
     await sleep(o.idleSeconds * 1000);
     const c1 = cpuSeconds(s.pid);
@@ -186,9 +210,13 @@ async function repetition(
     s = await serve(kind, xs.slice(0, 1), threads);
     try {
       await drive(s.disks[0]!, { seconds: o.loadSeconds, imageMiB: IMAGE_MIB }, s.alive);
-      const hwm = processMemory(s.pid)?.hwm;
-      if (hwm !== undefined)
-        (threads === 0 || !isVirtioTs(kind) ? acc.small : acc.oneThread).push(hwm / MiB);
+      const m = processMemory(s.pid);
+      if (m !== undefined) {
+        const small = threads === 0 || !isVirtioTs(kind);
+        (small ? acc.small : acc.oneThread).push(m.hwm / MiB);
+        (small ? acc.smallAnon : acc.oneThreadAnon).push(m.rssAnon / MiB);
+        acc.file.push(m.rssFile / MiB);
+      }
     } catch (e) {
       acc.failures.push(`peak memory, ${threads} I/O threads: ${(e as Error).message}`);
     } finally {
@@ -221,6 +249,9 @@ interface Accumulator {
   many: number[];
   small: number[];
   oneThread: number[];
+  smallAnon: number[];
+  oneThreadAnon: number[];
+  file: number[];
   iops: number[];
   loadPassed: number;
   loadRuns: number;
@@ -239,9 +270,16 @@ export async function footprintBench(o: FootprintBenchOptions): Promise<Footprin
   for (const k of o.backends)
     acc.set(k, {
       ...{ idle: [], one: [], many: [], small: [], oneThread: [], iops: [] },
+      ...{ smallAnon: [], oneThreadAnon: [], file: [] },
       ...{ loadPassed: 0, loadRuns: 0, failures: [] },
     });
-  for (let rep = 1; rep <= o.reps; rep++)
+  const bare = { rss: [] as number[], file: [] as number[] };
+  for (let rep = 1; rep <= o.reps; rep++) {
+    const b = await bareNode();
+    if (b !== undefined) {
+      bare.rss.push(b.rss / MiB);
+      bare.file.push(b.rssFile / MiB);
+    }
     for (const kind of o.backends) {
       const t = Date.now();
       const a = acc.get(kind)!;
@@ -258,6 +296,7 @@ export async function footprintBench(o: FootprintBenchOptions): Promise<Footprin
       );
       for (const f of a.failures.slice(known)) o.log(`[footprint ${rep}/${o.reps}] ${kind}: ${f}`);
     }
+  }
   return {
     date: new Date().toISOString(),
     options: {
@@ -267,6 +306,7 @@ export async function footprintBench(o: FootprintBenchOptions): Promise<Footprin
       loadSeconds: o.loadSeconds,
       backends: o.backends,
     },
+    bareNode: { rssMiB: spread(bare.rss), fileMiB: spread(bare.file) },
     rows: o.backends.map((backend) => row(backend, acc.get(backend)!, o.exports)),
   };
 }
@@ -285,6 +325,9 @@ function row(backend: VhostBackendKind, a: Accumulator, exports: number): Footpr
     loadIops: spread(a.iops),
     smallHwmMiB: spread(a.small),
     oneThreadHwmMiB: spread(a.oneThread),
+    smallAnonMiB: spread(a.smallAnon),
+    oneThreadAnonMiB: spread(a.oneThreadAnon),
+    fileMiB: spread(a.file),
     failures: a.failures.slice(0, 5),
   };
 }

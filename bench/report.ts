@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 import type { BlkBenchReport } from "./blk-bench.ts";
 import type { GuestBenchReport, GuestPoint } from "./guest-bench.ts";
 import type { GuestlessBenchReport, GuestlessPoint } from "./guestless-bench.ts";
-import type { FootprintBenchReport } from "./footprint-bench.ts";
+import { IDLE_SETTLE_SECONDS, type FootprintBenchReport } from "./footprint-bench.ts";
 import type { RingBenchReport } from "./ring-bench.ts";
 import { checkTargets, targetsTable } from "./targets.ts";
 import { BACKEND_LABELS } from "./lib/backends.ts";
@@ -158,6 +158,9 @@ export function footprintTable(r: FootprintBenchReport): Table {
       "IOPS (all exports)",
       "peak RSS MiB, --io-threads 0",
       "peak RSS MiB, 1 I/O thread",
+      "private MiB after load, --io-threads 0",
+      "private MiB after load, 1 I/O thread",
+      "file-backed MiB",
     ],
     rows: r.rows.map((x) => [
       label(x.backend),
@@ -169,6 +172,9 @@ export function footprintTable(r: FootprintBenchReport): Table {
       spreadCell(x.loadIops ?? undefined),
       spreadCell(x.smallHwmMiB ?? undefined),
       spreadCell(x.oneThreadHwmMiB ?? undefined),
+      spreadCell(x.smallAnonMiB ?? undefined),
+      spreadCell(x.oneThreadAnonMiB ?? undefined),
+      spreadCell(x.fileMiB ?? undefined),
     ]),
   };
 }
@@ -562,6 +568,17 @@ function ringSection(r: RingBenchReport): string[] {
   ];
 }
 
+/** The same-run floor of any Node program, when measured. */
+function bareNodeLine(f: FootprintBenchReport): string[] {
+  const b = f.bareNode;
+  if (!b?.rssMiB || !b.fileMiB) return [];
+  return [
+    `- **The Node floor**: a bare idle \`node\` process in this run is ${spreadCell(b.rssMiB)} MiB resident, of`,
+    `  which ${spreadCell(b.fileMiB)} MiB are file-backed pages of the \`node\` executable; every peak RSS`,
+    "  figure of virtio-ts includes that floor, qemu-storage-daemon's does not.",
+  ];
+}
+
 function footprintSection(f: FootprintBenchReport): string[] {
   const o = f.options;
   const failures = f.rows.flatMap((x) => x.failures.map((e) => `- ${label(x.backend)}: ${e}`));
@@ -572,8 +589,8 @@ function footprintSection(f: FootprintBenchReport): string[] {
     "images, one queue each, through the page cache (`--writeback`; qemu-storage-daemon",
     "`cache.direct=off,aio=io_uring`), every export with the project's front-end connected.",
     "",
-    `- **Idle CPU**: one export, a few reads, then ${o.idleSeconds} s without I/O; the backend's CPU time over that`,
-    "  span as a percentage of one CPU.",
+    `- **Idle CPU**: one export, a few reads, ${IDLE_SETTLE_SECONDS} s to settle (start-up work of the JIT and GC), then`,
+    `  ${o.idleSeconds} s without I/O; the backend's CPU time over that span as a percentage of one CPU.`,
     `- **Memory per export**: resident memory without the mapped guest RAM (\`VmRSS − RssShmem\`) of one`,
     `  process serving 1 export and one serving ${o.exports}, idle and connected; the difference over the`,
     `  ${o.exports - 1} added exports. Then all ${o.exports} run the guest-less soak workload at once for ${o.loadSeconds} s (4 KiB`,
@@ -581,6 +598,10 @@ function footprintSection(f: FootprintBenchReport): string[] {
     "  watchdog): an export passes when it finishes without a stall or mismatch.",
     `- **Small-memory mode**: peak resident memory (\`VmHWM\`) of one export under the same workload at`,
     `  depth 32 for ${o.loadSeconds} s, with \`--io-threads 0\` (queues on the main thread) and with one I/O thread.`,
+    "  After the load, its private memory (`RssAnon`: heaps, stacks, buffers) and its file-backed",
+    "  memory (`RssFile`: pages of the executable and libraries, shared with every process that maps",
+    "  them and reclaimable) are read as well.",
+    ...bareNodeLine(f),
     "",
     markdownTable(footprintTable(f)),
     "",

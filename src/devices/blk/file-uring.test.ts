@@ -25,6 +25,9 @@ function fakeNative(capacity: number) {
   const f = {
     submits: 0,
     failSubmit: false,
+    /** Requests one submission takes at most (the kernel may take fewer: EAGAIN). */
+    takeAtMost: Infinity,
+    untaken: 0,
     closed: false,
     native: {
       uringOpen: () => ({ ring: 1, eventFd: 99, capacity }),
@@ -32,12 +35,15 @@ function fakeNative(capacity: number) {
         const slot = free.shift();
         if (slot === undefined) return -1;
         prepared.push({ slot, n: iov.reduce((a, v) => a + v.length, 0) });
+        f.untaken++;
         return slot;
       },
       uringSubmit: () => {
         if (f.failSubmit) throw new Error("io_uring_enter EFAULT");
         f.submits++;
-        return prepared.length;
+        const took = Math.min(f.untaken, f.takeAtMost);
+        f.untaken -= took;
+        return took;
       },
       uringReap: (_r: number, out: Int32Array) => {
         let n = 0;
@@ -150,4 +156,16 @@ test("FileBacking with aio io_uring: reads, writes (several views, past the page
   } finally {
     await f.close();
   }
+});
+
+test("UringIo: a submission the kernel takes only in part is retried until every request is in", async () => {
+  const k = fakeNative(8);
+  k.takeAtMost = 1;
+  const io = new UringIo(k.native, 8, 1);
+  const all = [0, 1, 2].map((i) => io.run(3, [new Uint8Array(i + 1)], 0, false));
+  for (let i = 0; i < 100 && k.untaken > 0; i++) await new Promise((r) => setTimeout(r, 2));
+  assert.equal(k.untaken, 0, "the rest were submitted without a new request");
+  assert.ok(k.submits >= 3);
+  k.complete();
+  assert.deepEqual(await Promise.all(all), [1, 2, 3]);
 });

@@ -85,10 +85,12 @@ export class UringIo implements VectoredIo {
   readonly #out: Int32Array;
   /** Keeps the event loop alive only while requests are in flight. */
   readonly #watch: RingWatch;
-  /** Slots prepared in this turn, not yet handed to the kernel. */
+  /** Prepared slots the kernel has not taken yet, oldest first. */
   readonly #unsubmitted: number[] = [];
   #broken = false;
   #inFlight = 0;
+  /** A retry of a partial submission is scheduled. */
+  #retrying = false;
 
   constructor(n: UringNative, entries: number, readable: number) {
     this.#n = n;
@@ -115,7 +117,7 @@ export class UringIo implements VectoredIo {
     if (slot < 0) return THREAD_POOL_IO.run(fd, iov, position, write); // full or broken
     if (this.#inFlight++ === 0) this.#watch.ref();
     this.#unsubmitted.push(slot);
-    if (this.#unsubmitted.length === 1) {
+    if (this.#unsubmitted.length === 1 && !this.#retrying) {
       // One submission for every request prepared in this synchronous turn
       // (a ring drain): it runs when the drain returns.
       queueMicrotask(() => this.#submit());
@@ -127,15 +129,24 @@ export class UringIo implements VectoredIo {
 
   #submit(): void {
     try {
-      this.#n.uringSubmit(this.#ring);
+      // The kernel takes prepared requests in order, from the oldest.
+      this.#unsubmitted.splice(0, this.#n.uringSubmit(this.#ring));
     } catch (e) {
-      // The kernel took none of this turn's requests. They fail, and the ring
-      // is never entered again (entering it later would run them after their
-      // failure was reported); requests already submitted still complete.
+      // The kernel took none of them. They fail, and the ring is never
+      // entered again (entering it later would run them after their failure
+      // was reported); requests already submitted still complete.
       this.#broken = true;
-      for (const s of this.#unsubmitted) this.#settle(s, -5 /* EIO */, e as Error);
+      for (const s of this.#unsubmitted.splice(0)) this.#settle(s, -5 /* EIO */, e as Error);
     }
-    this.#unsubmitted.length = 0;
+    // The kernel took fewer than prepared (EAGAIN, EBUSY): retry shortly, so
+    // that no prepared request waits for a later one to be submitted.
+    if (this.#unsubmitted.length > 0 && !this.#retrying) {
+      this.#retrying = true;
+      setTimeout(() => {
+        this.#retrying = false;
+        this.#submit();
+      }, 1);
+    }
   }
 
   /** Settles every completion the kernel posted (bounded by the ring's capacity per call). */
