@@ -20,6 +20,7 @@
 #pragma once
 
 #include <napi.h>
+#include <sys/uio.h>
 
 #include <cstddef>
 #include <cstdint>
@@ -69,6 +70,10 @@ int64_t IntArg(const Napi::CallbackInfo& info, size_t i, const char* name, int64
 uint64_t U64Arg(const Napi::CallbackInfo& info, size_t i, const char* name, uint64_t max);
 bool BoolArg(const Napi::CallbackInfo& info, size_t i, const char* name);
 std::string StringArg(const Napi::CallbackInfo& info, size_t i, const char* name);
+
+// Collects `arg`, an array of 1..IOV_MAX Uint8Arrays, into `iov` (resized to
+// fit); returns the count. Throws TypeError / RangeError (io.cc).
+size_t IovecArg(Napi::Env env, Napi::Value arg, std::vector<struct iovec>& iov);
 
 // Rounds `v` up to a multiple of `align` (a power of two or any non-zero value).
 inline uint64_t RoundUp(uint64_t v, uint64_t align) { return (v + align - 1) / align * align; }

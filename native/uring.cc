@@ -158,24 +158,6 @@ Napi::Value UringOpen(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// Copies the Uint8Arrays of `arg` into `iov`.
-void CollectIov(Napi::Env env, Napi::Value arg, std::vector<struct iovec>& iov) {
-  if (!arg.IsArray()) throw Napi::TypeError::New(env, "buffers must be an array of Uint8Array");
-  Napi::Array list = arg.As<Napi::Array>();
-  size_t n = list.Length();
-  if (n == 0 || n > IOV_MAX) throw Napi::RangeError::New(env, "buffers must hold 1..1024 views");
-  iov.resize(n);
-  for (size_t k = 0; k < n; k++) {
-    Napi::Value v = list.Get(k);
-    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-      throw Napi::TypeError::New(env, "buffers must hold Uint8Arrays");
-    }
-    Napi::Uint8Array a = v.As<Napi::Uint8Array>();
-    iov[k].iov_base = a.Data();
-    iov[k].iov_len = a.ByteLength();
-  }
-}
-
 // uringPrepare(ring, fd, buffers, position, write) -> slot (>= 0), or -1 when
 // the ring is full (submit, reap, or use the thread pool).
 Napi::Value UringPrepare(const Napi::CallbackInfo& info) {
@@ -191,7 +173,7 @@ Napi::Value UringPrepare(const Napi::CallbackInfo& info) {
   if (tail - head >= r.sqEntries || r.freeSlots.empty()) return Napi::Number::New(env, -1);
   uint32_t s = r.freeSlots.back();
   Slot& slot = r.slots[s];
-  CollectIov(env, info[2], slot.iov);  // may throw: the slot is not taken yet
+  IovecArg(env, info[2], slot.iov);  // may throw: the slot is not taken yet
   r.freeSlots.pop_back();
   slot.busy = true;
   unsigned idx = tail & r.sqMask;

@@ -18,6 +18,7 @@
 import { readv as fsReadv, writev as fsWritev } from "node:fs";
 import { getSystemErrorName } from "node:util";
 import type { Logger } from "../../log.ts";
+import type * as NativeModule from "../../native/index.ts";
 
 /** One positioned readv/writev, asynchronously: resolves to the bytes moved, rejects with an errno error. */
 export interface VectoredIo {
@@ -38,20 +39,12 @@ export const THREAD_POOL_IO: VectoredIo = {
 };
 
 /** The native calls {@link UringIo} needs (the addon's, or fakes in tests). */
-export interface UringNative {
-  uringOpen(entries: number): { ring: number; eventFd: number; capacity: number };
-  uringPrepare(
-    ring: number,
-    fd: number,
-    iov: readonly Uint8Array[],
-    position: number,
-    write: boolean,
-  ): number;
-  uringSubmit(ring: number): number;
-  uringReap(ring: number, out: Int32Array): number;
-  uringClose(ring: number): void;
+export type UringNative = Pick<
+  typeof NativeModule,
+  "uringOpen" | "uringPrepare" | "uringSubmit" | "uringReap" | "uringClose"
+> & {
   watch(fd: number, events: number, cb: (error: Error | null) => void): RingWatch;
-}
+};
 
 /** The watch on a ring's eventfd. */
 export interface RingWatch {
