@@ -14,6 +14,7 @@
  *
  * @module
  */
+import { ErrorCode, type ErrorCodeValue } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import { DescriptorChain } from "./chain.ts";
 
@@ -49,9 +50,28 @@ export class PackedBufferIds {
     return this.#scratch;
   }
 
-  /** True if `id` (< size) is popped, or used and not yet published. */
-  isTaken(id: number): boolean {
-    return this.#state[id] !== FREE;
+  /**
+   * What is wrong with buffer ID `id` of the list at ring position `pos`, as
+   * the arguments of the queue's failure, or null: it must name one of the
+   * queue's buffers, one the device does not hold (popped, or used and not
+   * yet published).
+   */
+  check(id: number, pos: number): [ErrorCodeValue, string, Record<string, number>] | null {
+    const size = this.#state.length;
+    // §2.8: Buffer IDs name the queue's `size` buffers.
+    if (id >= size)
+      return [
+        ErrorCode.HEAD_OUT_OF_RANGE,
+        `list at ring position ${pos} has buffer ID ${id}, queue size is ${size}`,
+        { pos, head: id, size },
+      ];
+    if (this.#state[id] !== FREE)
+      return [
+        ErrorCode.HEAD_IN_USE,
+        `list at ring position ${pos} has buffer ID ${id}, which the device still holds`,
+        { pos, head: id },
+      ];
+    return null;
   }
 
   /** True if `id` (< size) is popped and not yet given to addUsed. */

@@ -5,7 +5,10 @@
  * each"; the three parts: Descriptor Ring, Driver Event Suppression, Device
  * Event Suppression), §2.8.10.1 (alignment and size: Descriptor Ring 16 and
  * 16·size bytes, each Event Suppression structure 4 and 4 bytes; "The Queue
- * Size value does not have to be a power of 2").
+ * Size value does not have to be a power of 2"), §2.8.11 ("The driver MUST
+ * ensure that the physical address of the first byte of each virtqueue part
+ * is a multiple of the specified alignment value in the above table":
+ * `QUEUE_CONFIG` otherwise).
  *
  * @module
  */

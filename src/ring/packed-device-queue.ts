@@ -27,7 +27,9 @@
  *   that runs into outstanding ones is `CHAIN_TOO_LONG`.
  * - §2.8 buffer IDs: an ID must name one of `size` buffers
  *   (`HEAD_OUT_OF_RANGE`) that the device does not hold — in flight, or used
- *   and not yet published (`HEAD_IN_USE`).
+ *   and not yet published (`HEAD_IN_USE`) (packed-buffer-ids.ts).
+ * - §2.8.15: "A device MUST NOT write to a device-readable buffer": a
+ *   chain's writer covers only its device-writable segments (chain.ts).
  *
  * Chains are walked by {@link PackedChainWalker}, buffer IDs kept by
  * {@link PackedBufferIds}, used descriptors batched by
@@ -248,7 +250,8 @@ export class PackedDeviceQueue {
     const chain = this.#ids.scratch();
     const ndescs = this.#walker.walk(chain, pos, this.#availWrap, flags, free);
     const id = this.#walker.id;
-    this.#checkId(pos, id);
+    const bad = this.#ids.check(id, pos);
+    if (bad !== null) throw this.#fail(...bad);
     this.#outstanding += ndescs;
     let next = pos + ndescs;
     if (next >= this.size) {
@@ -365,25 +368,6 @@ export class PackedDeviceQueue {
     // Atomics.load (SeqCst): later plain reads of this list's descriptors see what the driver wrote before
     // its store of these flags (§2.8.21: the first descriptor's flags are written last).
     return this.#desc.atomicLoadU16(off);
-  }
-
-  /** Breaks the queue unless `id`, from the list at `pos`, is a buffer ID the device does not hold. */
-  #checkId(pos: number, id: number): void {
-    // §2.8: buffer IDs name the queue's `size` buffers.
-    if (id >= this.size) {
-      throw this.#fail(
-        ErrorCode.HEAD_OUT_OF_RANGE,
-        `list at ring position ${pos} has buffer ID ${id}, queue size is ${this.size}`,
-        { pos, head: id, size: this.size },
-      );
-    }
-    if (this.#ids.isTaken(id)) {
-      throw this.#fail(
-        ErrorCode.HEAD_IN_USE,
-        `list at ring position ${pos} has buffer ID ${id}, which the device still holds`,
-        { pos, head: id },
-      );
-    }
   }
 
   /** Breaks the queue and returns the error for the caller to throw. */
