@@ -494,6 +494,28 @@ test("chain objects are pooled: at most size + 1 of them, distinct while in flig
   assert.ok(all.size <= 5, `${all.size} chain objects`);
 });
 
+test("regions with holes: a buffer in a hole is refused; a table straddling two adjacent regions is read", () => {
+  // Ring parts in [0, 0x10000); data in [0x20000, 0x30000) and the adjacent [0x30000, 0x40000).
+  const mem = GuestMemory.createShared([
+    { guestPhysAddr: 0, size: 0x10000 },
+    { guestPhysAddr: 0x20000, size: 0x10000 },
+    { guestPhysAddr: 0x30000, size: 0x10000 },
+  ]);
+  const drv = new Driver(mem, 4);
+  const q = new PackedDeviceQueue(mem, { size: 4, ...drv.addresses, indirect: true });
+  const id = drv.add([r(0x2fff8, 16), w(0x30100, 8)], { indirect: 0x2fff0 });
+  const c = q.popAvail()!;
+  assert.deepEqual([c.head, c.readableBytes, c.writableBytes], [id, 16, 8]);
+  q.addUsed(id, 8);
+  q.publishUsed();
+  assert.deepEqual(drv.drainUsed(), [{ id, len: 8 }]);
+  drv.add([r(0x18000, 1)]);
+  assert.throws(
+    () => q.popAvail(),
+    (e) => isVirtioError(e, ErrorCode.DESC_OUT_OF_BOUNDS),
+  );
+});
+
 // ---- batch publication ---------------------------------------------------------
 
 test("a batch: nothing visible until publishUsed; then all, and the first flags are stored last with Atomics", () => {
