@@ -18,17 +18,15 @@
  *   that advertises a segment limit (virtio-blk `seg_max`) must keep it at or
  *   below `size - 2`, as QEMU does.
  * - INDIRECT when VIRTIO_F_INDIRECT_DESC was not negotiated: `INDIRECT_TABLE`.
- * - Indirect tables are read in place through a cached whole-region
- *   {@link GuestSlice} (no allocation, no copy: each entry is read once into
- *   locals, so a copy would buy no extra consistency). A table that straddles
- *   two contiguous regions (legal, rare) is copied once into a private buffer.
+ * - Indirect tables are read where {@link IndirectTables} (indirect-tables.ts)
+ *   maps them: in place, each entry read once into locals.
  * - Zero-length buffers are accepted whatever their address (nothing is ever
  *   accessed through them) and are not recorded as chain segments.
  *
  * @module
  */
 import { ErrorCode, VirtioError, type ErrorCodeValue } from "../errors.ts";
-import { GuestMemory, type GuestSlice } from "../memory/guest-memory.ts";
+import type { GuestMemory, GuestSlice } from "../memory/guest-memory.ts";
 import {
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
@@ -39,18 +37,12 @@ import {
   VIRTQ_DESC_SIZE,
 } from "../spec/virtqueue.ts";
 import type { DescriptorChain } from "./chain.ts";
+import { IndirectTables, type TableRef } from "./indirect-tables.ts";
 
 /** The largest total chain length in bytes (§2.7.5.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total"). */
 export const MAX_CHAIN_BYTES = 0xffff_ffff;
 
 const hex = (v: number): string => `0x${v.toString(16)}`;
-
-/** Where an indirect table is read: a slice, the table's offset in it, its entries. */
-interface TableRef {
-  slice: GuestSlice;
-  base: number;
-  entries: number;
-}
 
 /** The queue a walk belongs to: a violation breaks it. */
 export interface WalkedQueue {
@@ -65,12 +57,7 @@ export class ChainWalker {
   readonly #size: number;
   readonly #indirect: boolean;
   readonly #maxIndirect: number;
-  /** Region bounds and lazily created whole-region slices for indirect tables. */
-  readonly #regionStart: number[];
-  readonly #regionEnd: number[];
-  readonly #regionSlice: (GuestSlice | undefined)[];
-  /** Reused result of #indirectTable (no allocation per indirect chain). */
-  readonly #tableRef: TableRef;
+  readonly #tables: IndirectTables;
 
   /**
    * @param desc the descriptor table (`size` entries).
@@ -91,11 +78,7 @@ export class ChainWalker {
     this.#size = size;
     this.#indirect = indirect;
     this.#maxIndirect = maxIndirect;
-    const layout = memory.layout;
-    this.#regionStart = layout.map((r) => r.guestPhysAddr);
-    this.#regionEnd = layout.map((r) => r.guestPhysAddr + r.size);
-    this.#regionSlice = layout.map(() => undefined);
-    this.#tableRef = { slice: desc, base: 0, entries: 0 };
+    this.#tables = new IndirectTables(memory);
   }
 
   /**
@@ -286,22 +269,8 @@ export class ChainWalker {
         { len, maxEntries: this.#maxIndirect },
       );
     }
-    const r = this.#regionOf(addr, len);
-    if (r >= 0) {
-      let slice = this.#regionSlice[r];
-      if (slice === undefined) {
-        slice = this.#memory.slice(
-          this.#regionStart[r]!,
-          this.#regionEnd[r]! - this.#regionStart[r]!,
-        );
-        this.#regionSlice[r] = slice;
-      }
-      this.#tableRef.slice = slice;
-      this.#tableRef.base = addr - this.#regionStart[r]!;
-      this.#tableRef.entries = entries;
-      return this.#tableRef;
-    }
-    if (!this.#memory.isValidRange(addr, len)) {
+    const t = this.#tables.map(addr, len);
+    if (t === null) {
       throw this.#failDesc(
         ErrorCode.INDIRECT_TABLE,
         head,
@@ -311,21 +280,7 @@ export class ChainWalker {
         { addr, len },
       );
     }
-    return { slice: copyTable(this.#memory, addr, len), base: 0, entries };
-  }
-
-  /** Index of the region holding all of [addr, addr + len), or -1. */
-  #regionOf(addr: number, len: number): number {
-    const starts = this.#regionStart;
-    let lo = 0;
-    let hi = starts.length - 1;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      if (addr < starts[mid]!) hi = mid - 1;
-      else if (addr >= this.#regionEnd[mid]!) lo = mid + 1;
-      else return addr + len <= this.#regionEnd[mid]! ? mid : -1;
-    }
-    return -1;
+    return t;
   }
 
   /** Breaks the queue with a message naming the descriptor (queue-relative) and returns the error to throw. */
@@ -350,14 +305,4 @@ export class ChainWalker {
     this.#queue.markBroken(err);
     return err;
   }
-}
-
-/**
- * Copies an indirect table that straddles contiguous regions into a private
- * buffer (rare; allocates) so it can be read through one slice.
- */
-function copyTable(memory: GuestMemory, addr: number, len: number): GuestSlice {
-  const bytes = new Uint8Array(len);
-  memory.read(addr, bytes);
-  return new GuestMemory([{ guestPhysAddr: 0, size: len, buffer: bytes.buffer }]).slice(0, len);
 }

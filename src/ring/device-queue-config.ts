@@ -87,20 +87,31 @@ export function mapDeviceQueue(memory: GuestMemory, config: DeviceQueueConfig): 
   if (!Number.isInteger(nextAvail) || nextAvail < 0 || nextAvail > 0xffff)
     throw configError(`initial avail index ${nextAvail} is not a u16`, { nextAvail });
   // §2.7 alignment table: descriptor table 16, available ring 2, used ring 4.
-  const desc = mapPart(memory, "descriptor table", descAddr, descTableSize(size), VIRTQ_DESC_ALIGN);
-  const avail = mapPart(
+  const desc = mapRingPart(
+    memory,
+    "descriptor table",
+    descAddr,
+    descTableSize(size),
+    VIRTQ_DESC_ALIGN,
+  );
+  const avail = mapRingPart(
     memory,
     "available ring",
     availAddr,
     availRingSize(size),
     VIRTQ_AVAIL_ALIGN,
   );
-  const used = mapPart(memory, "used ring", usedAddr, usedRingSize(size), VIRTQ_USED_ALIGN);
+  const used = mapRingPart(memory, "used ring", usedAddr, usedRingSize(size), VIRTQ_USED_ALIGN);
   return { size, desc, avail, used, maxIndirect, nextAvail };
 }
 
-/** Maps one ring part: aligned, inside one region. */
-function mapPart(
+/**
+ * Maps one ring part, split or packed: aligned, inside one region (the
+ * split and packed alignment tables, §2.7 and §2.8.10.1).
+ *
+ * @throws {VirtioError} `QUEUE_CONFIG` otherwise.
+ */
+export function mapRingPart(
   memory: GuestMemory,
   name: string,
   addr: number,
@@ -109,7 +120,7 @@ function mapPart(
 ): GuestSlice {
   if (!Number.isSafeInteger(addr) || addr < 0)
     throw configError(`${name} address ${addr} is not a guest address`, { addr });
-  // §2.7: the driver MUST align each part (descriptor table 16, available ring 2, used ring 4).
+  // §2.7 / §2.8.10.1: the driver MUST align each part (split: 16, 2, 4; packed: 16, 4, 4).
   if (addr % align !== 0)
     throw configError(`${name} at ${hex(addr)} is not ${align}-aligned`, { addr, align });
   if (!memory.isInOneRegion(addr, len)) {
