@@ -38,6 +38,7 @@ import {
 import type { DescriptorChain } from "./chain.ts";
 import { ChainWalker, MAX_CHAIN_BYTES } from "./chain-walk.ts";
 import { mapDeviceQueue, type DeviceQueueConfig } from "./device-queue-config.ts";
+import type { DeviceRing } from "./device-ring.ts";
 import { DeviceSuppression } from "./device-suppression.ts";
 import { InFlightChains } from "./in-flight-chains.ts";
 import type { InflightRecovery } from "./inflight-split.ts";
@@ -63,7 +64,7 @@ export type { InflightTracker } from "./in-flight-chains.ts";
  * if (q.needsNotification()) call();
  * ```
  */
-export class DeviceQueue {
+export class DeviceQueue implements DeviceRing {
   /** Queue size (number of descriptors and ring entries). */
   readonly size: number;
   readonly #desc: GuestSlice;
@@ -126,6 +127,11 @@ export class DeviceQueue {
 
   /** Free-running index of the next available-ring entry to consume (last_avail_idx). */
   get nextAvail(): number {
+    return this.#nextAvail;
+  }
+
+  /** vhost-user's vring base of a split ring: {@link nextAvail}. */
+  get vringBase(): number {
     return this.#nextAvail;
   }
 

@@ -57,6 +57,7 @@ import {
 } from "../spec/packed-virtqueue.ts";
 import type { DescriptorChain } from "./chain.ts";
 import { MAX_CHAIN_BYTES } from "./chain-walk.ts";
+import type { DeviceRing } from "./device-ring.ts";
 import { PackedBufferIds } from "./packed-buffer-ids.ts";
 import { PackedChainWalker } from "./packed-chain-walk.ts";
 import {
@@ -64,7 +65,12 @@ import {
   type PackedDeviceQueueConfig,
 } from "./packed-device-queue-config.ts";
 import { PackedDeviceSuppression } from "./packed-device-suppression.ts";
-import { outstandingSlots, type PackedRingState, type WrapCounter } from "./packed-ring-state.ts";
+import {
+  encodePackedVringBase,
+  outstandingSlots,
+  type PackedRingState,
+  type WrapCounter,
+} from "./packed-ring-state.ts";
 import { PackedUsedBatch } from "./packed-used-batch.ts";
 
 export type { PackedDeviceQueueConfig } from "./packed-device-queue-config.ts";
@@ -92,7 +98,7 @@ export {
  * if (q.needsNotification()) call();
  * ```
  */
-export class PackedDeviceQueue {
+export class PackedDeviceQueue implements DeviceRing {
   /** Queue size (ring descriptors, and buffer IDs 0..size-1). */
   readonly size: number;
   readonly #desc: GuestSlice;
@@ -155,6 +161,14 @@ export class PackedDeviceQueue {
       usedWrap: this.#used.nextWrap,
     };
   }
+
+  /** vhost-user's vring base of a packed ring: {@link ringState}, encoded (`encodePackedVringBase`). */
+  get vringBase(): number {
+    return encodePackedVringBase(this.ringState);
+  }
+
+  /** Packed rings keep no inflight log: nothing to recover. */
+  readonly recovery = null;
 
   /** Ring position of the next descriptor the device reads. */
   get availPos(): number {
