@@ -87,6 +87,11 @@ export class DriverIds<T> {
     this.#outstanding++;
   }
 
+  /** Writable bytes of the outstanding chain at `head` (0 if it is not one). */
+  writableOf(head: number): number {
+    return this.#headWritable[head]!;
+  }
+
   /**
    * Why a used element (`id`, `len`) from the device cannot be taken, or null
    * if it can. Allocates only for a violation.

@@ -1,7 +1,7 @@
 /**
- * Test helpers for virtio-ts and for users testing their own devices: a mock
- * split-virtqueue driver (VIRTIO 1.2 §2.7) that builds any ring, valid or
- * malformed, in a GuestMemory.
+ * Test helpers for virtio-ts and for users testing their own devices: mock
+ * drivers that build any ring, valid or malformed, in a GuestMemory — a
+ * split virtqueue (VIRTIO 1.2 §2.7) and a packed one (§2.8).
  *
  * @module
  */
@@ -19,3 +19,20 @@ export {
   type MockSplitQueueOptions,
   type MockUsedElem,
 } from "./mock-driver.ts";
+export {
+  MockPackedQueue,
+  mockAvailBits,
+  mockUsedBits,
+  packedTableEntries,
+  readEventAt,
+  readPackedDescAt,
+  writeEventAt,
+  writePackedDescAt,
+  type MockPackedChain,
+  type MockPackedChainOptions,
+  type MockPackedDescriptor,
+  type MockPackedDescriptorRead,
+  type MockPackedEvent,
+  type MockPackedRingAddresses,
+  type MockPackedUsed,
+} from "./mock-packed-driver.ts";
