@@ -15,7 +15,7 @@ import type { ActivationContext, VirtioDeviceBackend } from "../src/device/backe
 import { isVirtioError } from "../src/errors.ts";
 import type { GuestMemory, GuestSlice } from "../src/memory/guest-memory.ts";
 import type { DescriptorChain } from "../src/ring/chain.ts";
-import type { DeviceQueue } from "../src/ring/device-queue.ts";
+import type { DeviceRing } from "../src/ring/device-ring.ts";
 import { VIRTIO_RING_F_EVENT_IDX, featureBit } from "../src/spec/virtio.ts";
 
 /** A device id from the range the spec leaves for experiments. */
@@ -47,7 +47,7 @@ export class ChecksumDevice implements VirtioDeviceBackend {
   readonly stats: ChecksumDeviceStats = { requests: 0, bytesRead: 0, bytesWritten: 0 };
   readonly #mode: "checksum" | "null";
   #ctx: ActivationContext | null = null;
-  #queue: DeviceQueue | null = null;
+  #queue: DeviceRing | null = null;
   /** Region 0 as one slice: segments inside it are read without any allocation. */
   #slice: GuestSlice | null = null;
   #sliceStart = 0;
@@ -91,7 +91,7 @@ export class ChecksumDevice implements VirtioDeviceBackend {
     this.#queue = null;
   }
 
-  #serve(q: DeviceQueue, c: DescriptorChain): void {
+  #serve(q: DeviceRing, c: DescriptorChain): void {
     this.stats.requests++;
     if (this.#mode === "null") {
       q.addUsed(c.head, 0);

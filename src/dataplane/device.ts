@@ -14,14 +14,14 @@
 import type { VirtioError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
-import type { DeviceQueue } from "../ring/device-queue.ts";
+import type { DeviceRing } from "../ring/device-ring.ts";
 
 /** What a started queue's handler is given. */
 export interface QueueContext {
   /** Queue number (for logs). */
   readonly index: number;
   /** The device side of the ring (built by `openRing`). */
-  readonly queue: DeviceQueue;
+  readonly queue: DeviceRing;
   /** Guest memory the ring's buffers live in. */
   readonly memory: GuestMemory;
   /** Negotiated feature bits. */

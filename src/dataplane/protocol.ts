@@ -75,8 +75,8 @@ export type ControlMessage =
 
 /** What a `stop` reply carries. */
 export interface StopResult {
-  /** The next available index (vhost-user GET_VRING_BASE). */
-  readonly nextAvail: number;
+  /** Where the ring stopped, as vhost-user GET_VRING_BASE reports it (DeviceRing `vringBase`). */
+  readonly base: number;
   /** Requests that were in flight when the stop arrived (completed before the reply). */
   readonly drained: number;
 }

@@ -12,14 +12,15 @@
 import type { VirtioError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
-import type { DeviceQueue } from "../ring/device-queue.ts";
+import type { DeviceRing } from "../ring/device-ring.ts";
 import type { InflightRecovery } from "../ring/inflight-split.ts";
-import { openRing, type RingStart } from "../ring/open-ring.ts";
+import { isPackedRing, openRing, type RingStart } from "../ring/open-ring.ts";
 import type { MemorySpace, QueueDoorbells } from "./seams.ts";
 
 /**
  * Opens queue `start.queue`'s ring over `memory` with the inflight log the
- * memory space keeps for it (if any), and logs what the log recovered.
+ * memory space keeps for it (if any; split rings only: the log's layout is
+ * the split ring's), and logs what the log recovered.
  * `resumed`: the ring continues a used ring already in guest memory.
  *
  * @throws {VirtioError} `QUEUE_CONFIG` for a ring that does not fit the memory.
@@ -30,8 +31,10 @@ export function openQueueRing(
   start: { readonly queue: number; readonly ring: RingStart },
   logger: Logger,
   onBroken: (err: VirtioError) => void,
-): { queue: DeviceQueue; resumed: boolean } {
-  const inflight = space?.inflight?.(start.queue) ?? null;
+): { queue: DeviceRing; resumed: boolean } {
+  const inflight = isPackedRing(start.ring.features)
+    ? null
+    : (space?.inflight?.(start.queue) ?? null);
   const queue = openRing(memory, start.ring, onBroken, inflight);
   logRecovery(logger, start.queue, queue.recovery);
   return { queue, resumed: start.ring.usedIdxFromMemory === true || inflight !== null };

@@ -110,7 +110,7 @@ async function setup() {
     ...drvs[q]!.addresses,
     size: QSIZE,
     features: 0n,
-    nextAvail,
+    base: nextAvail,
   });
   return { device, pool, handle, events, drvs, ring, bells, memory };
 }
@@ -145,9 +145,9 @@ test("a started queue takes kicks, calls, stops at its next index, and its detac
   s.bells.kick(0);
   assert.equal(s.drvs[0]!.usedIdx, 2);
   assert.ok(s.bells.calls.includes(0));
-  assert.deepEqual(await s.handle.stopQueue(0), { nextAvail: 2, drained: 0 });
+  assert.deepEqual(await s.handle.stopQueue(0), { base: 2, drained: 0 });
   await s.handle.startQueue(0, 2, s.ring(0, 2), { kind: "fake" });
-  assert.deepEqual(await s.handle.stopQueue(0), { nextAvail: 2, drained: 0 });
+  assert.deepEqual(await s.handle.stopQueue(0), { base: 2, drained: 0 });
   await new Promise((r) => setTimeout(r, 5));
   assert.deepEqual(s.events, []);
   await assert.rejects(s.handle.stopQueue(0), RangeError);

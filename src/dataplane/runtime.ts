@@ -28,7 +28,7 @@
 import { ErrorCode, VirtioError } from "../errors.ts";
 import type { LogFields, Logger } from "../log.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
-import type { DeviceQueue } from "../ring/device-queue.ts";
+import type { DeviceRing } from "../ring/device-ring.ts";
 import type { DataplaneDevice, DeviceOpener, QueueContext, QueueHandler } from "./device.ts";
 import type {
   ControlMessage,
@@ -67,7 +67,7 @@ export interface DataplaneEnv {
 interface RunningQueue {
   readonly index: number;
   readonly activation: number;
-  readonly queue: DeviceQueue;
+  readonly queue: DeviceRing;
   readonly handler: QueueHandler;
   readonly bells: QueueDoorbells;
 }
@@ -241,7 +241,7 @@ export class DataplaneRuntime {
   #context(
     d: HostedDevice,
     m: Msg<"start">,
-    queue: DeviceQueue,
+    queue: DeviceRing,
     memory: GuestMemory,
     bells: QueueDoorbells,
   ): QueueContext {
@@ -300,7 +300,7 @@ export class DataplaneRuntime {
    * Asked after every run of the queue and before every used-buffer
    * notification, so the driver's side hears of it where it waits.
    */
-  #checkMemory(d: HostedDevice, queue: DeviceQueue): void {
+  #checkMemory(d: HostedDevice, queue: DeviceRing): void {
     const fault = d.space?.fault?.() ?? null;
     if (fault !== null && queue.broken === null) queue.markBroken(fault);
   }
@@ -329,7 +329,7 @@ export class DataplaneRuntime {
       if (r.queue.broken === null)
         r.queue.markBroken(new VirtioError(ErrorCode.DEVICE_RESET, `queue ${index} stopped`));
     }
-    return { nextAvail: r.queue.nextAvail, drained };
+    return { base: r.queue.vringBase, drained };
   }
 
   /** The device is broken: every queue stops consuming and completing. */

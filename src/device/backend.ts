@@ -18,7 +18,7 @@
  * | `quiesce` | nothing in flight: reset proceeds at once |
  * | `reset` | nothing to forget |
  *
- * Ring violations: `DeviceQueue.popAvail` (and `hasAvailable` /
+ * Ring violations: `DeviceRing.popAvail` (and `hasAvailable` /
  * `enableNotification`) throw a VirtioError after breaking the queue; the
  * framework has then already made the whole device broken. The device type
  * catches it and stops processing (nothing more to do until reset).
@@ -31,7 +31,7 @@
  */
 import type { VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
-import type { DeviceQueue } from "../ring/device-queue.ts";
+import type { DeviceRing } from "../ring/device-ring.ts";
 import type { ConfigSpace } from "./config-space.ts";
 
 /** What a device gets when the driver sets DRIVER_OK. */
@@ -41,7 +41,7 @@ export interface ActivationContext {
   /** The negotiated feature bits. */
   readonly features: bigint;
   /** One entry per queue: the ready ones as DeviceQueues, the others null. */
-  readonly queues: readonly (DeviceQueue | null)[];
+  readonly queues: readonly (DeviceRing | null)[];
   /**
    * Publishes used entries of queue `index` and, if the driver wants it
    * (`needsNotification`), sends a used-buffer notification. Returns true if

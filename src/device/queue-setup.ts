@@ -16,17 +16,9 @@
  */
 import type { VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
-import type { DeviceQueue } from "../ring/device-queue.ts";
-import { openRing } from "../ring/open-ring.ts";
-import {
-  VIRTQ_AVAIL_ALIGN,
-  VIRTQ_DESC_ALIGN,
-  VIRTQ_USED_ALIGN,
-  availRingSize,
-  descTableSize,
-  isValidQueueSize,
-  usedRingSize,
-} from "../spec/virtqueue.ts";
+import type { DeviceRing } from "../ring/device-ring.ts";
+import { openRing, ringPartAlign, ringPartBytes, ringSizeProblem } from "../ring/open-ring.ts";
+import { isValidQueueSize } from "../spec/virtqueue.ts";
 
 /** Per-queue setup as the driver wrote it. */
 interface QueueSetup {
@@ -43,7 +35,7 @@ export class QueueTable {
   readonly #setup: QueueSetup[];
   readonly #log: (line: string) => void;
   /** Ready queues (validated at ready time), by index; a new array after every reset. */
-  #rings: (DeviceQueue | null)[];
+  #rings: (DeviceRing | null)[];
 
   /**
    * @param maxSizes each queue's maximum size (already checked by the device).
@@ -62,7 +54,7 @@ export class QueueTable {
   }
 
   /** The rings by index (null: not ready); the array handed to the device type at activation. */
-  get rings(): (DeviceQueue | null)[] {
+  get rings(): (DeviceRing | null)[] {
     return this.#rings;
   }
 
@@ -169,14 +161,14 @@ export class QueueTable {
     memory: GuestMemory | null,
     features: bigint,
     onBroken: (err: VirtioError) => void,
-  ): DeviceQueue | null {
-    const problem = memory === null ? "no guest memory" : ringProblem(memory, q);
+  ): DeviceRing | null {
+    const problem = memory === null ? "no guest memory" : ringProblem(memory, q, features);
     if (problem !== null) {
       this.#log(`queue ${index} not started: ${problem}`);
       return null;
     }
     try {
-      return openRing(memory!, { ...q, features, nextAvail: 0 }, onBroken);
+      return openRing(memory!, { ...q, features }, onBroken);
     } catch (e) {
       this.#log(`queue ${index} not started: ${String(e)}`);
       return null;
@@ -189,11 +181,15 @@ function freshSetup(max: number): QueueSetup {
 }
 
 /** Why a ring cannot start, or null if it can (docs/conformance.md queue configuration row). */
-function ringProblem(memory: GuestMemory, q: QueueSetup): string | null {
+function ringProblem(memory: GuestMemory, q: QueueSetup, features: bigint): string | null {
+  const sizeProblem = ringSizeProblem(q.size, features);
+  if (sizeProblem !== null) return sizeProblem;
+  const bytes = ringPartBytes(q.size, features);
+  const align = ringPartAlign(features);
   const parts: [string, number, number, number][] = [
-    ["descriptor table", q.descAddr, descTableSize(q.size), VIRTQ_DESC_ALIGN],
-    ["available ring", q.availAddr, availRingSize(q.size), VIRTQ_AVAIL_ALIGN],
-    ["used ring", q.usedAddr, usedRingSize(q.size), VIRTQ_USED_ALIGN],
+    ["descriptor table", q.descAddr, bytes.desc, align.desc],
+    ["available ring", q.availAddr, bytes.avail, align.avail],
+    ["used ring", q.usedAddr, bytes.used, align.used],
   ];
   for (const [name, addr, len, align] of parts) {
     if (!Number.isSafeInteger(addr) || addr % align !== 0)

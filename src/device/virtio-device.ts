@@ -30,7 +30,7 @@
  */
 import type { VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
-import type { DeviceQueue } from "../ring/device-queue.ts";
+import type { DeviceRing } from "../ring/device-ring.ts";
 import {
   VIRTIO_CONFIG_S_DRIVER,
   VIRTIO_CONFIG_S_DRIVER_OK,
@@ -170,7 +170,7 @@ export class VirtioDevice {
   }
 
   /** The queues handed to the backend (null: not ready). Empty of meaning before DRIVER_OK. */
-  get queues(): readonly (DeviceQueue | null)[] {
+  get queues(): readonly (DeviceRing | null)[] {
     return this.#queues.rings;
   }
 

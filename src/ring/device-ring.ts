@@ -15,6 +15,12 @@ import type { InflightRecovery } from "./inflight-split.ts";
 export interface DeviceRing {
   /** Queue size. */
   readonly size: number;
+  /** Guest-physical address of the descriptor table (split) or Descriptor Ring (packed). */
+  readonly descAddr: number;
+  /** Guest-physical address of the available ring (split) or Driver Area (packed). */
+  readonly availAddr: number;
+  /** Guest-physical address of the used ring (split) or Device Area (packed). */
+  readonly usedAddr: number;
   /** Chains popped and not yet returned with {@link addUsed}. */
   readonly inFlight: number;
   /** The violation that broke the queue, or null. */

@@ -1,8 +1,9 @@
 /**
  * Where a device-side ring lies and how to resume it, and the one place a
  * device-side queue is built from negotiated feature bits. VIRTIO 1.2 §2.7
- * (split virtqueues), §6 (reserved feature bits: VIRTIO_F_INDIRECT_DESC,
- * VIRTIO_F_EVENT_IDX select the ring's behaviour).
+ * (split virtqueues), §2.8 (packed virtqueues), §6 (reserved feature bits:
+ * VIRTIO_F_RING_PACKED selects the layout, VIRTIO_F_INDIRECT_DESC and
+ * VIRTIO_F_EVENT_IDX the ring's behaviour).
  *
  * Every consumer that starts a queue — the device framework, the dataplane
  * runtime (in a worker or on the calling thread), every transport — goes
@@ -14,46 +15,126 @@
 import type { VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import {
+  VIRTIO_F_RING_PACKED,
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
   hasFeature,
 } from "../spec/virtio.ts";
+import {
+  PVIRTQ_DESC_ALIGN,
+  PVIRTQ_EVENT_ALIGN,
+  PVIRTQ_EVENT_SIZE,
+  isValidPackedQueueSize,
+  packedDescRingSize,
+} from "../spec/packed-virtqueue.ts";
+import {
+  VIRTQ_AVAIL_ALIGN,
+  VIRTQ_DESC_ALIGN,
+  VIRTQ_USED_ALIGN,
+  availRingSize,
+  descTableSize,
+  isValidQueueSize,
+  usedRingSize,
+} from "../spec/virtqueue.ts";
 import { DeviceQueue, type InflightTracker } from "./device-queue.ts";
+import type { DeviceRing } from "./device-ring.ts";
+import { PackedDeviceQueue, decodePackedVringBase } from "./packed-device-queue.ts";
 
 /**
  * One ring to start, as plain data (structured-cloneable: it crosses to
- * dataplane workers). Addresses are guest-physical.
+ * dataplane workers). Addresses are guest-physical. With
+ * VIRTIO_F_RING_PACKED the three parts are the packed ring's Descriptor
+ * Ring, Driver Area and Device Area (§2.8.10), as the transports name them
+ * (virtio-pci's queue_driver / queue_device, vhost-user's avail / used
+ * addresses).
  */
 export interface RingStart {
-  /** Queue size: a power of two in 1..32768. */
+  /** Queue size: a power of two in 1..32768 (split), any of 1..32768 (packed). */
   readonly size: number;
+  /** Descriptor table (split) or Descriptor Ring (packed). */
   readonly descAddr: number;
+  /** Available ring (split) or Driver Area: the driver event suppression structure (packed). */
   readonly availAddr: number;
+  /** Used ring (split) or Device Area: the device event suppression structure (packed). */
   readonly usedAddr: number;
-  /** Negotiated feature bits (they select the ring's behaviour). */
+  /** Negotiated feature bits (they select the layout and the ring's behaviour). */
   readonly features: bigint;
-  /** The next available-ring index to consume (0 after a reset; vhost-user SET_VRING_BASE). */
-  readonly nextAvail: number;
-  /** Take `used.idx` from guest memory (a ring resumed by a new back-end) instead of 0. */
+  /**
+   * Where the ring resumes, as vhost-user SET_VRING_BASE carries it (see
+   * {@link DeviceRing.vringBase}): the next available index of a split
+   * ring; a packed ring's positions and wrap counters. Absent: a fresh ring
+   * (index 0; packed positions 0 with both wrap counters 1, §2.8.1).
+   */
+  readonly base?: number;
+  /** Split rings: take `used.idx` from guest memory (a ring resumed by a new back-end) instead of 0. */
   readonly usedIdxFromMemory?: boolean;
   /** Largest indirect table accepted, in entries (DeviceQueue's default when absent). */
   readonly maxIndirectEntries?: number;
 }
 
+/** True if `features` select the packed layout (VIRTIO_F_RING_PACKED). */
+export function isPackedRing(features: bigint): boolean {
+  return hasFeature(features, VIRTIO_F_RING_PACKED);
+}
+
+/**
+ * Why `size` cannot be the size of a ring of the layout `features` select,
+ * or null if it can (split: a power of two in 1..32768, §2.7; packed: any
+ * integer in 1..32768, §2.8.10.1).
+ */
+export function ringSizeProblem(size: number, features: bigint): string | null {
+  if (isPackedRing(features))
+    return isValidPackedQueueSize(size) ? null : `packed queue size ${size} is not in 1..32768`;
+  return isValidQueueSize(size) ? null : `queue size ${size} is not a power of two in 1..32768`;
+}
+
+/**
+ * Bytes of each part of a ring of `size` entries (a valid size for the
+ * layout; see {@link ringSizeProblem}): descriptor table / Descriptor Ring,
+ * available ring / Driver Area, used ring / Device Area.
+ */
+export function ringPartBytes(
+  size: number,
+  features: bigint,
+): { readonly desc: number; readonly avail: number; readonly used: number } {
+  if (isPackedRing(features))
+    return { desc: packedDescRingSize(size), avail: PVIRTQ_EVENT_SIZE, used: PVIRTQ_EVENT_SIZE };
+  return { desc: descTableSize(size), avail: availRingSize(size), used: usedRingSize(size) };
+}
+
+/** The alignment of each part (split: 16, 2, 4, §2.7; packed: 16, 4, 4, §2.8.10.1). */
+export function ringPartAlign(features: bigint): {
+  readonly desc: number;
+  readonly avail: number;
+  readonly used: number;
+} {
+  if (isPackedRing(features))
+    return { desc: PVIRTQ_DESC_ALIGN, avail: PVIRTQ_EVENT_ALIGN, used: PVIRTQ_EVENT_ALIGN };
+  return { desc: VIRTQ_DESC_ALIGN, avail: VIRTQ_AVAIL_ALIGN, used: VIRTQ_USED_ALIGN };
+}
+
 /**
  * Builds the device side of a ring from its start description, keeping
- * `inflight` (the transport's inflight log for this queue) if given: the
- * ring then resumes where the log says (DeviceQueue `recovery`).
+ * `inflight` (the transport's inflight log for this queue) if given: a split
+ * ring then resumes where the log says (DeviceQueue `recovery`). Packed rings
+ * keep no inflight log (`inflight` must be absent).
  *
  * @throws {VirtioError} `QUEUE_CONFIG` if the ring does not fit the memory
- *   (size, alignment, not inside one region): the ring does not start.
+ *   (size, alignment, not inside one region) or its resume state does not
+ *   fit the ring: the ring does not start.
+ * @throws {RangeError} for an inflight log given with a packed ring.
  */
 export function openRing(
   memory: GuestMemory,
   start: RingStart,
   onBroken?: (err: VirtioError) => void,
   inflight?: InflightTracker | null,
-): DeviceQueue {
+): DeviceRing {
+  if (isPackedRing(start.features)) {
+    if (inflight !== undefined && inflight !== null)
+      throw new RangeError("packed rings keep no inflight log");
+    return openPacked(memory, start, onBroken);
+  }
   return new DeviceQueue(memory, {
     size: start.size,
     descAddr: start.descAddr,
@@ -61,12 +142,32 @@ export function openRing(
     usedAddr: start.usedAddr,
     eventIdx: hasFeature(start.features, VIRTIO_RING_F_EVENT_IDX),
     indirect: hasFeature(start.features, VIRTIO_RING_F_INDIRECT_DESC),
-    nextAvail: start.nextAvail,
+    nextAvail: start.base ?? 0,
     ...(start.usedIdxFromMemory === true ? { usedIdxFromMemory: true } : {}),
     ...(start.maxIndirectEntries === undefined
       ? {}
       : { maxIndirectEntries: start.maxIndirectEntries }),
     ...(onBroken === undefined ? {} : { onBroken }),
     ...(inflight === undefined || inflight === null ? {} : { inflight }),
+  });
+}
+
+function openPacked(
+  memory: GuestMemory,
+  start: RingStart,
+  onBroken?: (err: VirtioError) => void,
+): PackedDeviceQueue {
+  return new PackedDeviceQueue(memory, {
+    size: start.size,
+    descAddr: start.descAddr,
+    driverEventAddr: start.availAddr,
+    deviceEventAddr: start.usedAddr,
+    eventIdx: hasFeature(start.features, VIRTIO_RING_F_EVENT_IDX),
+    indirect: hasFeature(start.features, VIRTIO_RING_F_INDIRECT_DESC),
+    ...(start.base === undefined ? {} : { resume: decodePackedVringBase(start.base) }),
+    ...(start.maxIndirectEntries === undefined
+      ? {}
+      : { maxIndirectEntries: start.maxIndirectEntries }),
+    ...(onBroken === undefined ? {} : { onBroken }),
   });
 }

@@ -167,6 +167,16 @@ export class PackedDeviceQueue implements DeviceRing {
     return encodePackedVringBase(this.ringState);
   }
 
+  /** The Driver Area's address ({@link driverEventAddr}), by the name the transports give it. */
+  get availAddr(): number {
+    return this.driverEventAddr;
+  }
+
+  /** The Device Area's address ({@link deviceEventAddr}), by the name the transports give it. */
+  get usedAddr(): number {
+    return this.deviceEventAddr;
+  }
+
   /** Packed rings keep no inflight log: nothing to recover. */
   readonly recovery = null;
 

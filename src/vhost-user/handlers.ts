@@ -13,7 +13,7 @@
  */
 import { ErrorCode, VirtioError } from "../errors.ts";
 import { VIRTIO_F_VERSION_1, hasFeature } from "../spec/virtio.ts";
-import { availRingSize, descTableSize, isValidQueueSize, usedRingSize } from "../spec/virtqueue.ts";
+import { isPackedRing, ringPartBytes, ringSizeProblem } from "../ring/open-ring.ts";
 import {
   VHOST_VRING_F_LOG,
   VhostUserRequest as R,
@@ -174,8 +174,10 @@ const setVringNum: Handler = async (s, msg) => {
 const setVringBase: Handler = async (s, msg) => {
   const { index, num } = decodeVringState(msg.payload);
   const ring = s.ring(index);
-  // Split rings: the base is last_avail_idx, a u16.
-  if (num > 0xffff)
+  // Split rings: the base is last_avail_idx, a u16. Packed rings: positions and
+  // wrap counters in all 32 bits ("Vring descriptor indices for packed
+  // virtqueues"), checked against the ring when it starts.
+  if (num > 0xffff && !isPackedRing(s.features))
     throw violation(msg, `base ${num} of ring ${index} is not a u16`, { index, num });
   await s.stop(ring);
   ring.base = num;
@@ -188,10 +190,11 @@ const setVringAddr: Handler = async (s, msg) => {
   if ((addr.flags & (1 << VHOST_VRING_F_LOG)) !== 0)
     throw violation(msg, `ring ${addr.index}: dirty logging (VHOST_VRING_F_LOG) is not supported`);
   // With a known size the whole ring part must lie in one region; otherwise its first byte.
-  const n = isValidQueueSize(ring.num) ? ring.num : 0;
-  s.checkRingAddress(ring, "descriptor table", addr.desc, Math.max(1, descTableSize(n)));
-  s.checkRingAddress(ring, "available ring", addr.avail, Math.max(1, n && availRingSize(n)));
-  s.checkRingAddress(ring, "used ring", addr.used, Math.max(1, n && usedRingSize(n)));
+  const valid = ringSizeProblem(ring.num, s.features) === null;
+  const bytes = valid ? ringPartBytes(ring.num, s.features) : { desc: 1, avail: 1, used: 1 };
+  s.checkRingAddress(ring, "descriptor table", addr.desc, bytes.desc);
+  s.checkRingAddress(ring, "available ring", addr.avail, bytes.avail);
+  s.checkRingAddress(ring, "used ring", addr.used, bytes.used);
   await s.stop(ring);
   ring.addr = addr;
   ring.startFailed = false;

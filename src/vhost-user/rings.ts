@@ -123,7 +123,7 @@ export class DataplaneRings implements VringDataplane {
     if (!this.#rings.has(index)) throw new RangeError(`ring ${index} is not running`);
     try {
       const device = await this.#device;
-      return (await device.stopQueue(index, { timeoutMs: RING_STOP_TIMEOUT_MS })).nextAvail;
+      return (await device.stopQueue(index, { timeoutMs: RING_STOP_TIMEOUT_MS })).base;
     } finally {
       this.#rings.delete(index);
     }

@@ -27,7 +27,7 @@ import {
   featureBit,
   hasFeature,
 } from "../spec/virtio.ts";
-import { availRingSize, descTableSize, isValidQueueSize, usedRingSize } from "../spec/virtqueue.ts";
+import { ringPartBytes, ringSizeProblem } from "../ring/open-ring.ts";
 import { VhostUserProtocolFeature as PF } from "../spec/vhost-user.ts";
 import type { VhostUserBackend } from "./backend.ts";
 import type { InflightShm, VringDataplane, VringStart } from "./dataplane.ts";
@@ -276,8 +276,8 @@ export class VhostUserSession {
   #beginStop(ring: VringState): void {
     ring.running = false;
     const p = this.dataplane.stopRing(ring.index).then(
-      (nextAvail) => {
-        ring.base = nextAvail;
+      (base) => {
+        ring.base = base;
       },
       (e: unknown) => {
         ring.stopError = asError(e);
@@ -309,8 +309,9 @@ export class VhostUserSession {
   /** The ring's start parameters, or undefined if its configuration is refused. */
   #ringStart(ring: VringState): VringStart | undefined {
     const n = ring.num;
-    if (!isValidQueueSize(n)) {
-      this.#refuseStart(ring, `queue size ${n} is not a power of two in 1..32768`);
+    const problem = ringSizeProblem(n, this.features);
+    if (problem !== null) {
+      this.#refuseStart(ring, problem);
       return undefined;
     }
     const addr = ring.addr;
@@ -321,12 +322,13 @@ export class VhostUserSession {
         { index: ring.index },
       );
     }
+    const bytes = ringPartBytes(n, this.features);
     return {
       size: n,
-      descAddr: this.#translate(ring, "descriptor table", addr.desc, descTableSize(n)),
-      availAddr: this.#translate(ring, "available ring", addr.avail, availRingSize(n)),
-      usedAddr: this.#translate(ring, "used ring", addr.used, usedRingSize(n)),
-      nextAvail: ring.base,
+      descAddr: this.#translate(ring, "descriptor table", addr.desc, bytes.desc),
+      availAddr: this.#translate(ring, "available ring", addr.avail, bytes.avail),
+      usedAddr: this.#translate(ring, "used ring", addr.used, bytes.used),
+      base: ring.base,
       features: this.features,
       kickFd: ring.kickFd!,
       callFd: ring.callFd,

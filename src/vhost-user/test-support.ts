@@ -3,7 +3,7 @@
  * side and dataplane half in one object) that completes requests on demand,
  * and a harness that plays the front-end over a {@link FakeSocket} with
  * {@link FakeFds} and a {@link FakeMapper}, the rings on a dataplane runtime
- * on this thread. The device queues are real {@link DeviceQueue}s over the
+ * on this thread. The device queues are real rings ({@link DeviceRing}) over the
  * fake-mapped memory, so a test can play the guest driver with
  * `DriverQueue` on the same bytes.
  *
@@ -13,7 +13,8 @@ import assert from "node:assert/strict";
 import { ConfigSpace } from "../device/config-space.ts";
 import { GuestMemory } from "../memory/guest-memory.ts";
 import type { DescriptorChain } from "../ring/chain.ts";
-import type { DeviceQueue } from "../ring/device-queue.ts";
+import { DeviceQueue } from "../ring/device-queue.ts";
+import type { DeviceRing } from "../ring/device-ring.ts";
 import { VHOST_USER_HDR_SIZE, vhostUserRequestName } from "../spec/vhost-user.ts";
 import type { DataplaneDeviceHandle } from "../dataplane/device-handle.ts";
 import type { DataplaneDevice, QueueContext, QueueHandler } from "../dataplane/device.ts";
@@ -36,7 +37,7 @@ import { NativeEventFds, NativeMapper } from "./native-host.ts";
 import { DataplaneRings } from "./rings.ts";
 
 interface StartedQueue {
-  readonly queue: DeviceQueue;
+  readonly queue: DeviceRing;
   readonly ctx: QueueContext;
   /** Chains popped and not completed yet. */
   readonly held: DescriptorChain[];
@@ -85,7 +86,11 @@ export class RecordingBackend implements VhostUserBackend, DataplaneDevice {
   startQueue(ctx: QueueContext): QueueHandler {
     const { index, queue } = ctx;
     if (this.started.has(index)) throw new Error(`queue ${index} started twice`);
-    this.events.push(`start ${index} avail=${queue.nextAvail} used=${queue.nextUsed}`);
+    this.events.push(
+      queue instanceof DeviceQueue
+        ? `start ${index} avail=${queue.nextAvail} used=${queue.nextUsed}`
+        : `start ${index} base=${queue.vringBase}`,
+    );
     const q: StartedQueue = { queue, ctx, held: [], stopWaiter: undefined };
     this.started.set(index, q);
     return {

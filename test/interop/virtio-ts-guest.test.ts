@@ -4,7 +4,8 @@
  * - the same scenarios qemu-storage-daemon passes in qsd-guest.test.ts (ext4
  *   on 1 and 2 queues with e2fsck and checksums, fio crc32c verify at
  *   iodepth 32, reboot, read-only export, host image check, backend restart
- *   with QEMU reconnect);
+ *   with QEMU reconnect), over split virtqueues and again over packed ones
+ *   (`packed=on`; all but the restart, see ScenarioChoice);
  * - the CLI's device flags as the guest sees them (--serial,
  *   --logical-block-size 4096, --writeback with the guest's FLUSH, --direct)
  *   and the --verbose trace lines;
@@ -27,13 +28,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { promisify } from "node:util";
-import { startVirtioTsCli, virtioTsCommand } from "./guest/backends.ts";
+import { startVirtioTsCli, virtioTsCommand, withPackedRings } from "./guest/backends.ts";
 import { REPO_ROOT } from "./guest/install.ts";
 import { Child } from "./guest/process.ts";
 import { runGuest } from "./guest/runner.ts";
 import { guestScenarios, timings } from "./guest/scenarios.ts";
 
 guestScenarios("virtio-ts vhost-user-blk", startVirtioTsCli);
+guestScenarios("virtio-ts vhost-user-blk, packed virtqueues", withPackedRings(startVirtioTsCli), {
+  reconnect: false,
+});
 
 const MiB = 1024 * 1024;
 

@@ -13,6 +13,7 @@
 import { VIRTIO_BLK_ID_BYTES } from "../../spec/blk.ts";
 import * as blk from "../../spec/blk.ts";
 import {
+  VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
@@ -24,6 +25,7 @@ export const BLK_FEATURES = {
   VERSION_1: VIRTIO_F_VERSION_1,
   RING_INDIRECT_DESC: VIRTIO_RING_F_INDIRECT_DESC,
   RING_EVENT_IDX: VIRTIO_RING_F_EVENT_IDX,
+  RING_PACKED: VIRTIO_F_RING_PACKED,
   SIZE_MAX: blk.VIRTIO_BLK_F_SIZE_MAX,
   SEG_MAX: blk.VIRTIO_BLK_F_SEG_MAX,
   GEOMETRY: blk.VIRTIO_BLK_F_GEOMETRY,
@@ -200,6 +202,7 @@ export function offeredFeatures(o: BlkDeviceOptions): { features: bigint; readOn
     VERSION_1: true,
     RING_INDIRECT_DESC: true,
     RING_EVENT_IDX: true,
+    RING_PACKED: true,
     SIZE_MAX: true,
     SEG_MAX: true,
     GEOMETRY: o.geometry !== undefined,

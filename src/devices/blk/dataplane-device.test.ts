@@ -146,7 +146,7 @@ test("activation starts every ready queue on its worker; kicks reach the worker;
     await s.dev.writeStatus(0);
     assert.equal(s.dev.readStatus(), 0);
     assert.deepEqual(
-      s.blkDev.lastStops.map((x) => [x.queue, x.nextAvail, x.drained]),
+      s.blkDev.lastStops.map((x) => [x.queue, x.base, x.drained]),
       [
         [0, 1, 0],
         [1, 1, 0],

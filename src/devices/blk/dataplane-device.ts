@@ -190,7 +190,7 @@ export class BlkDataplaneDevice implements VirtioDeviceBackend {
     const starts = ctx.queues.flatMap((q, queue) => {
       if (q === null) return [];
       this.#started.push(queue);
-      const ring = { ...pick(q), features: ctx.features, nextAvail: q.nextAvail };
+      const ring = { ...pick(q), features: ctx.features, base: q.vringBase };
       const bells = this.#binding.queueDoorbells(queue);
       return [this.#handle.startQueue(queue, activation, ring, bells)];
     });

@@ -41,10 +41,34 @@ export interface Backend {
   stop(): Promise<ExitStatus>;
   /** Kill it abruptly (reconnect tests). */
   kill(): void;
+  /** The guest's device asks for packed virtqueues (`packed=on`; see {@link withPackedRings}). */
+  readonly packed?: boolean;
 }
 
 /** Starts a backend and resolves once its socket accepts connections. */
 export type StartBackend = (opts: BackendOptions) => Promise<Backend>;
+
+/**
+ * The same backend, with the guest's `vhost-user-blk-pci` asking for packed
+ * virtqueues (`packed=on`): every scenario then runs over VIRTIO_F_RING_PACKED
+ * (the backend must offer it; QEMU clears the bit otherwise).
+ */
+export function withPackedRings(start: StartBackend): StartBackend {
+  return async (opts) => {
+    const b = await start(opts);
+    return {
+      label: `${b.label} (packed rings)`,
+      socketPath: b.socketPath,
+      diagnostics: () => b.diagnostics(),
+      get status() {
+        return b.status;
+      },
+      stop: () => b.stop(),
+      kill: () => b.kill(),
+      packed: true,
+    };
+  };
+}
 
 const READY_TIMEOUT_MS = 20_000;
 /** `__SO_ACCEPTCON` in the Flags column of /proc/net/unix: a listening socket. */

@@ -30,6 +30,8 @@ export type GuestDisk =
       readonly numQueues: number;
       /** `reconnect=N` on the chardev (only for reconnect tests). */
       readonly reconnectSeconds?: number;
+      /** `packed=on`: the device negotiates VIRTIO_F_RING_PACKED when the backend offers it. */
+      readonly packed?: boolean;
     }
   | {
       readonly kind: "virtio-blk";
@@ -183,7 +185,8 @@ function diskArgs(o: GuestRunOptions, statePath: string | undefined): string[] {
   if (d?.kind === "vhost-user") {
     const reconnect = d.reconnectSeconds ? `,reconnect=${d.reconnectSeconds}` : "";
     a.push("-chardev", `socket,id=vu0,path=${d.socket}${reconnect}`);
-    a.push("-device", `vhost-user-blk-pci,chardev=vu0,num-queues=${d.numQueues},addr=0x4`);
+    const packed = d.packed === true ? ",packed=on" : "";
+    a.push("-device", `vhost-user-blk-pci,chardev=vu0,num-queues=${d.numQueues},addr=0x4${packed}`);
   } else if (d?.kind === "virtio-blk") {
     const drive = [
       `file=${d.image}`,

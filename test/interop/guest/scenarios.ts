@@ -93,7 +93,12 @@ export async function withBackend<T>(
       runGuest({
         ...o,
         timeoutMs: o.timeoutMs ?? RUN_TIMEOUT_MS,
-        disk: { kind: "vhost-user", socket, numQueues: setup.numQueues },
+        disk: {
+          kind: "vhost-user",
+          socket,
+          numQueues: setup.numQueues,
+          packed: backend.packed === true,
+        },
         diagnostics: () => backend.diagnostics(),
         abortIf: () => (backend.status ? `${backend.label} exited during the run` : undefined),
       }),
@@ -170,7 +175,8 @@ wait
       steps: [
         {
           name: "device",
-          sh: `${SYSFS}; echo ro=$(cat $q/ro) size=$(cat $q/size) mq=$(ls $q/mq | wc -l)`,
+          // device/features: one character per negotiated feature bit, bit 0 first.
+          sh: `${SYSFS}; echo ro=$(cat $q/ro) size=$(cat $q/size) mq=$(ls $q/mq | wc -l) packed=$(cut -c35 $q/device/features)`,
         },
         { name: "mkfs", sh: "mkfs.ext4 -q -F $VTS_DISK" },
         {
@@ -189,10 +195,10 @@ wait
         },
       ],
     });
-    const dev = /ro=(\d+) size=(\d+) mq=(\d+)/.exec(r.step("device").output);
+    const dev = /ro=(\d+) size=(\d+) mq=(\d+) packed=(\d)/.exec(r.step("device").output);
     assert.deepEqual(
       dev?.slice(1).map(Number),
-      [0, IMAGE_BYTES / 512, numQueues],
+      [0, IMAGE_BYTES / 512, numQueues, env.backend.packed === true ? 1 : 0],
       r.step("device").output,
     );
     assert.match(r.step("verify").output, /verified [1-9]\d* files/);
@@ -387,7 +393,13 @@ export async function reconnectScenario(start: StartBackend): Promise<GuestRunRe
     const verify =
       "dd if=$VTS_DISK bs=64k count=64 iflag=direct 2>/dev/null | cmp - /vts/files/data";
     const r = await runGuest({
-      disk: { kind: "vhost-user", socket, numQueues: 1, reconnectSeconds: 1 },
+      disk: {
+        kind: "vhost-user",
+        socket,
+        numQueues: 1,
+        reconnectSeconds: 1,
+        packed: backend.packed === true,
+      },
       extraDrive: { image: flag, readOnly: true },
       files: { data },
       timeoutMs: RUN_TIMEOUT_MS,
@@ -444,12 +456,27 @@ echo after-restart-ok`,
   }
 }
 
+/** Which scenarios a backend runs (all by default). */
+export interface ScenarioChoice {
+  /**
+   * The backend killed and restarted under guest I/O. Packed virtqueues
+   * cannot take part yet: after a crash QEMU learns where a packed ring
+   * stands only from the backend's inflight log, which is kept for split
+   * rings only (docs/reliability.md).
+   */
+  readonly reconnect?: boolean;
+}
+
 /**
  * Register every scenario as a node:test test under `describe(label)`.
  * Setup (packages, kernel, initramfs) runs once in a `before` hook with its
  * own, longer deadline.
  */
-export function guestScenarios(label: string, start: StartBackend): void {
+export function guestScenarios(
+  label: string,
+  start: StartBackend,
+  choice: ScenarioChoice = {},
+): void {
   describe(`real Linux guest against ${label}`, () => {
     before(
       async () => {
@@ -477,8 +504,9 @@ export function guestScenarios(label: string, start: StartBackend): void {
     run("after poweroff the host image holds exactly what the guest wrote", () =>
       hostCheckScenario(start),
     );
-    run("backend killed and restarted under guest I/O: QEMU reconnects, I/O goes on", () =>
-      reconnectScenario(start),
-    );
+    if (choice.reconnect !== false)
+      run("backend killed and restarted under guest I/O: QEMU reconnects, I/O goes on", () =>
+        reconnectScenario(start),
+      );
   });
 }
