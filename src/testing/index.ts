@@ -36,3 +36,4 @@ export {
   type MockPackedRingAddresses,
   type MockPackedUsed,
 } from "./mock-packed-driver.ts";
+export { splitOnly } from "./split-only.ts";

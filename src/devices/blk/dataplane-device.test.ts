@@ -5,6 +5,7 @@
  * fails halfway, and bad options. The cross-thread behaviour is covered by
  * test/integration/blk-*.test.ts.
  */
+import { splitOnly } from "../../testing/index.ts";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { ErrorCode } from "../../errors.ts";
@@ -78,7 +79,7 @@ async function setup(o: { queues?: number; ioThreads?: number; memory?: MemorySp
     log: () => {},
   });
   await dev.writeStatus(ACK | DRIVER);
-  dev.writeDriverFeatures(dev.readDeviceFeatures());
+  dev.writeDriverFeatures(splitOnly(dev.readDeviceFeatures()));
   await dev.writeStatus(ACK | DRIVER | FEATURES_OK);
   const drvs = Array.from({ length: queues }, (_, q) => {
     const drv = new MockSplitQueue(mem, QUEUE_SIZE, 0x1000 + q * 0x4000);

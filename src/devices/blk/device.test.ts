@@ -1,4 +1,5 @@
 import { test } from "node:test";
+import { splitOnly } from "../../testing/index.ts";
 import assert from "node:assert/strict";
 import { ErrorCode } from "../../errors.ts";
 import { GuestMemory } from "../../memory/guest-memory.ts";
@@ -43,7 +44,7 @@ async function setup(backing: BlkBacking = new MemoryBacking(DISK), features?: b
   const dev = new VirtioDevice(blkDev, { memory: mem, notifier, log: () => {} });
   await dev.writeStatus(ACK);
   await dev.writeStatus(ACK | DRIVER);
-  dev.writeDriverFeatures(features ?? dev.readDeviceFeatures());
+  dev.writeDriverFeatures(features ?? splitOnly(dev.readDeviceFeatures()));
   await dev.writeStatus(ACK | DRIVER | FEATURES_OK);
   const drv = new MockSplitQueue(mem, 64, 0x1000);
   dev.setQueueSize(0, 64);
@@ -101,7 +102,7 @@ test("a request made available before DRIVER_OK is served at activation", async 
   const blkDev = new BlkDevice({ backing: new MemoryBacking(DISK), logger: silentLogger });
   const dev = new VirtioDevice(blkDev, { memory: mem, log: () => {} });
   await dev.writeStatus(ACK | DRIVER);
-  dev.writeDriverFeatures(dev.readDeviceFeatures());
+  dev.writeDriverFeatures(splitOnly(dev.readDeviceFeatures()));
   await dev.writeStatus(ACK | DRIVER | FEATURES_OK);
   const drv = new MockSplitQueue(mem, 64, 0x1000);
   dev.setQueueSize(0, 64);

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { splitOnly } from "../../testing/index.ts";
 import { describe, test } from "node:test";
 import { setImmediate as tick } from "node:timers/promises";
 import { MemoryBacking } from "./backing.ts";
@@ -66,7 +67,7 @@ describe("virtio-blk over vhost-user", { timeout: 10_000 }, () => {
     const [f] = await h.call(R.GET_FEATURES);
     const offered = decodeU64(f!.payload);
     assert.ok(hasFeature(offered, VIRTIO_BLK_F_CONFIG_WCE));
-    await h.call(R.SET_FEATURES, encodeU64(offered));
+    await h.call(R.SET_FEATURES, encodeU64(splitOnly(offered)));
     await h.call(R.SET_PROTOCOL_FEATURES, encodeU64(0xa209n));
     await h.expectReply(R.GET_QUEUE_NUM, undefined, encodeU64(2n));
     const [c] = await h.call(
