@@ -10,12 +10,14 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { blkRequestSeeds } from "./seeds/blk-request.ts";
 import { inflightLogSeeds } from "./seeds/inflight-log.ts";
+import { packedRingSeeds } from "./seeds/packed-ring.ts";
 import { splitRingSeeds } from "./seeds/split-ring.ts";
 import { vhostUserReaderSeeds } from "./seeds/vhost-user-reader.ts";
 import { vhostUserSessionSeeds } from "./seeds/vhost-user-session.ts";
 
 const SEEDS: Record<string, () => Uint8Array[]> = {
   "split-ring": splitRingSeeds,
+  "packed-ring": packedRingSeeds,
   "inflight-log": inflightLogSeeds,
   "blk-request": blkRequestSeeds,
   "vhost-user-reader": vhostUserReaderSeeds,

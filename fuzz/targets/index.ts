@@ -23,6 +23,12 @@ export const FUZZ_TARGETS: readonly FuzzTargetInfo[] = [
     description: "device side of a split virtqueue over fuzzed guest memory and driver writes",
   },
   {
+    name: "packed-ring",
+    module: "packed-ring.ts",
+    maxLen: 4096,
+    description: "device side of a packed virtqueue over fuzzed guest memory and driver writes",
+  },
+  {
     name: "inflight-log",
     module: "inflight-log.ts",
     maxLen: 4096,

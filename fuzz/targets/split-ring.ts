@@ -25,6 +25,7 @@ import { ErrorCode, type ErrorCodeValue } from "../../src/errors.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
 import type { DescriptorChain } from "../../src/ring/chain.ts";
 import { DeviceQueue } from "../../src/ring/device-queue.ts";
+import type { DeviceRing } from "../../src/ring/device-ring.ts";
 import { vringLayout } from "../../src/ring/layout.ts";
 import { usedRingSize } from "../../src/spec/virtqueue.ts";
 import { FuzzFailure, allowOnly, expect } from "../lib/check.ts";
@@ -184,7 +185,7 @@ export function watch(memory: GuestMemory, gpa: number, len: number, input: Fuzz
 }
 
 /** The driver changes some bytes of a region between two device steps. */
-function driverWrite(memory: GuestMemory, r: Watched, input: FuzzInput): void {
+export function driverWrite(memory: GuestMemory, r: Watched, input: FuzzInput): void {
   const off = input.u16() % r.expected.byteLength;
   const src = input.bytes(Math.min(1 + input.below(8), r.expected.byteLength - off));
   memory.write(r.gpa + off, src);
@@ -192,11 +193,11 @@ function driverWrite(memory: GuestMemory, r: Watched, input: FuzzInput): void {
 }
 
 /**
- * addUsed with an arbitrary head and length: accepted only for a chain in
- * flight and a length within its writable bytes; otherwise the documented
- * RangeError or USED_HEAD_NOT_IN_FLIGHT.
+ * addUsed with an arbitrary head (a packed ring's buffer ID) and length:
+ * accepted only for a chain in flight and a length within its writable
+ * bytes; otherwise the documented RangeError or USED_HEAD_NOT_IN_FLIGHT.
  */
-function misuse(q: DeviceQueue, held: DescriptorChain[], input: FuzzInput): void {
+export function misuse(q: DeviceRing, held: DescriptorChain[], input: FuzzInput): void {
   const head = input.u8();
   const len = input.u8() < 128 ? input.u8() : input.u32();
   const k = held.findIndex((c) => c.head === head);
