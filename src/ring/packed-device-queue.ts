@@ -251,10 +251,10 @@ export class PackedDeviceQueue implements DeviceRing {
   /**
    * Pops the next available list, validated: every descriptor of it
    * available, every buffer inside guest memory, readable buffers before
-   * writable ones, bounded length, a free buffer ID. Returns null when
-   * nothing is available or the queue is broken. `head` of the result is the
-   * buffer ID. The chain object is owned by the queue and reused after its
-   * ID is given to {@link addUsed}.
+   * writable ones, bounded length, a free buffer ID. Lists the inflight log
+   * says an earlier device left in flight come first, oldest first. Returns
+   * null when nothing is available or the queue is broken. `head` of the
+   * result is the buffer ID; the chain is reused after {@link addUsed}.
    *
    * @throws {VirtioError} one of `TOO_MANY_IN_FLIGHT`, `DESC_NOT_AVAIL`,
    *   `CHAIN_TOO_LONG`, `DESC_OUT_OF_BOUNDS`, `READ_AFTER_WRITE`,
