@@ -19,7 +19,7 @@
  */
 import type { VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
-import type { SplitInflightLog } from "../ring/inflight-split.ts";
+import type { RingInflightLog } from "../ring/open-ring.ts";
 
 /** Where guest memory comes from; `kind` selects the runtime's {@link MemorySpace}. */
 export interface MemoryDescriptor {
@@ -56,12 +56,13 @@ export interface MemorySpace {
    */
   memory(): GuestMemory | null;
   /**
-   * The inflight log of queue `queue`, where the transport keeps one
+   * The inflight log of queue `queue`, in the layout of its ring (`packed`:
+   * VIRTIO_F_RING_PACKED was negotiated), where the transport keeps one
    * (vhost-user inflight I/O tracking); absent or null otherwise. A new log
    * object per call: each queue start recovers from what the shared memory
    * holds.
    */
-  inflight?(queue: number): SplitInflightLog | null;
+  inflight?(queue: number, packed: boolean): RingInflightLog | null;
   /**
    * Memory the transport's other side pulled away under its mappings (e.g. a
    * vhost-user front-end shrank a region's file): a `MEM_FAULT` error naming

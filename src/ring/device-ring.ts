@@ -9,7 +9,7 @@
  */
 import type { VirtioError } from "../errors.ts";
 import type { DescriptorChain } from "./chain.ts";
-import type { InflightRecovery } from "./inflight-split.ts";
+import type { InflightRecovery } from "./inflight-recovery.ts";
 
 /** The device side of one virtqueue (see DeviceQueue for the loop a device follows). */
 export interface DeviceRing {
@@ -32,7 +32,10 @@ export interface DeviceRing {
    * (packed-ring-state.ts).
    */
   readonly vringBase: number;
-  /** What an inflight log said an earlier device left in flight (split rings only), or null. */
+  /**
+   * What an inflight log said an earlier device left in flight, and where
+   * the ring resumed (a packed ring's positions in `ring`), or null.
+   */
   readonly recovery: InflightRecovery | null;
   /** Makes the queue broken (sticky); calls `onBroken` the first time only. */
   markBroken(err: VirtioError): void;

@@ -29,18 +29,9 @@ import {
   INFLIGHT_VERSION,
   inflightQueueRegionSize,
 } from "../spec/vhost-user.ts";
+import type { InflightRecovery } from "./inflight-recovery.ts";
 
-/** What a queue start finds in the log. */
-export interface InflightRecovery {
-  /** Heads taken by an earlier back-end and not completed, oldest first. */
-  readonly resubmit: readonly number[];
-  /** The next available index to take: `used.idx` + the requests in flight. */
-  readonly nextAvail: number;
-  /** Why the log was started afresh instead of trusted, if it was. */
-  readonly discarded?: string;
-  /** The log cannot cover the ring: it is not used at all (`discarded` says why). */
-  readonly untracked?: boolean;
-}
+export type { InflightRecovery } from "./inflight-recovery.ts";
 
 const U32 = 0x1_0000_0000;
 

@@ -38,6 +38,7 @@ import {
 } from "../spec/virtqueue.ts";
 import { DeviceQueue, type InflightTracker } from "./device-queue.ts";
 import type { DeviceRing } from "./device-ring.ts";
+import type { PackedInflightTracker } from "./inflight-packed.ts";
 import { PackedDeviceQueue, decodePackedVringBase } from "./packed-device-queue.ts";
 
 /**
@@ -70,6 +71,14 @@ export interface RingStart {
   readonly usedIdxFromMemory?: boolean;
   /** Largest indirect table accepted, in entries (DeviceQueue's default when absent). */
   readonly maxIndirectEntries?: number;
+}
+
+/** A ring's inflight log: the split layout's or the packed layout's (`layout: "packed"`). */
+export type RingInflightLog = InflightTracker | PackedInflightTracker;
+
+/** True if `log` keeps the packed layout. */
+export function isPackedLog(log: RingInflightLog): log is PackedInflightTracker {
+  return (log as Partial<PackedInflightTracker>).layout === "packed";
 }
 
 /** True if `features` select the packed layout (VIRTIO_F_RING_PACKED). */
@@ -115,26 +124,29 @@ export function ringPartAlign(features: bigint): {
 
 /**
  * Builds the device side of a ring from its start description, keeping
- * `inflight` (the transport's inflight log for this queue) if given: a split
- * ring then resumes where the log says (DeviceQueue `recovery`). Packed rings
- * keep no inflight log (`inflight` must be absent).
+ * `inflight` (the transport's inflight log for this queue) if given: the
+ * ring then resumes where the log says (`recovery` of DeviceQueue and
+ * PackedDeviceQueue). The log's layout must be the ring's.
  *
  * @throws {VirtioError} `QUEUE_CONFIG` if the ring does not fit the memory
  *   (size, alignment, not inside one region) or its resume state does not
  *   fit the ring: the ring does not start.
- * @throws {RangeError} for an inflight log given with a packed ring.
+ * @throws {RangeError} for an inflight log of the other layout.
  */
 export function openRing(
   memory: GuestMemory,
   start: RingStart,
   onBroken?: (err: VirtioError) => void,
-  inflight?: InflightTracker | null,
+  inflight?: RingInflightLog | null,
 ): DeviceRing {
+  const log = inflight ?? null;
   if (isPackedRing(start.features)) {
-    if (inflight !== undefined && inflight !== null)
-      throw new RangeError("packed rings keep no inflight log");
-    return openPacked(memory, start, onBroken);
+    if (log !== null && !isPackedLog(log))
+      throw new RangeError("a packed ring keeps the packed layout's inflight log");
+    return openPacked(memory, start, onBroken, log);
   }
+  if (log !== null && isPackedLog(log))
+    throw new RangeError("a split ring keeps the split layout's inflight log");
   return new DeviceQueue(memory, {
     size: start.size,
     descAddr: start.descAddr,
@@ -148,14 +160,15 @@ export function openRing(
       ? {}
       : { maxIndirectEntries: start.maxIndirectEntries }),
     ...(onBroken === undefined ? {} : { onBroken }),
-    ...(inflight === undefined || inflight === null ? {} : { inflight }),
+    ...(log === null ? {} : { inflight: log }),
   });
 }
 
 function openPacked(
   memory: GuestMemory,
   start: RingStart,
-  onBroken?: (err: VirtioError) => void,
+  onBroken: ((err: VirtioError) => void) | undefined,
+  inflight: PackedInflightTracker | null,
 ): PackedDeviceQueue {
   return new PackedDeviceQueue(memory, {
     size: start.size,
@@ -169,5 +182,6 @@ function openPacked(
       ? {}
       : { maxIndirectEntries: start.maxIndirectEntries }),
     ...(onBroken === undefined ? {} : { onBroken }),
+    ...(inflight === null ? {} : { inflight }),
   });
 }

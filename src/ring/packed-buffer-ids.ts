@@ -14,9 +14,10 @@
  *
  * @module
  */
-import { ErrorCode, type ErrorCodeValue } from "../errors.ts";
+import { ErrorCode, VirtioError, type ErrorCodeValue } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import { DescriptorChain } from "./chain.ts";
+import { MAX_CHAIN_BYTES } from "./chain-walk.ts";
 
 /** Nothing outstanding with this ID. */
 const FREE = 0;
@@ -72,6 +73,34 @@ export class PackedBufferIds {
         { pos, head: id },
       ];
     return null;
+  }
+
+  /**
+   * Checks the arguments of the queue's `addUsed(id, len)`.
+   *
+   * @throws {RangeError} if `id` is not a buffer ID of the queue or `len` is
+   *   not a u32 no larger than the chain's writable bytes.
+   * @throws {VirtioError} `USED_HEAD_NOT_IN_FLIGHT` if `id` is not in flight.
+   */
+  checkUsed(id: number, len: number): void {
+    const size = this.#state.length;
+    if (!Number.isInteger(id) || id < 0 || id >= size)
+      throw new RangeError(`used buffer ID ${id} is not an ID of a queue of size ${size}`);
+    if (!Number.isInteger(len) || len < 0 || len > MAX_CHAIN_BYTES)
+      throw new RangeError(`used length ${len} is not a u32`);
+    if (!this.isInFlight(id)) {
+      throw new VirtioError(
+        ErrorCode.USED_HEAD_NOT_IN_FLIGHT,
+        `used buffer ID ${id} is not in flight`,
+        { head: id },
+      );
+    }
+    const writable = this.#pool[id]!.writableBytes;
+    if (len > writable) {
+      throw new RangeError(
+        `used length ${len} for buffer ID ${id} exceeds its ${writable} writable bytes`,
+      );
+    }
   }
 
   /** True if `id` (< size) is popped and not yet given to addUsed. */

@@ -36,6 +36,15 @@
  * - "The driver MUST NOT set any flags except DESC_F_WRITE within an
  *   indirect descriptor": INDIRECT inside a table is `INDIRECT_NESTED`.
  *
+ * A list an earlier device took is walked again from the copy of its ring
+ * descriptors that the vhost-user inflight log kept ({@link
+ * PackedChainWalker.walkCopy}; qemu/qemu docs/interop/vhost-user.rst
+ * "Inflight I/O tracking": the log's DescStatePacked entries hold "The
+ * buffer address", "The buffer length", "The descriptor flags", "The buffer
+ * id"), with the same checks but availability: the ring slots may hold used
+ * descriptors by then. Violations name the log entry instead of a ring
+ * position.
+ *
  * Decisions where the spec leaves room (see docs/conformance.md):
  * - Inside an indirect table every entry is a buffer, in table order; NEXT,
  *   AVAIL, USED and the buffer ID there are ignored (§2.8.7: "Others are
@@ -63,6 +72,7 @@ import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from "..
 import type { DescriptorChain } from "./chain.ts";
 import { MAX_CHAIN_BYTES, type WalkedQueue } from "./chain-walk.ts";
 import { IndirectTables } from "./indirect-tables.ts";
+import type { PackedListCopy } from "./packed-list-copy.ts";
 
 const hex = (v: number): string => `0x${v.toString(16)}`;
 
@@ -77,6 +87,11 @@ export class PackedChainWalker {
   readonly #indirect: boolean;
   readonly #maxIndirect: number;
   readonly #tables: IndirectTables;
+  /** Bytes of the chain so far, and whether a device-writable descriptor was seen (the walk in progress). */
+  #total = 0;
+  #writable = false;
+  /** The inflight log entry whose copy is being walked, or -1 for a walk of the ring. */
+  #fromLog = -1;
 
   /**
    * @param desc the descriptor ring (`size` descriptors).
@@ -105,17 +120,24 @@ export class PackedChainWalker {
    * counter `wrap`), whose `flags` the caller loaded and found available, and
    * fills `chain` (reset by the caller) with its buffers; sets {@link id}.
    * `free` (≥ 1): ring descriptors the chain may use, those not outstanding.
-   * Returns the ring descriptors the chain uses. Bounded: each iteration
-   * records one ring descriptor, at most `free` (≤ size).
+   * `copy`, if given, receives the ring descriptors as read (for the
+   * inflight log). Returns the ring descriptors the chain uses. Bounded:
+   * each iteration records one ring descriptor, at most `free` (≤ size).
    */
-  walk(chain: DescriptorChain, pos: number, wrap: number, flags: number, free: number): number {
+  walk(
+    chain: DescriptorChain,
+    pos: number,
+    wrap: number,
+    flags: number,
+    free: number,
+    copy: PackedListCopy | null,
+  ): number {
     const desc = this.#desc;
-    const mem = this.#memory;
     let p = pos;
     let w = wrap;
     let f = flags;
-    let total = 0;
-    let writable = false;
+    this.#begin(-1);
+    if (copy !== null) copy.count = 0;
     for (let k = 0; ; k++) {
       const off = PVIRTQ_DESC_SIZE * p;
       if (k > 0) {
@@ -127,19 +149,8 @@ export class PackedChainWalker {
       const addr = desc.readU64AsNumber(off);
       const len = desc.readU32(off + PVIRTQ_DESC_OFF_LEN);
       const id = desc.readU16(off + PVIRTQ_DESC_OFF_ID);
-      chain.descCount++;
-      if ((f & VIRTQ_DESC_F_INDIRECT) !== 0) {
-        this.#walkTable(chain, pos, k, f, addr, len);
-        this.id = id;
-        return 1;
-      }
-      const readAfterWrite = writable && (f & VIRTQ_DESC_F_WRITE) === 0;
-      total += len;
-      if (readAfterWrite || (len > 0 && !mem.isValidRange(addr, len)) || total > MAX_CHAIN_BYTES)
-        throw this.#bufferError(pos, p, -1, addr, len, total, readAfterWrite);
-      writable ||= (f & VIRTQ_DESC_F_WRITE) !== 0;
-      chain.pushSegment(addr, len, writable);
-      if ((f & VIRTQ_DESC_F_NEXT) === 0) {
+      copy?.push(addr, len, f, id);
+      if (this.#descriptor(chain, pos, p, k, f, addr, len)) {
         this.id = id;
         return k + 1;
       }
@@ -151,23 +162,84 @@ export class PackedChainWalker {
   }
 
   /**
-   * Walks the indirect table of the INDIRECT descriptor at position `pos`
-   * (the `k`-th of its list, flags `f`): all `len / 16` entries, in order, are
-   * the chain's buffers. Bounded by the table length (≤ size).
+   * Walks a list an earlier device took, from the copy of its ring
+   * descriptors that the inflight log kept (log entry `entry` heads it),
+   * with the checks of {@link walk} but for availability (the ring slots
+   * may hold used descriptors by now). Fills `chain`, sets {@link id} (the
+   * last descriptor's); returns the ring descriptors of the list. Bounded
+   * by the copy's length (≤ size).
+   */
+  walkCopy(chain: DescriptorChain, copy: PackedListCopy, entry: number): number {
+    this.#begin(entry);
+    const n = copy.count;
+    for (let k = 0; k < n; k++) {
+      const f = copy.flags[k]!;
+      if (this.#descriptor(chain, entry, k, k, f, copy.addr[k]!, copy.len[k]!)) break;
+    }
+    this.id = copy.bufferId;
+    this.#fromLog = -1;
+    return n;
+  }
+
+  /** Starts a walk: of the ring (`entry` -1) or of the copy the log keeps under `entry`. */
+  #begin(entry: number): void {
+    this.#fromLog = entry;
+    this.#total = 0;
+    this.#writable = false;
+  }
+
+  /**
+   * Records the `k`-th descriptor of the list at `pos` (ring position `p`,
+   * flags `f`): its buffer, or its whole indirect table. True if it ends the
+   * list (no NEXT, or INDIRECT).
+   */
+  #descriptor(
+    chain: DescriptorChain,
+    pos: number,
+    p: number,
+    k: number,
+    f: number,
+    addr: number,
+    len: number,
+  ): boolean {
+    chain.descCount++;
+    if ((f & VIRTQ_DESC_F_INDIRECT) !== 0) {
+      this.#walkTable(chain, pos, p, k, f, addr, len);
+      return true;
+    }
+    const readAfterWrite = this.#writable && (f & VIRTQ_DESC_F_WRITE) === 0;
+    const total = (this.#total += len);
+    if (
+      readAfterWrite ||
+      (len > 0 && !this.#memory.isValidRange(addr, len)) ||
+      total > MAX_CHAIN_BYTES
+    )
+      throw this.#bufferError(pos, p, -1, addr, len, total, readAfterWrite);
+    this.#writable ||= (f & VIRTQ_DESC_F_WRITE) !== 0;
+    chain.pushSegment(addr, len, this.#writable);
+    return (f & VIRTQ_DESC_F_NEXT) === 0;
+  }
+
+  /**
+   * Walks the indirect table of the INDIRECT descriptor at ring position
+   * `p` (the `k`-th of the list at `pos`, flags `f`): all `len / 16`
+   * entries, in order, are the chain's buffers. Bounded by the table length
+   * (≤ size).
    */
   #walkTable(
     chain: DescriptorChain,
     pos: number,
+    p: number,
     k: number,
     f: number,
     addr: number,
     len: number,
   ): void {
-    this.#checkIndirect(pos, k, f, len);
+    this.#checkIndirect(pos, p, k, f, len);
     const t = this.#tables.map(addr, len);
     if (t === null) {
       const what = `points to an indirect table [${hex(addr)}, +${len}) that is not inside guest memory`;
-      throw this.#fail(ErrorCode.INDIRECT_TABLE, pos, pos, -1, what, { addr, len });
+      throw this.#fail(ErrorCode.INDIRECT_TABLE, pos, p, -1, what, { addr, len });
     }
     const { slice: table, base, entries } = t;
     const mem = this.#memory;
@@ -181,21 +253,20 @@ export class PackedChainWalker {
       if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
         // §2.8.19: "The driver MUST NOT set any flags except DESC_F_WRITE within an indirect descriptor."
         const what = "sets INDIRECT inside an indirect table";
-        throw this.#fail(ErrorCode.INDIRECT_NESTED, pos, pos, i, what, { flags });
+        throw this.#fail(ErrorCode.INDIRECT_NESTED, pos, p, i, what, { flags });
       }
       chain.descCount++;
       const readAfterWrite = writable && (flags & VIRTQ_DESC_F_WRITE) === 0;
       total += n;
       if (readAfterWrite || (n > 0 && !mem.isValidRange(a, n)) || total > MAX_CHAIN_BYTES)
-        throw this.#bufferError(pos, pos, i, a, n, total, readAfterWrite);
+        throw this.#bufferError(pos, p, i, a, n, total, readAfterWrite);
       writable ||= (flags & VIRTQ_DESC_F_WRITE) !== 0;
       chain.pushSegment(a, n, writable);
     }
   }
 
-  /** Checks an INDIRECT descriptor (the `k`-th of its list at `pos`, flags `f`) and its table length. */
-  #checkIndirect(pos: number, k: number, f: number, len: number): void {
-    const p = (pos + k) % this.#size;
+  /** Checks an INDIRECT descriptor (the `k`-th of its list at `pos`, at `p`, flags `f`) and its table length. */
+  #checkIndirect(pos: number, p: number, k: number, f: number, len: number): void {
     if (!this.#indirect) {
       // §2.8.19: "The driver MUST NOT set the VIRTQ_DESC_F_INDIRECT flag unless the VIRTIO_F_INDIRECT_DESC feature was negotiated."
       const what = "sets INDIRECT but VIRTIO_F_INDIRECT_DESC was not negotiated";
@@ -267,7 +338,11 @@ export class PackedChainWalker {
     return this.#fail(ErrorCode.CHAIN_TOO_LONG, pos, p, entry, what, { total });
   }
 
-  /** Breaks the queue with a message naming the list (its first ring position) and the descriptor. */
+  /**
+   * Breaks the queue with a message naming the list (its first ring
+   * position, or the inflight log entry it is resubmitted from) and the
+   * descriptor.
+   */
   #fail(
     code: ErrorCodeValue,
     pos: number,
@@ -276,9 +351,17 @@ export class PackedChainWalker {
     what: string,
     details: Record<string, number>,
   ): VirtioError {
+    const logged = this.#fromLog >= 0;
+    const list = logged
+      ? `list resubmitted from inflight log entry ${pos}`
+      : `list at ring position ${pos}`;
     const where =
-      entry < 0 ? `descriptor at ring position ${p}` : `entry ${entry} of its indirect table`;
-    const err = new VirtioError(code, `list at ring position ${pos}: ${where} ${what}`, {
+      entry >= 0
+        ? `entry ${entry} of its indirect table`
+        : logged
+          ? `its descriptor ${p}`
+          : `descriptor at ring position ${p}`;
+    const err = new VirtioError(code, `${list}: ${where} ${what}`, {
       pos,
       desc: p,
       entry,

@@ -22,6 +22,7 @@ import {
   packedDescRingSize,
 } from "../spec/packed-virtqueue.ts";
 import { DEFAULT_MAX_INDIRECT_ENTRIES, mapRingPart } from "./device-queue-config.ts";
+import type { PackedInflightTracker } from "./inflight-packed.ts";
 import {
   PACKED_RING_START,
   checkPackedRingState,
@@ -49,6 +50,12 @@ export interface PackedDeviceQueueConfig {
    * `decodePackedVringBase`); default: a fresh ring, positions 0, wrap counters 1.
    */
   resume?: PackedRingState;
+  /**
+   * The inflight log to keep (vhost-user inflight I/O tracking); a log that
+   * holds lists an earlier device left in flight overrides `resume` (see
+   * `PackedDeviceQueue.recovery`).
+   */
+  inflight?: PackedInflightTracker;
   /** Called once, when the queue becomes broken. */
   onBroken?: (err: VirtioError) => void;
 }

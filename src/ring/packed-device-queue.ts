@@ -37,10 +37,12 @@
  * {@link PackedDeviceSuppression}; the resume state and its vhost-user
  * encoding are in packed-ring-state.ts.
  *
- * No inflight log: the vhost-user inflight I/O tracking (INFLIGHT_SHMFD) is
- * not kept for packed rings, and the configuration takes none. A ring
- * resumed with its used position behind its avail position keeps those
- * descriptors outstanding (nothing can complete them).
+ * The vhost-user inflight log (config `inflight`) is kept by
+ * {@link PackedTracking}: lists an earlier device left in flight are handed
+ * out again first, from the log's copies, and the ring resumes where the log
+ * says ({@link PackedDeviceQueue.recovery}). Without a log, a ring resumed
+ * with its used position behind its avail position keeps those descriptors
+ * outstanding (nothing can complete them).
  *
  * `addUsed` for an ID that is not in flight: VirtioError
  * `USED_HEAD_NOT_IN_FLIGHT`, nothing written, the queue is *not* broken (it
@@ -56,7 +58,6 @@ import {
   isPackedDescAvail,
 } from "../spec/packed-virtqueue.ts";
 import type { DescriptorChain } from "./chain.ts";
-import { MAX_CHAIN_BYTES } from "./chain-walk.ts";
 import type { DeviceRing } from "./device-ring.ts";
 import { PackedBufferIds } from "./packed-buffer-ids.ts";
 import { PackedChainWalker } from "./packed-chain-walk.ts";
@@ -65,12 +66,14 @@ import {
   type PackedDeviceQueueConfig,
 } from "./packed-device-queue-config.ts";
 import { PackedDeviceSuppression } from "./packed-device-suppression.ts";
+import type { PackedInflightRecovery } from "./inflight-packed.ts";
 import {
   encodePackedVringBase,
   outstandingSlots,
   type PackedRingState,
   type WrapCounter,
 } from "./packed-ring-state.ts";
+import { PackedTracking } from "./packed-tracking.ts";
 import { PackedUsedBatch } from "./packed-used-batch.ts";
 
 export type { PackedDeviceQueueConfig } from "./packed-device-queue-config.ts";
@@ -86,17 +89,8 @@ export {
  * The device side of one packed virtqueue: pops validated descriptor lists
  * from the descriptor ring, writes used descriptors back in completion order,
  * and answers the event-suppression questions. It never delivers
- * notifications itself. Used the same way as the split ring's `DeviceQueue`:
- * ```ts
- * q.disableNotification();
- * for (;;) {
- *   for (let c = q.popAvail(); c !== null; c = q.popAvail()) handle(c); // later: q.addUsed(c.head, n)
- *   if (!q.enableNotification()) break;
- *   q.disableNotification();
- * }
- * q.publishUsed();
- * if (q.needsNotification()) call();
- * ```
+ * notifications itself. Used the same way as the split ring's `DeviceQueue`
+ * (see the loop in its documentation), `head` being the buffer ID.
  */
 export class PackedDeviceQueue implements DeviceRing {
   /** Queue size (ring descriptors, and buffer IDs 0..size-1). */
@@ -108,6 +102,13 @@ export class PackedDeviceQueue implements DeviceRing {
   readonly #ids: PackedBufferIds;
   readonly #used: PackedUsedBatch;
   readonly #notify: PackedDeviceSuppression;
+  readonly #tracking: PackedTracking;
+  /**
+   * What the inflight log held at the start (config `inflight`): the lists
+   * an earlier device left in flight, which {@link popAvail} hands out again
+   * first, and where the ring resumed. Null without a log or with a fresh one.
+   */
+  readonly recovery: PackedInflightRecovery | null;
   readonly #onBroken: ((err: VirtioError) => void) | undefined;
   #availPos: number;
   #availWrap: WrapCounter;
@@ -125,7 +126,11 @@ export class PackedDeviceQueue implements DeviceRing {
    */
   constructor(memory: GuestMemory, config: PackedDeviceQueueConfig) {
     const parts = mapPackedDeviceQueue(memory, config);
-    const { size, desc, resume } = parts;
+    const { size, desc } = parts;
+    this.#tracking = new PackedTracking(config.inflight ?? null, size);
+    // vhost-user "When reconnecting": the log, not the front-end, says where the ring resumes.
+    this.recovery = this.#tracking.recover(parts.resume, size, desc);
+    const resume = this.recovery?.ring ?? parts.resume;
     this.size = size;
     this.#desc = desc;
     this.#driverEvent = parts.driverEvent;
@@ -176,9 +181,6 @@ export class PackedDeviceQueue implements DeviceRing {
   get usedAddr(): number {
     return this.deviceEventAddr;
   }
-
-  /** Packed rings keep no inflight log: nothing to recover. */
-  readonly recovery = null;
 
   /** Ring position of the next descriptor the device reads. */
   get availPos(): number {
@@ -242,16 +244,17 @@ export class PackedDeviceQueue implements DeviceRing {
    */
   hasAvailable(): boolean {
     if (this.#broken !== null) return false;
+    if (this.#tracking.pendingResubmit > 0) return true;
     return isPackedDescAvail(this.#loadAvailFlags(), this.#availWrap);
   }
 
   /**
    * Pops the next available list, validated: every descriptor of it
    * available, every buffer inside guest memory, readable buffers before
-   * writable ones, bounded length, a free buffer ID. Returns null when
-   * nothing is available or the queue is broken. `head` of the result is the
-   * buffer ID. The chain object is owned by the queue and reused after its
-   * ID is given to {@link addUsed}.
+   * writable ones, bounded length, a free buffer ID. Lists the inflight log
+   * says an earlier device left in flight come first, oldest first. Returns
+   * null when nothing is available or the queue is broken. `head` of the
+   * result is the buffer ID; the chain is reused after {@link addUsed}.
    *
    * @throws {VirtioError} one of `TOO_MANY_IN_FLIGHT`, `DESC_NOT_AVAIL`,
    *   `CHAIN_TOO_LONG`, `DESC_OUT_OF_BOUNDS`, `READ_AFTER_WRITE`,
@@ -260,6 +263,8 @@ export class PackedDeviceQueue implements DeviceRing {
    */
   popAvail(): DescriptorChain | null {
     if (this.#broken !== null) return null;
+    const again = this.#tracking.takeAgain(this.#walker, this.#ids);
+    if (again !== null) return again;
     const pos = this.#availPos;
     const flags = this.#loadAvailFlags();
     if (!isPackedDescAvail(flags, this.#availWrap)) return null;
@@ -272,7 +277,7 @@ export class PackedDeviceQueue implements DeviceRing {
       );
     }
     const chain = this.#ids.scratch();
-    const ndescs = this.#walker.walk(chain, pos, this.#availWrap, flags, free);
+    const ndescs = this.#walker.walk(chain, pos, this.#availWrap, flags, free, this.#tracking.copy);
     const id = this.#walker.id;
     const bad = this.#ids.check(id, pos);
     if (bad !== null) throw this.#fail(...bad);
@@ -283,6 +288,7 @@ export class PackedDeviceQueue implements DeviceRing {
       this.#availWrap = (this.#availWrap ^ 1) as WrapCounter;
     }
     this.#availPos = next;
+    this.#tracking.fetched(id);
     return this.#ids.take(id, ndescs);
   }
 
@@ -300,28 +306,13 @@ export class PackedDeviceQueue implements DeviceRing {
    *   (nothing written; the queue is not broken).
    */
   addUsed(id: number, len: number): void {
-    if (!Number.isInteger(id) || id < 0 || id >= this.size)
-      throw new RangeError(`used buffer ID ${id} is not an ID of a queue of size ${this.size}`);
-    if (!Number.isInteger(len) || len < 0 || len > MAX_CHAIN_BYTES)
-      throw new RangeError(`used length ${len} is not a u32`);
-    if (!this.#ids.isInFlight(id)) {
-      throw new VirtioError(
-        ErrorCode.USED_HEAD_NOT_IN_FLIGHT,
-        `used buffer ID ${id} is not in flight`,
-        { head: id },
-      );
-    }
-    const chain = this.#ids.get(id);
-    if (len > chain.writableBytes) {
-      throw new RangeError(
-        `used length ${len} for buffer ID ${id} exceeds its ${chain.writableBytes} writable bytes`,
-      );
-    }
+    this.#ids.checkUsed(id, len);
     if (this.#broken !== null) {
       this.#ids.dropped(id);
       return;
     }
     this.#used.add(id, len, this.#ids.used(id));
+    this.#tracking.used(id);
   }
 
   /**
@@ -334,7 +325,9 @@ export class PackedDeviceQueue implements DeviceRing {
     const n = this.#used.pending;
     if (n === 0) return;
     for (let k = 0; k < n; k++) this.#ids.published(this.#used.idAt(k));
+    this.#tracking.publishing(this.#used.nextPos, this.#used.nextWrap);
     const slots = this.#used.publish();
+    this.#tracking.published();
     this.#outstanding -= slots;
     this.#notify.published(this.#used.nextCycle, slots);
   }

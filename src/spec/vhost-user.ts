@@ -204,3 +204,60 @@ export function inflightQueueRegionSize(queueSize: number): number {
   const raw = INFLIGHT_OFF_DESC + INFLIGHT_DESC_SIZE * queueSize;
   return Math.ceil(raw / INFLIGHT_ALIGNMENT) * INFLIGHT_ALIGNMENT;
 }
+
+/*
+ * "Inflight I/O tracking", packed virtqueue layout: one QueueRegionPacked
+ * per queue, a header (features u64, version u16, desc_num u16, free_head
+ * u16, old_free_head u16, used_idx u16, old_used_idx u16, used_wrap_counter
+ * u8, old_used_wrap_counter u8, padding u8[7]) followed by desc_num
+ * DescStatePacked entries of 32 bytes (inflight u8, padding u8, next u16,
+ * last u16, num u16, counter u64, id u16, flags u16, len u32, addr u64).
+ * The C struct is not packed: the entries (8-byte aligned, they hold u64s)
+ * start at offset 32. features, version and desc_num are where the split
+ * layout has them (INFLIGHT_OFF_FEATURES, _VERSION, _DESC_NUM).
+ */
+/** QueueRegionPacked.free_head (u16): "The head of free DescStatePacked entry list". */
+export const INFLIGHT_PACKED_OFF_FREE_HEAD = 12;
+/** QueueRegionPacked.old_free_head (u16): "The old head of free DescStatePacked entry list". */
+export const INFLIGHT_PACKED_OFF_OLD_FREE_HEAD = 14;
+/** QueueRegionPacked.used_idx (u16): "The used index of descriptor ring" (a ring position). */
+export const INFLIGHT_PACKED_OFF_USED_IDX = 16;
+/** QueueRegionPacked.old_used_idx (u16): "The old used index of descriptor ring". */
+export const INFLIGHT_PACKED_OFF_OLD_USED_IDX = 18;
+/** QueueRegionPacked.used_wrap_counter (u8): "Device ring wrap counter". */
+export const INFLIGHT_PACKED_OFF_USED_WRAP = 20;
+/** QueueRegionPacked.old_used_wrap_counter (u8): "The old device ring wrap counter". */
+export const INFLIGHT_PACKED_OFF_OLD_USED_WRAP = 21;
+/** QueueRegionPacked.desc: the first DescStatePacked. */
+export const INFLIGHT_PACKED_OFF_DESC = 32;
+/** Bytes of one DescStatePacked. */
+export const INFLIGHT_PACKED_DESC_SIZE = 32;
+/** DescStatePacked.inflight (u8): "Only available for head-descriptor". */
+export const INFLIGHT_PACKED_DESC_OFF_INFLIGHT = 0;
+/** DescStatePacked.next (u16): "Link to the next free entry". */
+export const INFLIGHT_PACKED_DESC_OFF_NEXT = 2;
+/** DescStatePacked.last (u16): "Link to the last entry of descriptor list" (head only). */
+export const INFLIGHT_PACKED_DESC_OFF_LAST = 4;
+/** DescStatePacked.num (u16): "The length of descriptor list" (head only). */
+export const INFLIGHT_PACKED_DESC_OFF_NUM = 6;
+/** DescStatePacked.counter (u64): the order lists were fetched in (head only). */
+export const INFLIGHT_PACKED_DESC_OFF_COUNTER = 8;
+/** DescStatePacked.id (u16): "The buffer id". */
+export const INFLIGHT_PACKED_DESC_OFF_ID = 16;
+/** DescStatePacked.flags (u16): "The descriptor flags". */
+export const INFLIGHT_PACKED_DESC_OFF_FLAGS = 18;
+/** DescStatePacked.len (u32): "The buffer length". */
+export const INFLIGHT_PACKED_DESC_OFF_LEN = 20;
+/** DescStatePacked.addr (u64): "The buffer address". */
+export const INFLIGHT_PACKED_DESC_OFF_ADDR = 24;
+
+/** Bytes of one queue's packed-layout region for a queue of `queueSize` entries. */
+export function inflightPackedQueueRegionSize(queueSize: number): number {
+  const raw = INFLIGHT_PACKED_OFF_DESC + INFLIGHT_PACKED_DESC_SIZE * queueSize;
+  return Math.ceil(raw / INFLIGHT_ALIGNMENT) * INFLIGHT_ALIGNMENT;
+}
+
+/** Bytes of one queue's region in the layout of the negotiated ring (`packed`: VIRTIO_F_RING_PACKED). */
+export function inflightRegionSize(queueSize: number, packed: boolean): number {
+  return packed ? inflightPackedQueueRegionSize(queueSize) : inflightQueueRegionSize(queueSize);
+}

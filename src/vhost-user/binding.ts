@@ -24,8 +24,10 @@ import type {
 } from "../dataplane/seams.ts";
 import { ErrorCode, VirtioError, isVirtioError } from "../errors.ts";
 import { GuestMemory, type RegionDescriptor } from "../memory/guest-memory.ts";
+import { PackedInflightLog } from "../ring/inflight-packed.ts";
 import { SplitInflightLog } from "../ring/inflight-split.ts";
-import { inflightQueueRegionSize } from "../spec/vhost-user.ts";
+import type { RingInflightLog } from "../ring/open-ring.ts";
+import { inflightRegionSize } from "../spec/vhost-user.ts";
 import type { EventFds, Mapping, MemoryMapper } from "./host.ts";
 
 /** Memory kind: the front-end's region table. */
@@ -148,15 +150,21 @@ export class RegionMemorySpace implements MemorySpace {
     };
   }
 
-  /** Queue `queue`'s part of the inflight buffer as a log, or null without a buffer or for a queue it has no room for. */
-  inflight(queue: number): SplitInflightLog | null {
+  /**
+   * Queue `queue`'s part of the inflight buffer as a log of the layout of its
+   * ring (`packed`: VIRTIO_F_RING_PACKED), or null without a buffer or for a
+   * queue it has no room for (SET_INFLIGHT_FD checked the size for the
+   * features negotiated then; the front-end may have changed them since).
+   */
+  inflight(queue: number, packed: boolean): RingInflightLog | null {
     const i = this.#inflight;
     if (i === null || queue >= i.entry.numQueues) return null;
-    const stride = inflightQueueRegionSize(i.entry.queueSize);
-    return new SplitInflightLog(
-      i.bytes.subarray(queue * stride, (queue + 1) * stride),
-      i.entry.queueSize,
-    );
+    const stride = inflightRegionSize(i.entry.queueSize, packed);
+    if ((queue + 1) * stride > i.bytes.byteLength) return null;
+    const region = i.bytes.subarray(queue * stride, (queue + 1) * stride);
+    return packed
+      ? new PackedInflightLog(region, i.entry.queueSize)
+      : new SplitInflightLog(region, i.entry.queueSize);
   }
 
   /**

@@ -1,15 +1,21 @@
 /**
  * The inflight I/O tracking requests: GET_INFLIGHT_FD hands the front-end a
- * fresh shared buffer of the split-ring layout, SET_INFLIGHT_FD gives one
- * back (after a reconnect, the one the crashed back-end was using), which the
- * rings then keep their inflight logs in (../ring/inflight-split.ts).
+ * fresh shared buffer in the layout of the negotiated rings (one
+ * QueueRegionSplit per queue, or one QueueRegionPacked when
+ * VIRTIO_F_RING_PACKED was negotiated: the front-end sends SET_FEATURES
+ * first), SET_INFLIGHT_FD gives one back (after a reconnect, the one the
+ * crashed back-end was using), which the rings then keep their inflight
+ * logs in (../ring/inflight-split.ts, ../ring/inflight-packed.ts).
  * qemu/qemu docs/interop/vhost-user.rst VHOST_USER_GET_INFLIGHT_FD,
- * VHOST_USER_SET_INFLIGHT_FD, "Inflight I/O tracking".
+ * VHOST_USER_SET_INFLIGHT_FD, "Inflight I/O tracking" ("the back-end need
+ * to allocate an extra buffer to store this information of inflight
+ * descriptors and share it with front-end for persistent").
  *
  * @module
  */
 import { ErrorCode, VirtioError } from "../errors.ts";
-import { inflightQueueRegionSize, VhostUserProtocolFeature as PF } from "../spec/vhost-user.ts";
+import { isPackedRing } from "../ring/open-ring.ts";
+import { inflightRegionSize, VhostUserProtocolFeature as PF } from "../spec/vhost-user.ts";
 import { hasFeature } from "../spec/virtio.ts";
 import { decodeInflight, encodeInflight, type InflightDescription } from "./codec.ts";
 import { takeFd } from "./framing.ts";
@@ -23,7 +29,10 @@ function protocolError(
   return new VirtioError(ErrorCode.VHOST_USER_PROTOCOL, message, details);
 }
 
-/** Checks the queue count and size of an inflight description; returns the bytes it needs. */
+/**
+ * Checks the queue count and size of an inflight description; returns the
+ * bytes it needs in the layout of the negotiated rings.
+ */
 function neededBytes(s: VhostUserSession, d: InflightDescription): number {
   if (!hasFeature(s.protocolFeatures, PF.INFLIGHT_SHMFD))
     throw protocolError("inflight request without VHOST_USER_PROTOCOL_F_INFLIGHT_SHMFD negotiated");
@@ -34,7 +43,7 @@ function neededBytes(s: VhostUserSession, d: InflightDescription): number {
     });
   if (queueSize < 1 || queueSize > 32768)
     throw protocolError(`inflight queue_size ${queueSize} is not in 1..32768`, { queueSize });
-  return numQueues * inflightQueueRegionSize(queueSize);
+  return numQueues * inflightRegionSize(queueSize, isPackedRing(s.features));
 }
 
 /** "Get shared buffer for inflight I/O": a zeroed buffer, sealed so it keeps its size. */

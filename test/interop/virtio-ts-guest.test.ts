@@ -5,7 +5,7 @@
  *   on 1 and 2 queues with e2fsck and checksums, fio crc32c verify at
  *   iodepth 32, reboot, read-only export, host image check, backend restart
  *   with QEMU reconnect), over split virtqueues and again over packed ones
- *   (`packed=on`; all but the restart, see ScenarioChoice);
+ *   (`packed=on`);
  * - the CLI's device flags as the guest sees them (--serial,
  *   --logical-block-size 4096, --writeback with the guest's FLUSH, --direct)
  *   and the --verbose trace lines;
@@ -35,9 +35,7 @@ import { runGuest } from "./guest/runner.ts";
 import { guestScenarios, timings } from "./guest/scenarios.ts";
 
 guestScenarios("virtio-ts vhost-user-blk", startVirtioTsCli);
-guestScenarios("virtio-ts vhost-user-blk, packed virtqueues", withPackedRings(startVirtioTsCli), {
-  reconnect: false,
-});
+guestScenarios("virtio-ts vhost-user-blk, packed virtqueues", withPackedRings(startVirtioTsCli));
 
 const MiB = 1024 * 1024;
 

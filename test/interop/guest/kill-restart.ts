@@ -184,7 +184,13 @@ export async function killRestartScenario(
   const killer = new Killer(await start(setup), () => start(setup), flag, atInflight);
   try {
     const run = await runGuest({
-      disk: { kind: "vhost-user", socket, numQueues: o.numQueues, reconnectSeconds: 1 },
+      disk: {
+        kind: "vhost-user",
+        socket,
+        numQueues: o.numQueues,
+        reconnectSeconds: 1,
+        packed: killer.backend.packed === true,
+      },
       extraDrive: { image: flag, readOnly: true },
       smp: o.numQueues,
       fio: o.workload === "fio",

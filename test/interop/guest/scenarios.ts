@@ -459,10 +459,9 @@ echo after-restart-ok`,
 /** Which scenarios a backend runs (all by default). */
 export interface ScenarioChoice {
   /**
-   * The backend killed and restarted under guest I/O. Packed virtqueues
-   * cannot take part yet: after a crash QEMU learns where a packed ring
-   * stands only from the backend's inflight log, which is kept for split
-   * rings only (docs/reliability.md).
+   * The backend killed and restarted under guest I/O (QEMU reconnects; this
+   * project's backend resumes from its inflight log, split or packed ring:
+   * docs/reliability.md). `false` leaves it out.
    */
   readonly reconnect?: boolean;
 }

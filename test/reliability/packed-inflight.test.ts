@@ -1,0 +1,143 @@
+/**
+ * Inflight I/O tracking over a packed virtqueue, end to end against the
+ * back-end process: the project's front-end drives split rings only, so a
+ * raw front-end (./packed-frontend.ts) plays QEMU's part — RING_PACKED and
+ * INFLIGHT_SHMFD negotiated, the same inflight buffer and memory handed to
+ * each back-end, and after a crash the stale ring state QEMU 7.2 sends. The
+ * back-end is SIGKILLed with writes in flight whose ring slots the used
+ * descriptors of out-of-order completions have overwritten; the restarted
+ * one resubmits exactly those writes from the log's copies and resumes the
+ * ring where the log says. Every request completes exactly once (the driver
+ * refuses a used descriptor for an ID it does not wait on) and the image
+ * holds what was written.
+ *
+ * @module
+ */
+import assert from "node:assert/strict";
+import { spawn, type ChildProcess } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { closeSync, ftruncateSync, openSync, readSync } from "node:fs";
+import { join } from "node:path";
+import { describe, test } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { tempDir } from "../../src/native/test-support.ts";
+import { inflightPackedQueueRegionSize } from "../../src/spec/vhost-user.ts";
+import { VIRTIO_BLK_T_OUT } from "../../src/spec/blk.ts";
+import { PackedConnection, PackedDriver, completions } from "./packed-frontend.ts";
+
+const BACKEND = fileURLToPath(new URL("./inflight-backend.ts", import.meta.url));
+const MiB = 1 << 20;
+const QSIZE = 128;
+const CHUNK = 32 * 1024;
+
+/** The test back-end as a child process; resolves once it listens. */
+async function startBackend(sock: string, image: string, mode: "serve" | "hold") {
+  const child: ChildProcess = spawn(
+    process.execPath,
+    ["--import", "tsx", BACKEND, sock, image, mode],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  const out = { stdout: "", stderr: "" };
+  child.stdout!.setEncoding("utf8").on("data", (c: string) => (out.stdout += c));
+  child.stderr!.setEncoding("utf8").on("data", (c: string) => (out.stderr += c));
+  const end = Date.now() + 30_000;
+  while (!out.stdout.includes("ready")) {
+    if (child.exitCode !== null) assert.fail(`back-end exited: ${out.stderr}`);
+    if (Date.now() > end) assert.fail(`back-end not ready: ${out.stderr}`);
+    await sleep(20);
+  }
+  return { child, out };
+}
+
+function killed(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  const done = new Promise<void>((resolve) => child.once("close", () => resolve()));
+  child.kill("SIGKILL");
+  return done;
+}
+
+function readImage(path: string, offset: number, len: number): Uint8Array {
+  const fd = openSync(path, "r");
+  try {
+    const b = new Uint8Array(len);
+    assert.equal(readSync(fd, b, 0, len, offset), len);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+describe(
+  "inflight I/O tracking over a packed virtqueue across back-end crashes",
+  { timeout: 120_000 },
+  () => {
+    test("16 writes in flight behind 16 completed GET_IDs, SIGKILL, restart with a stale ring base: the writes complete once each; a second kill with nothing in flight resumes where the log says", async (t) => {
+      const d = tempDir("virtio-ts-packed-inflight-");
+      t.after(() => d.remove());
+      const sock = join(d.path, "vu.sock");
+      const image = join(d.path, "disk.img");
+      const fd = openSync(image, "w");
+      ftruncateSync(fd, 16 * MiB);
+      closeSync(fd);
+      const drv = new PackedDriver(QSIZE);
+      t.after(() => drv.close());
+
+      const first = await startBackend(sock, image, "hold");
+      t.after(() => killed(first.child));
+      const c1 = await PackedConnection.open(sock, drv);
+      assert.equal(
+        drv.inflight?.size,
+        BigInt(inflightPackedQueueRegionSize(QSIZE)),
+        "packed layout",
+      );
+      // Writes (held by this back-end) interleaved with GET_IDs (completed at once, out of order).
+      const data = Array.from({ length: 16 }, () => new Uint8Array(randomBytes(CHUNK)));
+      for (let i = 0; i < 16; i++) {
+        drv.write(i * CHUNK, data[i]!);
+        drv.getId();
+      }
+      c1.kick();
+      const ids = await completions(drv, 16, "the GET_IDs");
+      assert.ok(ids.every((r) => drv.idOf(r) === "inflight-test"));
+      await sleep(200);
+      assert.equal(drv.collect().length, 0, "the writes are held in the first back-end");
+      await killed(first.child);
+      c1.close();
+
+      const second = await startBackend(sock, image, "serve");
+      t.after(() => killed(second.child));
+      const c2 = await PackedConnection.open(sock, drv); // QEMU 7.2's stale base: the ring's start
+      c2.kick();
+      const writes = await completions(drv, 16, "the writes, resubmitted by the new back-end");
+      assert.ok(writes.every((r) => r.type === VIRTIO_BLK_T_OUT));
+      assert.match(
+        second.out.stderr,
+        /queue 0: resubmitting 16 request\(s\) left in flight by an earlier back-end \(buffer IDs [\d, ]+\); resuming at avail position 96 \(wrap 1\), used position 48 \(wrap 1\)/,
+      );
+      for (let i = 0; i < 16; i++)
+        assert.deepEqual(readImage(image, i * CHUNK, CHUNK), data[i], `write ${i}`);
+
+      // The ring goes on past its end; then a kill with nothing in flight, and the stale base again.
+      const reads = Array.from({ length: 40 }, (_, i) => drv.read((i % 16) * CHUNK, CHUNK));
+      c2.kick();
+      await completions(drv, 40, "reads after the restart");
+      reads.forEach((r, i) => assert.deepEqual(drv.dataOf(r, CHUNK), data[i % 16], `read ${i}`));
+      await killed(second.child);
+      c2.close();
+      const third = await startBackend(sock, image, "serve");
+      t.after(() => killed(third.child));
+      const c3 = await PackedConnection.open(sock, drv);
+      assert.match(
+        third.out.stderr,
+        /queue 0: nothing left in flight by an earlier back-end; resuming at avail position 88 \(wrap 0\), used position 88 \(wrap 0\) as the inflight log says \(SET_VRING_BASE said avail position 0 \(wrap 1\), used position 0 \(wrap 1\)\)/,
+      );
+      const last = drv.getId();
+      c3.kick();
+      const [done] = await completions(drv, 1, "a GET_ID after the second restart");
+      assert.equal(done?.n, last.n);
+      assert.equal(drv.pending, 0);
+      c3.close();
+    });
+  },
+);
