@@ -1,12 +1,12 @@
 /**
  * The driver thread of the virtio-blk integration tests: an
- * InprocDriverTransport and one DriverQueue per queue, driven by commands
+ * InprocDriverTransport and one DriverRing per queue, driven by commands
  * from the test thread (./blk-layout.ts). Requests are built byte by byte
  * in guest memory, as a guest would (or deliberately malformed); every wait
  * is bounded and a timeout is reported as a stall.
  */
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
-import { DriverQueue, type Segment } from "../../src/ring/driver-queue.ts";
+import type { DriverRing, Segment } from "../../src/ring/driver-ring.ts";
 import { vringLayout } from "../../src/ring/layout.ts";
 import { VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET } from "../../src/spec/virtio.ts";
 import { VIRTQ_AVAIL_OFF_IDX, VIRTQ_AVAIL_OFF_RING } from "../../src/spec/virtqueue.ts";
@@ -32,7 +32,7 @@ const WAIT_MS = 20_000;
 
 let driver: InprocDriverTransport;
 let memory: GuestMemory;
-let queues: DriverQueue<number>[] = [];
+let queues: DriverRing<number>[] = [];
 let session: BlkDriverSession | null = null;
 
 const parent = nodeParentEndpoint();

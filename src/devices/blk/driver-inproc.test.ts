@@ -9,7 +9,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { ErrorCode, isVirtioError } from "../../errors.ts";
 import { GuestMemory } from "../../memory/guest-memory.ts";
-import type { DriverQueue } from "../../ring/driver-queue.ts";
+import type { DriverRing } from "../../ring/driver-ring.ts";
 import { VIRTIO_BLK_CONFIG_SIZE } from "../../spec/blk.ts";
 import { VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET } from "../../spec/virtio.ts";
 import {
@@ -38,7 +38,7 @@ interface Session {
   readonly worker: WorkerThread;
   readonly t: InprocDriverTransport;
   readonly driver: BlkDriver;
-  readonly dq: DriverQueue<number>;
+  readonly dq: DriverRing<number>;
   readonly userBase: number;
   /** Statuses read after configuration change notifications. */
   readonly statuses: number[];
