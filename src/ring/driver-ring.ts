@@ -12,6 +12,12 @@
  * The members keep the meaning the two queues document; where the layouts
  * differ, the difference is stated here.
  *
+ * Every implementation provides, for a transport that carries notification
+ * data: §2.8.16 "When notifying the device, driver MUST set next_off and
+ * next_wrap to match the next descriptor not yet made available to the
+ * device." — {@link DriverRing.notificationData} is exactly that value (for
+ * a split ring, §2.9: the available index).
+ *
  * @module
  */
 import type { VirtioError } from "../errors.ts";
