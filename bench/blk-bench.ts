@@ -32,6 +32,7 @@ import { DATAPLANE_WORKER } from "../src/devices/node-dataplane.ts";
 import { inprocDataplaneBinding } from "../src/transport/inproc/dataplane-binding.ts";
 import { silentLogger } from "../src/log.ts";
 import { GuestMemory } from "../src/memory/guest-memory.ts";
+import { splitOnly } from "../src/testing/split-only.ts";
 import {
   InprocDeviceTransport,
   createRegisters,
@@ -230,7 +231,8 @@ class DeviceSession {
     const init: BlkBenchDriverInit & { type: string } = {
       type: "init",
       shared,
-      features: device.readDeviceFeatures(),
+      // Split rings, as every recorded run: the device offers packed ones too, and the worker would build them.
+      features: splitOnly(device.readDeviceFeatures()),
       queues,
       queueSize: QUEUE_SIZE,
     };

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { DriverQueue, Segment } from "../src/ring/driver-queue.ts";
+import type { DriverRing, Segment } from "../src/ring/driver-ring.ts";
 import { vringLayout } from "../src/ring/layout.ts";
 import * as blk from "../src/spec/blk.ts";
 import {
@@ -55,7 +55,7 @@ const BLOCK = 4096;
 const WAIT_MS = 20_000;
 
 let driver: InprocDriverTransport;
-let queues: DriverQueue<number>[] = [];
+let queues: DriverRing<number>[] = [];
 
 const parent = nodeParentEndpoint();
 parent.onMessage((m) => {

@@ -146,7 +146,9 @@ async function serve(
   try {
     const pid = listeningSocketOwner(last);
     if (pid === undefined) throw new Error(`no process holds ${last}\n${b.diagnostics()}`);
-    for (const x of exports) disks.push(await VhostUserBlk.connect(x.socket, { numQueues: 1 }));
+    // Split rings against both back-ends (qemu-storage-daemon offers no packed rings): like for like.
+    const options = { numQueues: 1, exclude: ["RING_PACKED"] as const };
+    for (const x of exports) disks.push(await VhostUserBlk.connect(x.socket, options));
     const buf = new Uint8Array(4096);
     for (const d of disks) for (let i = 0; i < 8; i++) await d.read(i * 4096, buf);
     return { pid, disks, alive: () => b.status === undefined, stop };

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { DriverQueue, Segment } from "../src/ring/driver-queue.ts";
+import type { DriverRing, Segment } from "../src/ring/driver-ring.ts";
 import { vringLayout } from "../src/ring/layout.ts";
 import {
   InprocDriverTransport,
@@ -81,11 +81,7 @@ function drive(init: RingDriverInit): RingJobResult[] {
   return results;
 }
 
-function waitOrThrow(
-  driver: InprocDriverTransport,
-  dq: DriverQueue<number>,
-  delayed = false,
-): void {
+function waitOrThrow(driver: InprocDriverTransport, dq: DriverRing<number>, delayed = false): void {
   const w = driver.waitUsed(0, WAIT_MS, delayed);
   dq.disableCallbacks();
   if (w !== "used") throw new Error(`waitUsed: ${w}`);
@@ -94,7 +90,7 @@ function waitOrThrow(
 /** Linux ringtest's loop: add up to `batch`, kick, take completions, wait only when full. */
 function throughput(
   driver: InprocDriverTransport,
-  dq: DriverQueue<number>,
+  dq: DriverRing<number>,
   seg: Segment[],
   total: number,
   batch: number,
@@ -126,7 +122,7 @@ function throughput(
 /** One request in flight; per-request latency. */
 function pingpong(
   driver: InprocDriverTransport,
-  dq: DriverQueue<number>,
+  dq: DriverRing<number>,
   seg: Segment[],
   total: number,
 ): { elapsedMs: number; roundTripsPerSec: number; medianUs: number; p99Us: number } {

@@ -14,7 +14,7 @@
  * @module
  */
 import type { GuestSlice } from "../src/memory/guest-memory.ts";
-import type { DriverQueue, Segment } from "../src/ring/driver-queue.ts";
+import type { DriverRing, Segment } from "../src/ring/driver-ring.ts";
 import type { InprocDriverTransport } from "../src/transport/inproc/index.ts";
 
 /** One run of {@link pumpChecksum}. */
@@ -127,7 +127,7 @@ export class SlotPool {
  */
 export function pumpChecksum(
   driver: InprocDriverTransport,
-  dq: DriverQueue<number>,
+  dq: DriverRing<number>,
   pool: SlotPool,
   options: PumpOptions,
 ): PumpResult {

@@ -1,13 +1,17 @@
 /**
  * A device's queue registers as the driver writes them — size, the three
  * ring addresses, ready — and the rings they become. VIRTIO 1.2 §2.7 (split
- * virtqueues: size, alignment of the three parts), §3.1.1 step 7 (the
- * driver sets the queues up), §4.2.2 (virtio-mmio: size and addresses are
- * not changed while the queue is ready).
+ * virtqueues: size, alignment of the three parts), §2.8 / §2.8.10.1 (packed
+ * virtqueues: "The Queue Size value does not have to be a power of 2"),
+ * §3.1.1 step 7 (the driver sets the queues up, after FEATURES_OK: the
+ * layout is known), §4.2.2 (virtio-mmio: size and addresses are not changed
+ * while the queue is ready).
  *
- * Setting ready validates the ring (size a power of two, parts aligned and
- * inside one guest memory region) and opens it with `openRing`; an invalid
- * ring stays not ready (CONFORMANCE: "rejected when the queue is
+ * A size is taken if the negotiated layout allows it (split: a power of
+ * two; packed, VIRTIO_F_RING_PACKED: any of 1..32768) and it is at most the
+ * queue's maximum. Setting ready validates the ring (size, parts aligned
+ * and inside one guest memory region) and opens it with `openRing`; an
+ * invalid ring stays not ready (CONFORMANCE: "rejected when the queue is
  * configured: the queue does not start"). Whether the device status allows
  * a write at all is the device's check ({@link VirtioDevice}); this table
  * checks the rest. Invalid values are ignored and logged, never thrown.
@@ -18,7 +22,6 @@ import type { VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { DeviceRing } from "../ring/device-ring.ts";
 import { openRing, ringPartAlign, ringPartBytes, ringSizeProblem } from "../ring/open-ring.ts";
-import { isValidQueueSize } from "../spec/virtqueue.ts";
 
 /** Per-queue setup as the driver wrote it. */
 interface QueueSetup {
@@ -78,13 +81,18 @@ export class QueueTable {
     return this.#setup[index]?.ready ?? false;
   }
 
-  /** Sets the size of an existing queue (≤ its maximum, power of two). Returns whether it was taken. */
-  setSize(index: number, size: number): boolean {
+  /**
+   * Sets the size of an existing queue: at most its maximum, and a size the
+   * layout `features` select allows (split: a power of two; packed: any of
+   * 1..32768). Returns whether it was taken.
+   */
+  setSize(index: number, size: number, features: bigint): boolean {
     const q = this.#notReady(index, "size");
     if (q === null) return false;
     const max = this.maxSize(index);
-    if (!isValidQueueSize(size) || size > max) {
-      this.#log(`queue ${index} size ${size} ignored: not a power of two in 1..${max}`);
+    const problem = ringSizeProblem(size, features);
+    if (problem !== null || size > max) {
+      this.#log(`queue ${index} size ${size} ignored: ${problem ?? `above the maximum ${max}`}`);
       return false;
     }
     q.size = size;

@@ -16,14 +16,17 @@ import {
   VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK,
   VIRTIO_CONFIG_S_FAILED as FAILED,
   VIRTIO_CONFIG_S_FEATURES_OK as FEATURES_OK,
+  VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
   VIRTIO_RING_F_EVENT_IDX,
   featureBit,
 } from "../spec/virtio.ts";
+import { placeRing } from "../ring/ring-layout.ts";
 
 const VERSION_1 = featureBit(VIRTIO_F_VERSION_1);
 const EVENT_IDX = featureBit(VIRTIO_RING_F_EVENT_IDX);
 const DEVICE_BIT = featureBit(3);
+const PACKED = featureBit(VIRTIO_F_RING_PACKED);
 const RING0 = 0x1000;
 const RING1 = 0x4000;
 const BUF = 0x10000;
@@ -318,6 +321,23 @@ test("queue size and addresses are validated; a bad ring stays not ready", async
   r.dev.setQueueAddresses(0, d.descAddr, d.availAddr, d.usedAddr);
   assert.equal(r.dev.setQueueReady(0, true), true);
   assert.equal(r.dev.setQueueSize(0, 4), false, "size is fixed while ready");
+});
+
+test("with VIRTIO_F_RING_PACKED negotiated any size up to the maximum is taken; without it, powers of two only", async () => {
+  for (const packed of [false, true]) {
+    const r = rig(new SumBackend([16, 16], DEVICE_BIT | EVENT_IDX | PACKED));
+    await init(r, VERSION_1 | DEVICE_BIT | (packed ? PACKED : 0n), FEATURES_OK);
+    assert.equal(r.dev.setQueueSize(0, 12), packed, "12 is a packed size only");
+    assert.equal(r.dev.setQueueSize(0, 17), false, "above the maximum");
+    assert.equal(r.dev.setQueueSize(0, 0), false);
+    if (!packed) continue;
+    assert.equal(r.dev.queueSize(0), 12);
+    const l = placeRing("packed", 12, RING0);
+    r.dev.setQueueAddresses(0, l.descAddr + 8, l.availAddr, l.usedAddr); // Descriptor Ring misaligned
+    assert.equal(r.dev.setQueueReady(0, true), false);
+    r.dev.setQueueAddresses(0, l.descAddr, l.availAddr, l.usedAddr);
+    assert.equal(r.dev.setQueueReady(0, true), true);
+  }
 });
 
 test("only ready queues are handed over; kicks for others are ignored", async () => {

@@ -278,9 +278,15 @@ export class VirtioDevice {
     return this.#queues.ready(index);
   }
 
-  /** The driver sets the size of queue `index` (≤ its maximum, power of two). Returns whether it was taken. */
+  /**
+   * The driver sets the size of queue `index` (≤ its maximum; a power of two
+   * unless VIRTIO_F_RING_PACKED was negotiated). Returns whether it was taken.
+   */
   setQueueSize(index: number, size: number): boolean {
-    return this.#queueWritable(index, "size") && this.#queues.setSize(index, size);
+    return (
+      this.#queueWritable(index, "size") &&
+      this.#queues.setSize(index, size, this.#features.negotiated)
+    );
   }
 
   /** The driver sets the guest-physical addresses of queue `index`'s three parts. */

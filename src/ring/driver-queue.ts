@@ -45,6 +45,7 @@ import { kickByCount } from "./driver-kick.ts";
 import { driverRingParts, initialIndex, type DriverQueueConfig } from "./driver-queue-config.ts";
 import { checkSegments, type Segment, type UsedBuffer } from "./driver-segments.ts";
 import { SplitDriverSuppression } from "./driver-suppression.ts";
+import type { DriverRing } from "./driver-ring.ts";
 
 export { indirectArenaBytes, type IndirectArena } from "./driver-indirect.ts";
 export type { DriverQueueConfig } from "./driver-queue-config.ts";
@@ -62,7 +63,9 @@ export type { Segment, UsedBuffer } from "./driver-segments.ts";
  * for (let u = q.getUsed(); u !== null; u = q.getUsed()) complete(u.token, u.len);
  * ```
  */
-export class DriverQueue<T> {
+export class DriverQueue<T> implements DriverRing<T> {
+  /** The split layout (§2.7). */
+  readonly layout = "split";
   /** Queue size (number of descriptors and ring entries). */
   readonly size: number;
   readonly #desc: GuestSlice;
@@ -138,6 +141,15 @@ export class DriverQueue<T> {
   /** VIRTIO_F_INDIRECT_DESC is in use (an arena was given). */
   get indirect(): boolean {
     return this.#arena !== null;
+  }
+
+  /**
+   * The published avail.idx: what a notification carries with
+   * VIRTIO_F_NOTIFICATION_DATA on a split ring (§2.9: next_off its 15 low
+   * bits, next_wrap its bit 15).
+   */
+  get notificationData(): number {
+    return this.#availIdxPublished;
   }
 
   /**

@@ -69,6 +69,7 @@ import {
   type PackedDriverQueueConfig,
 } from "./packed-driver-queue-config.ts";
 import { PackedDriverSuppression } from "./packed-driver-suppression.ts";
+import type { DriverRing } from "./driver-ring.ts";
 
 export { indirectArenaBytes, type IndirectArena } from "./driver-indirect.ts";
 export type { Segment, UsedBuffer } from "./driver-segments.ts";
@@ -86,7 +87,9 @@ export type { PackedDriverQueueConfig } from "./packed-driver-queue-config.ts";
  * for (let u = q.getUsed(); u !== null; u = q.getUsed()) complete(u.token, u.len);
  * ```
  */
-export class PackedDriverQueue<T> {
+export class PackedDriverQueue<T> implements DriverRing<T> {
+  /** The packed layout (§2.8). */
+  readonly layout = "packed";
   /** Queue size (descriptors in the ring, and Buffer IDs). */
   readonly size: number;
   readonly #desc: GuestSlice;

@@ -2,11 +2,15 @@
  * One ring of the vhost-user front-end: its kick and call eventfds, and the
  * messages that start and stop it. qemu/qemu docs/interop/vhost-user.rst
  * "Starting and stopping rings", "Front-end message types" (SET_VRING_*,
- * GET_VRING_BASE); docs/vhost-user.md
+ * GET_VRING_BASE), "Vring descriptor indices for packed virtqueues";
+ * VIRTIO 1.2 §2.8 (a packed ring's Driver and Device Areas);
+ * docs/vhost-user.md
  *
  * A ring starts with SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR,
  * SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ENABLE(1) and stops with
- * GET_VRING_BASE. A kick writes 1 to the kick eventfd; the call eventfd is
+ * GET_VRING_BASE. The ring base is per layout (./frontend-vring-base.ts: a
+ * fresh packed ring is 0x80008000); SET_VRING_ADDR's used and available
+ * addresses are a packed ring's Device and Driver Areas. A kick writes 1 to the kick eventfd; the call eventfd is
  * watched on the calling thread's event loop, read (reset) and reported to
  * the ring's `onCall`. Releasing a ring stops the watch and closes both
  * eventfds.
@@ -27,19 +31,31 @@ import {
 import { VHOST_USER_VRING_IDX_MASK, VhostUserRequest as R } from "../spec/vhost-user.ts";
 import { encodeVringAddr, encodeVringFile, encodeVringState } from "./codec.ts";
 import type { ControlChannel } from "./frontend-channel.ts";
+import { freshVringBase } from "./frontend-vring-base.ts";
+import type { RingLayoutKind } from "../ring/ring-layout.ts";
 
-/** Where a ring lives in guest memory (guest-physical addresses, also sent as user addresses). */
+/**
+ * Where a ring lives in guest memory (guest-physical addresses, also sent as
+ * user addresses), placed for the negotiated layout (`placeRing`).
+ */
 export interface FrontendRingAddresses {
-  /** Queue size (power of two, 1..32768). */
+  /** Queue size: a power of two in 1..32768; with VIRTIO_F_RING_PACKED any of 1..32768. */
   readonly size: number;
+  /** Descriptor table (split) or Descriptor Ring (packed). */
   readonly descAddr: number;
+  /** Available ring (split) or Driver Area (packed). */
   readonly availAddr: number;
+  /** Used ring (split) or Device Area (packed). */
   readonly usedAddr: number;
 }
 
 /** Options of {@link VhostUserFrontend.startRing}. */
 export interface StartRingOptions extends FrontendRingAddresses {
-  /** Avail index the back-end starts from (SET_VRING_BASE; default 0). */
+  /**
+   * Where the back-end starts (SET_VRING_BASE `num`, in the layout's
+   * encoding: the avail index of a split ring, `encodePackedVringBase` of a
+   * packed one). Default: a fresh ring (0; packed 0x80008000).
+   */
   readonly base?: number;
   /**
    * Called on this thread's loop after the back-end signalled the call
@@ -114,18 +130,22 @@ export function createRing(index: number, onCall: () => void): Ring {
 }
 
 /**
- * Sends the messages that start `ring` (SET_VRING_NUM, SET_VRING_BASE,
- * SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ENABLE 1).
+ * Sends the messages that start `ring` of `layout` (SET_VRING_NUM,
+ * SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_KICK, SET_VRING_CALL,
+ * SET_VRING_ENABLE 1).
  */
 export async function sendRingStart(
   ch: ControlChannel,
   ring: Ring,
+  layout: RingLayoutKind,
   o: StartRingOptions,
 ): Promise<void> {
   const index = ring.index;
   await ch.request(R.SET_VRING_NUM, encodeVringState({ index, num: o.size }));
-  await ch.request(R.SET_VRING_BASE, encodeVringState({ index, num: o.base ?? 0 }));
-  // "A vring address description": the payload order is desc, used, avail, log.
+  const base = o.base ?? freshVringBase(layout);
+  await ch.request(R.SET_VRING_BASE, encodeVringState({ index, num: base }));
+  // "A vring address description": the payload order is desc, used, avail, log (packed: the Descriptor Ring,
+  // the Device Area and the Driver Area, as QEMU sends them).
   await ch.request(
     R.SET_VRING_ADDR,
     encodeVringAddr({
@@ -144,7 +164,7 @@ export async function sendRingStart(
   await ch.request(R.SET_VRING_ENABLE, encodeVringState({ index, num: 1 }));
 }
 
-/** GET_VRING_BASE ("stop the ring"): resolves with the avail index the back-end would resume at. */
+/** GET_VRING_BASE ("stop the ring"): resolves with the raw `num`, where the back-end would resume. */
 export async function sendRingStop(ch: ControlChannel, index: number): Promise<number> {
   const state = await ch.request(R.GET_VRING_BASE, encodeVringState({ index, num: 0 }), {
     kind: "vring-state",

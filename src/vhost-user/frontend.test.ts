@@ -37,6 +37,7 @@ import { NativeSocket } from "./native-host.ts";
 const VERSION_1 = 1n << 32n;
 const PROTOCOL_FEATURES = 1n << 30n;
 const FLUSH = 1n << 9n;
+const RING_PACKED = 1n << 34n;
 const MQ = 1n;
 const REPLY_ACK = 1n << 3n;
 const CONFIG = 1n << 9n;
@@ -351,12 +352,59 @@ describe("VhostUserFrontend rings", { timeout: 30_000 }, () => {
       fe.startRing(1, { size: 64, descAddr: 0, availAddr: 0, usedAddr: 0, onCall() {} }),
       RangeError,
     );
-    assert.equal(await fe.stopRing(1), 7);
+    assert.deepEqual(await fe.stopRing(1), { layout: "split", num: 7, nextAvail: 7 });
     assert.deepEqual(decodeVringState(p.backend.received.at(-1)!.payload), { index: 1, num: 0 });
     assert.equal(p.backend.received.at(-1)!.flags, 0x1);
     assert.equal(ring.stopped, true);
     ring.kick(); // a no-op now
     assert.equal(p.backend.takeKick(1), false);
+  });
+
+  test("packed rings (VIRTIO_F_RING_PACKED negotiated): any size, a fresh base 0x80008000, the Driver and Device Areas, GET_VRING_BASE decoded", async (t) => {
+    const p = pair(t, { features: VERSION_1 | PROTOCOL_FEATURES | RING_PACKED });
+    const fe = await p.connect({ features: VERSION_1 | RING_PACKED });
+    assert.equal(fe.features & RING_PACKED, RING_PACKED);
+    const before = p.backend.received.length;
+    // Descriptor Ring 12 × 16 bytes, then the Driver Area and the Device Area (placeRing("packed", 12, ...)).
+    await fe.startRing(0, {
+      size: 12,
+      descAddr: 0x4000_1000,
+      availAddr: 0x4000_10c0,
+      usedAddr: 0x4000_10c4,
+      onCall() {},
+    });
+    const sent = p.backend.received.slice(before);
+    assert.deepEqual(decodeVringState(sent[0]!.payload), { index: 0, num: 12 });
+    assert.deepEqual(decodeVringState(sent[1]!.payload), { index: 0, num: 0x8000_8000 });
+    const addr = decodeVringAddr(sent[2]!.payload);
+    assert.equal(addr.avail, 0x4000_10c0n, "available = the Driver Area");
+    assert.equal(addr.used, 0x4000_10c4n, "used = the Device Area");
+    // Where the back-end stopped: avail slot 5 (wrap 0), used slot 3 (wrap 1).
+    p.backend.responders.set(R.GET_VRING_BASE, (m, be) => {
+      const { index } = decodeVringState(m.payload);
+      be.sendRaw(encodeReply(m.request, encodeVringState({ index, num: 0x8003_0005 })));
+      return true;
+    });
+    assert.deepEqual(await fe.stopRing(0), {
+      layout: "packed",
+      num: 0x8003_0005,
+      state: { availPos: 5, availWrap: 0, usedPos: 3, usedWrap: 1 },
+    });
+    // An explicit base is sent as given.
+    await fe.startRing(1, {
+      size: 12,
+      descAddr: 0x4000_2000,
+      availAddr: 0x4000_20c0,
+      usedAddr: 0x4000_20c4,
+      base: 0x0001_8001,
+      onCall() {},
+    });
+    const base = p.backend.received.filter((m) => m.request === R.SET_VRING_BASE).at(-1)!;
+    assert.deepEqual(decodeVringState(base.payload), { index: 1, num: 0x0001_8001 });
+    await assert.rejects(
+      fe.startRing(0, { size: 0, descAddr: 0, availAddr: 0, usedAddr: 0, onCall() {} }),
+      RangeError,
+    );
   });
 
   test("close() stops every started ring with GET_VRING_BASE, then hangs up", async (t) => {

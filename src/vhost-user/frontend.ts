@@ -23,7 +23,8 @@
  */
 import { VirtioError } from "../errors.ts";
 import { connectUnix } from "../native/index.ts";
-import { isValidQueueSize } from "../spec/virtqueue.ts";
+import { ringSizeProblem } from "../ring/open-ring.ts";
+import { ringLayoutOf } from "../ring/ring-layout.ts";
 import {
   VHOST_MEMORY_BASELINE_NREGIONS,
   VhostUserProtocolFeature as PF,
@@ -53,6 +54,7 @@ import {
   type Ring,
   type StartRingOptions,
 } from "./frontend-ring.ts";
+import { decodeStoppedRing, type StoppedRing } from "./frontend-vring-base.ts";
 import type { FdCloser, VhostUserSocket } from "./host.ts";
 import { NativeSocket } from "./native-host.ts";
 
@@ -62,6 +64,7 @@ export {
   type VhostUserFrontendOptions,
 } from "./frontend-negotiate.ts";
 export type { FrontendRing, FrontendRingAddresses, StartRingOptions } from "./frontend-ring.ts";
+export type { StoppedRing } from "./frontend-vring-base.ts";
 export type { InflightReply } from "./frontend-channel.ts";
 export type { InflightDescription } from "./codec.ts";
 
@@ -241,8 +244,8 @@ export class VhostUserFrontend {
       throw new TypeError("the back-end did not negotiate INFLIGHT_SHMFD");
     if (!Number.isInteger(numQueues) || numQueues < 1 || numQueues > this.maxQueues)
       throw new RangeError(`numQueues must be in 1..${this.maxQueues}, got ${numQueues}`);
-    if (!isValidQueueSize(queueSize))
-      throw new RangeError(`queueSize must be a power of two in 1..32768, got ${queueSize}`);
+    const problem = ringSizeProblem(queueSize, this.features);
+    if (problem !== null) throw new RangeError(`queueSize: ${problem}`);
   }
 
   /**
@@ -296,22 +299,26 @@ export class VhostUserFrontend {
 
   /**
    * Starts ring `index` (SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR,
-   * SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ENABLE 1). The ring must be
-   * initialised in shared memory (a DriverQueue's constructor does it).
+   * SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ENABLE 1) in the layout the
+   * negotiated features select (packed with VIRTIO_F_RING_PACKED: its base
+   * defaults to a fresh packed ring's, its size need not be a power of
+   * two). The ring must be initialised in shared memory (`openDriverRing`
+   * does it).
    *
-   * @throws {RangeError} for an index beyond {@link maxQueues} or a ring already started.
+   * @throws {RangeError} for an index beyond {@link maxQueues}, a ring
+   *   already started, or a size the layout does not allow.
    */
   async startRing(index: number, o: StartRingOptions): Promise<FrontendRing> {
     if (!Number.isInteger(index) || index < 0 || index >= this.maxQueues)
       throw new RangeError(`ring index ${index} is outside 0..${this.maxQueues - 1}`);
     if (this.#rings.has(index)) throw new RangeError(`ring ${index} is already started`);
     if (this.#channel.error !== undefined) throw this.#channel.error;
-    if (!isValidQueueSize(o.size))
-      throw new RangeError(`queue size ${o.size} is not a power of two in 1..32768`);
+    const problem = ringSizeProblem(o.size, this.features);
+    if (problem !== null) throw new RangeError(problem);
     const ring = createRing(index, o.onCall);
     this.#rings.set(index, ring);
     try {
-      await sendRingStart(this.#channel, ring, o);
+      await sendRingStart(this.#channel, ring, ringLayoutOf(this.features), o);
     } catch (e) {
       this.#rings.delete(index);
       ring.release();
@@ -322,14 +329,19 @@ export class VhostUserFrontend {
 
   /**
    * Stops ring `index` (GET_VRING_BASE: "stop the ring") and releases its
-   * eventfds. Resolves with the avail index the back-end reports: where it
-   * would resume. Requests still in flight may complete no more.
+   * eventfds. Resolves with where the back-end reports it would resume,
+   * decoded for the ring's layout (split: the next avail index; packed: both
+   * positions and wrap counters). Requests still in flight may complete no
+   * more.
    */
-  async stopRing(index: number): Promise<number> {
+  async stopRing(index: number): Promise<StoppedRing> {
     const ring = this.#rings.get(index);
     if (ring === undefined) throw new RangeError(`ring ${index} is not started`);
     try {
-      return await sendRingStop(this.#channel, index);
+      return decodeStoppedRing(
+        ringLayoutOf(this.features),
+        await sendRingStop(this.#channel, index),
+      );
     } finally {
       this.#rings.delete(index);
       ring.release();

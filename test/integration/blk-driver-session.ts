@@ -1,6 +1,7 @@
 /**
  * The driver worker's BlkDriver side (src/devices/blk/driver.ts): device
- * initialization as a guest driver does it (§3.1.1, §5.2.5), a pump that
+ * initialization as a guest driver does it (§3.1.1, §5.2.5; split or packed
+ * rings, RING_PACKED excluded for split ones), a pump that
  * sleeps once for all queues and hands used-buffer notifications to the
  * driver (and DEVICE_NEEDS_RESET to `markDeviceBroken`), the random mixed
  * workload through the driver's promise API, and a reset under requests in
@@ -11,6 +12,7 @@ import { BlkDriver } from "../../src/devices/blk/driver.ts";
 import { parseBlkConfig, selectBlkFeatures } from "../../src/devices/blk/driver-config.ts";
 import { planBlkDriverMemory } from "../../src/devices/blk/driver-memory.ts";
 import type { GuestMemory } from "../../src/memory/guest-memory.ts";
+import type { RingLayoutKind } from "../../src/ring/ring-layout.ts";
 import { VIRTIO_BLK_CONFIG_SIZE } from "../../src/spec/blk.ts";
 import { VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET } from "../../src/spec/virtio.ts";
 import type { InprocDriverTransport } from "../../src/transport/inproc/index.ts";
@@ -47,23 +49,26 @@ export class BlkDriverSession {
     this.#pump = this.#pumpLoop();
   }
 
-  /** §3.1.1 with the driver's feature choice, then a BlkDriver over every queue. */
+  /** §3.1.1 with the driver's feature choice on `layout` rings, then a BlkDriver over every queue. */
   static async start(
     t: InprocDriverTransport,
     memory: GuestMemory,
     numQueues: number,
     queueSize: number,
+    layout: RingLayoutKind,
   ): Promise<BlkDriverSession> {
     const plan = planBlkDriverMemory({
       base: RING_BASE,
       numQueues,
       queueSize,
+      layout,
       indirectEntries: 32,
       bounceBytes: 1 << 20,
     });
     if (plan.end > HEAP_BASE) throw new Error(`driver memory plan ends at ${plan.end}`);
     const offered = await t.runAsync(t.deviceFeatures());
-    const features = await t.runAsync(t.negotiate(selectBlkFeatures(offered)));
+    const exclude = layout === "split" ? (["RING_PACKED"] as const) : [];
+    const features = await t.runAsync(t.negotiate(selectBlkFeatures(offered, { exclude })));
     // §5.2.5.1: the configuration (writeback among it) is read after FEATURES_OK.
     const config = parseBlkConfig(
       await t.runAsync(t.readConfig(0, VIRTIO_BLK_CONFIG_SIZE)),
@@ -78,6 +83,7 @@ export class BlkDriverSession {
       );
     }
     await t.runAsync(t.start());
+    if (queues.some((q) => q.layout !== layout)) throw new Error(`the rings are not ${layout}`);
     const driver = new BlkDriver({
       memory,
       queues,

@@ -1,15 +1,16 @@
 /**
  * The driver thread of the virtio-blk integration tests: an
- * InprocDriverTransport and one DriverQueue per queue, driven by commands
+ * InprocDriverTransport and one DriverRing per queue (split, or packed when
+ * the negotiated features include VIRTIO_F_RING_PACKED), driven by commands
  * from the test thread (./blk-layout.ts). Requests are built byte by byte
  * in guest memory, as a guest would (or deliberately malformed); every wait
  * is bounded and a timeout is reported as a stall.
  */
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
-import { DriverQueue, type Segment } from "../../src/ring/driver-queue.ts";
-import { vringLayout } from "../../src/ring/layout.ts";
+import type { DriverRing, Segment } from "../../src/ring/driver-ring.ts";
+import { placeRing, ringLayoutOf, type RingLayout } from "../../src/ring/ring-layout.ts";
 import { VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET } from "../../src/spec/virtio.ts";
-import { VIRTQ_AVAIL_OFF_IDX, VIRTQ_AVAIL_OFF_RING } from "../../src/spec/virtqueue.ts";
+import { VIRTQ_AVAIL_OFF_RING } from "../../src/spec/virtqueue.ts";
 import { InprocDriverTransport } from "../../src/transport/inproc/index.ts";
 import { nodeParentEndpoint } from "../../src/dataplane/node-threads.ts";
 import {
@@ -32,7 +33,9 @@ const WAIT_MS = 20_000;
 
 let driver: InprocDriverTransport;
 let memory: GuestMemory;
-let queues: DriverQueue<number>[] = [];
+let queues: DriverRing<number>[] = [];
+/** Where each queue's ring lies. */
+let rings: RingLayout[] = [];
 let session: BlkDriverSession | null = null;
 
 const parent = nodeParentEndpoint();
@@ -80,7 +83,7 @@ function handle(c: DriverCommand): unknown {
     case "write-config":
       return driver.run(driver.writeConfig(c.offset, c.bytes));
     case "blk-init":
-      return BlkDriverSession.start(driver, memory, c.queues, c.queueSize).then((s) => {
+      return BlkDriverSession.start(driver, memory, c.queues, c.queueSize, c.layout).then((s) => {
         session = s;
         return s.driver.config.capacityBytes;
       });
@@ -93,16 +96,20 @@ function handle(c: DriverCommand): unknown {
   }
 }
 
-/** §3.1.1: negotiate, set up the queues (with indirect arenas if asked), DRIVER_OK. */
+/** §3.1.1: negotiate, set up the queues in the negotiated layout (with indirect arenas if asked), DRIVER_OK. */
 function init(features: bigint, n: number, size: number, indirect: boolean) {
   const accepted = driver.run(driver.negotiate(features));
+  const layout = ringLayoutOf(accepted);
   queues = [];
+  rings = [];
   for (let q = 0; q < n; q++) {
     const base = RING_BASE + q * QUEUE_STRIDE;
+    const ring = placeRing(layout, size, base);
+    rings.push(ring);
     queues.push(
       driver.run(
         driver.setupQueue<number>(q, {
-          ...vringLayout(size, base),
+          ...ring,
           ...(indirect
             ? { indirectArena: { addr: base + ARENA_OFFSET, entriesPerChain: ARENA_ENTRIES } }
             : {}),
@@ -204,12 +211,19 @@ function result(b: Built, len: number): RawResult {
   };
 }
 
-/** Points the descriptor at the head of the request just staged on `dq` outside guest memory. */
-function corruptStagedHead(q: number): void {
-  const l = vringLayout(queues[q]!.size, RING_BASE + q * QUEUE_STRIDE);
-  const published = memory.readU16(l.availAddr + VIRTQ_AVAIL_OFF_IDX);
-  const head = memory.readU16(l.availAddr + VIRTQ_AVAIL_OFF_RING + 2 * (published % l.size));
-  memory.writeU64(l.descAddr + 16 * head, BigInt(GUEST_BYTES) * 4n);
+/**
+ * Points the first descriptor of the request just staged on queue `q` (the
+ * only one staged since `at`, the ring's notificationData before it: split,
+ * the avail index whose entry names the head; packed, the slot) outside
+ * guest memory.
+ */
+function corruptStagedHead(q: number, at: number): void {
+  const l = rings[q]!;
+  const slot =
+    l.layout === "packed"
+      ? at & 0x7fff
+      : memory.readU16(l.availAddr + VIRTQ_AVAIL_OFF_RING + 2 * (at % l.size));
+  memory.writeU64(l.descAddr + 16 * slot, BigInt(GUEST_BYTES) * 4n);
 }
 
 /**
@@ -229,8 +243,12 @@ function run(reqs: readonly RawReq[], maxInFlight: number) {
     while (next < reqs.length && outstanding < maxInFlight) {
       const q = reqs[next]!.queue ?? 0;
       const b = built[next]!;
+      const corrupt = reqs[next]!.corruptHead === true;
+      // Publish what is staged, so that notificationData says where this request goes.
+      if (corrupt) queues[q]!.publish();
+      const at = queues[q]!.notificationData;
       if (!queues[q]!.stage(b.readable, b.writable, next)) break;
-      if (reqs[next]!.corruptHead === true) corruptStagedHead(q);
+      if (corrupt) corruptStagedHead(q, at);
       touched.add(q);
       next++;
       outstanding++;

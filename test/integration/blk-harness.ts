@@ -3,7 +3,8 @@
  * dataplane: the device's control (VirtioDevice + BlkDataplaneDevice +
  * InprocDeviceTransport in async mode) on the test's main thread, the queues
  * on dataplane workers, the driver in its own worker (./blk-driver-worker.ts),
- * the disk image in a temporary directory. Every wait is bounded.
+ * the disk image in a temporary directory; the rings split or packed (the
+ * rig's `layout`). Every wait is bounded.
  */
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -19,6 +20,8 @@ import { DATAPLANE_WORKER } from "../../src/devices/node-dataplane.ts";
 import { inprocDataplaneBinding } from "../../src/transport/inproc/dataplane-binding.ts";
 import type { Logger } from "../../src/log.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
+import type { RingLayoutKind } from "../../src/ring/ring-layout.ts";
+import { splitOnly } from "../../src/testing/index.ts";
 import {
   InprocDeviceTransport,
   createRegisters,
@@ -30,6 +33,7 @@ import {
 import { nodeThreadHost } from "../../src/dataplane/node-threads.ts";
 import {
   GUEST_BYTES,
+  ringSize,
   type DriverCommand,
   type DriverReply,
   type RawReq,
@@ -76,6 +80,8 @@ export type RigOptions = Omit<
 > & {
   readonly backing: BackingSpec;
   readonly workerModule?: URL;
+  /** The rings the driver sets up by default (default "packed": what accepting every offered feature gives). */
+  readonly layout?: RingLayoutKind;
 };
 
 /** Result of a `run` command. */
@@ -95,6 +101,8 @@ export class InprocBlkRig {
   readonly transport: InprocDeviceTransport;
   readonly log: RecordingLogger;
   readonly deviceLog: string[];
+  /** The rings {@link init} and {@link blkInit} set up. */
+  readonly layout: RingLayoutKind;
   readonly #loop: Promise<void>;
   readonly #driver: WorkerThread;
 
@@ -104,7 +112,9 @@ export class InprocBlkRig {
     blk: BlkDataplaneDevice,
     log: RecordingLogger,
     driver: WorkerThread,
+    layout: RingLayoutKind,
   ) {
+    this.layout = layout;
     this.memory = memory;
     this.shared = shared;
     this.blk = blk;
@@ -118,7 +128,8 @@ export class InprocBlkRig {
   }
 
   /** Starts the device (its workers open the disk), the control loop and the driver worker. */
-  static async start(o: RigOptions): Promise<InprocBlkRig> {
+  static async start(rigOptions: RigOptions): Promise<InprocBlkRig> {
+    const { layout = "packed", ...o } = rigOptions;
     const memory = GuestMemory.createShared([{ guestPhysAddr: 0, size: GUEST_BYTES }]);
     const numQueues = o.numQueues ?? 1;
     const shared: InprocShared = {
@@ -142,7 +153,7 @@ export class InprocBlkRig {
       await blk.dispose();
       throw e;
     }
-    return new InprocBlkRig(memory, shared, blk, log, driver);
+    return new InprocBlkRig(memory, shared, blk, log, driver, layout);
   }
 
   /** Sends a command to the driver worker and waits (bounded) for its answer. */
@@ -154,17 +165,32 @@ export class InprocBlkRig {
     return r.value as T;
   }
 
-  /** Negotiates `features` (default: all offered), sets up the queues and sets DRIVER_OK. */
+  /** The queue size on this rig's rings where split rings have `n` ({@link ringSize}). */
+  ringSize(n: number): number {
+    return ringSize(this.layout, n);
+  }
+
+  /**
+   * Negotiates `features` (default: all offered, less RING_PACKED on a split
+   * rig), sets up the queues in the negotiated layout (default size
+   * `ringSize(128)`) and sets DRIVER_OK.
+   */
   init(
     o: { features?: bigint; queues?: number; queueSize?: number; indirect?: boolean } = {},
   ): Promise<{ features: bigint; status: number }> {
+    const offered = this.device.readDeviceFeatures();
     return this.command({
       cmd: "init",
-      features: o.features ?? this.device.readDeviceFeatures(),
+      features: o.features ?? (this.layout === "split" ? splitOnly(offered) : offered),
       queues: o.queues ?? this.device.numQueues,
-      queueSize: o.queueSize ?? 128,
+      queueSize: o.queueSize ?? this.ringSize(128),
       indirect: o.indirect ?? true,
     });
+  }
+
+  /** Initializes the device with the BlkDriver on this rig's rings, `queueSize` entries each. */
+  blkInit(queues: number, queueSize: number): Promise<number> {
+    return this.command({ cmd: "blk-init", queues, queueSize, layout: this.layout });
   }
 
   run(reqs: readonly RawReq[], maxInFlight?: number): Promise<RunReport> {

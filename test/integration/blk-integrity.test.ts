@@ -7,14 +7,15 @@
  * worker), and the image file compared with the model afterwards. Run with
  * one dataplane worker per queue and with one shared I/O worker, through the
  * project's BlkDriver (promise API, copy and zero-copy buffers) and through
- * a raw DriverQueue driver that builds every chain itself.
+ * a raw DriverRing driver that builds every chain itself, each on split and
+ * on packed rings.
  */
 import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import type { BackingSpec } from "../../src/devices/blk/backing-spec.ts";
 import { InprocBlkRig, pattern, tempDir, writeImage } from "./blk-harness.ts";
-import type { WorkloadReport } from "./blk-layout.ts";
+import { RING_LAYOUTS, type WorkloadReport } from "./blk-layout.ts";
 
 const DISK_BYTES = 8 << 20;
 const SECTOR = 512;
@@ -23,7 +24,7 @@ after(() => tmp.cleanup());
 
 interface Variant {
   readonly name: string;
-  /** "blk": src/devices/blk/driver.ts; "raw": chains built on DriverQueue directly. */
+  /** "blk": src/devices/blk/driver.ts; "raw": chains built on the DriverRing directly. */
   readonly driver: "blk" | "raw";
   readonly ioThreads: "per-queue" | number;
   readonly backing: (initial: Uint8Array) => { spec: BackingSpec; bytes: () => Uint8Array };
@@ -84,62 +85,64 @@ function diskMismatches(disk: Uint8Array, model: Uint8Array, maybeZero: Uint8Arr
   return bad;
 }
 
-for (const v of VARIANTS) {
-  test(`random mixed workload, 2 queues × 32 in flight: ${v.name}`, async () => {
-    const initial = pattern(DISK_BYTES, v.seed);
-    const { spec, bytes } = v.backing(initial);
-    const rig = await InprocBlkRig.start({
-      backing: spec,
-      numQueues: 2,
-      ioThreads: v.ioThreads,
-      maxInFlight: 32,
-      queueSize: 128,
-      maxDiscardSeg: 1,
-      maxWriteZeroesSeg: 1,
-    });
-    try {
-      assert.equal(rig.blk.workerCount, v.ioThreads === "per-queue" ? 2 : 1);
-      const workload = {
-        seed: v.seed,
-        ops: 3000,
-        inFlight: 32,
-        queues: 2,
-        initial,
-        maxIoBytes: 64 * 1024,
-        discard: true,
-        writeZeroes: true,
-      };
-      let report: WorkloadReport;
-      if (v.driver === "blk") {
-        await rig.command({ cmd: "blk-init", queues: 2, queueSize: 128 });
-        report = await rig.command({ cmd: "blk-workload", workload });
-        await rig.command({ cmd: "blk-stop" });
-      } else {
-        await rig.init({ queueSize: 128 });
-        report = await rig.workload(workload);
+for (const layout of RING_LAYOUTS)
+  for (const v of VARIANTS) {
+    test(`random mixed workload, 2 queues × 32 in flight: ${v.name}, ${layout} rings`, async () => {
+      const initial = pattern(DISK_BYTES, v.seed);
+      const { spec, bytes } = v.backing(initial);
+      const rig = await InprocBlkRig.start({
+        backing: spec,
+        numQueues: 2,
+        ioThreads: v.ioThreads,
+        maxInFlight: 32,
+        queueSize: 128,
+        maxDiscardSeg: 1,
+        maxWriteZeroesSeg: 1,
+        layout,
+      });
+      try {
+        assert.equal(rig.blk.workerCount, v.ioThreads === "per-queue" ? 2 : 1);
+        const workload = {
+          seed: v.seed,
+          ops: 3000,
+          inFlight: 32,
+          queues: 2,
+          initial,
+          maxIoBytes: 64 * 1024,
+          discard: true,
+          writeZeroes: true,
+        };
+        let report: WorkloadReport;
+        if (v.driver === "blk") {
+          await rig.blkInit(2, rig.ringSize(128));
+          report = await rig.command({ cmd: "blk-workload", workload });
+          await rig.command({ cmd: "blk-stop" });
+        } else {
+          await rig.init({ queueSize: rig.ringSize(128) });
+          report = await rig.workload(workload);
+        }
+        assert.deepEqual(report.failures, [], "every request completed OK");
+        assert.deepEqual(report.mismatches, [], "every read matched the model");
+        for (const kind of [
+          "read",
+          "write",
+          "discard",
+          "write-zeroes",
+          "write-zeroes-unmap",
+          "flush",
+        ])
+          assert.ok((report.counts[kind] ?? 0) > 0, `some ${kind} requests`);
+        assert.ok(report.maxInFlight >= 32, `many requests in flight (max ${report.maxInFlight})`);
+        const stats = await rig.blk.stats();
+        assert.deepEqual(
+          stats.queues.map((q) => q.queue),
+          [0, 1],
+        );
+        for (const q of stats.queues) assert.ok(q.calls > 0, `queue ${q.queue} completed requests`);
+        assert.equal(rig.device.broken, null);
+        assert.deepEqual(diskMismatches(bytes(), report.model, report.maybeZero), []);
+      } finally {
+        await rig.close();
       }
-      assert.deepEqual(report.failures, [], "every request completed OK");
-      assert.deepEqual(report.mismatches, [], "every read matched the model");
-      for (const kind of [
-        "read",
-        "write",
-        "discard",
-        "write-zeroes",
-        "write-zeroes-unmap",
-        "flush",
-      ])
-        assert.ok((report.counts[kind] ?? 0) > 0, `some ${kind} requests`);
-      assert.ok(report.maxInFlight >= 32, `many requests in flight (max ${report.maxInFlight})`);
-      const stats = await rig.blk.stats();
-      assert.deepEqual(
-        stats.queues.map((q) => q.queue),
-        [0, 1],
-      );
-      for (const q of stats.queues) assert.ok(q.calls > 0, `queue ${q.queue} completed requests`);
-      assert.equal(rig.device.broken, null);
-      assert.deepEqual(diskMismatches(bytes(), report.model, report.maybeZero), []);
-    } finally {
-      await rig.close();
-    }
-  });
-}
+    });
+  }

@@ -1,8 +1,22 @@
 /**
  * Shared constants and message shapes of the virtio-blk integration tests
- * (the test thread and the driver worker both import this).
+ * (the test thread and the driver worker both import this), and the ring
+ * layouts they run on: split (VIRTIO 1.2 §2.7) and packed (§2.8).
  */
+import type { RingLayoutKind } from "../../src/ring/ring-layout.ts";
 import type { InprocShared } from "../../src/transport/inproc/index.ts";
+
+/** The ring layouts every integration test runs on. */
+export const RING_LAYOUTS: readonly RingLayoutKind[] = ["split", "packed"];
+
+/**
+ * The queue size a test uses on `layout` rings where split rings have `n`
+ * (a power of two ≥ 8): packed rings run at 7/8 of it, which is not a power
+ * of two (§2.8.10.1: "The Queue Size value does not have to be a power of 2").
+ */
+export function ringSize(layout: RingLayoutKind, n: number): number {
+  return layout === "packed" ? n - n / 8 : n;
+}
 
 /** Guest memory: rings and indirect arenas low, then a heap for request buffers. */
 export const GUEST_BYTES = 32 << 20;
@@ -71,7 +85,12 @@ export type DriverCommand =
     }
   | { readonly cmd: "reset" }
   /** Initializes the device with the BlkDriver (src/devices/blk/driver.ts) and starts its pump. */
-  | { readonly cmd: "blk-init"; readonly queues: number; readonly queueSize: number }
+  | {
+      readonly cmd: "blk-init";
+      readonly queues: number;
+      readonly queueSize: number;
+      readonly layout: RingLayoutKind;
+    }
   | { readonly cmd: "blk-workload"; readonly workload: WorkloadOptions }
   | { readonly cmd: "blk-reset-in-flight"; readonly count: number; readonly delayMs: number }
   | { readonly cmd: "blk-stop" }

@@ -10,7 +10,7 @@
  * MAY deallocate).
  */
 import type { GuestMemory } from "../../src/memory/guest-memory.ts";
-import type { DriverQueue, Segment } from "../../src/ring/driver-queue.ts";
+import type { DriverRing, Segment } from "../../src/ring/driver-ring.ts";
 import * as blk from "../../src/spec/blk.ts";
 import { VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET } from "../../src/spec/virtio.ts";
 import type { InprocDriverTransport } from "../../src/transport/inproc/index.ts";
@@ -162,7 +162,7 @@ export function scatter(rng: Rng, addr: number, bytes: number): Segment[] {
 /** Runs the workload; the driver's queues are set up and the device is live. */
 export function runWorkload(
   driver: InprocDriverTransport,
-  queues: readonly DriverQueue<number>[],
+  queues: readonly DriverRing<number>[],
   memory: GuestMemory,
   heapBase: number,
   o: WorkloadOptions,
@@ -172,7 +172,7 @@ export function runWorkload(
 
 class Workload {
   readonly #driver: InprocDriverTransport;
-  readonly #queues: readonly DriverQueue<number>[];
+  readonly #queues: readonly DriverRing<number>[];
   readonly #mem: GuestMemory;
   readonly #o: WorkloadOptions;
   readonly #rng: Rng;
@@ -186,7 +186,7 @@ class Workload {
 
   constructor(
     driver: InprocDriverTransport,
-    queues: readonly DriverQueue<number>[],
+    queues: readonly DriverRing<number>[],
     memory: GuestMemory,
     heapBase: number,
     o: WorkloadOptions,

@@ -1,7 +1,9 @@
 /**
  * The vhost-user front-end and the virtio-blk driver against
  * qemu-storage-daemon 7.2's vhost-user-blk export (libvhost-user), with no
- * guest: the scenarios of ./frontend-scenarios.ts.
+ * guest: the scenarios of ./frontend-scenarios.ts, on split rings
+ * (qemu-storage-daemon offers no VIRTIO_F_RING_PACKED: the disk negotiates
+ * split rings without being told).
  *
  * qemu-storage-daemon comes from the Debian package qemu-system-common,
  * installed here (as root, under the harness's install lock) if missing.
@@ -36,4 +38,9 @@ function ensureQsd(): Promise<void> {
   return installed;
 }
 
-frontendScenarios("qemu-storage-daemon", startQsd, { id: "vhost_user_blk", prepare: ensureQsd });
+frontendScenarios(
+  "qemu-storage-daemon",
+  startQsd,
+  { id: "vhost_user_blk", prepare: ensureQsd },
+  { layout: "split", queueSize: 128 },
+);

@@ -4,9 +4,11 @@
  * writes / flush / discard / write-zeroes / GET_ID with many requests in
  * flight on 2 queues, checked against a model of the disk and, after the
  * back-end stopped, against the image file itself; a read-only export; the
- * back-end killed under I/O. `frontendScenarios(label, start, expect)`
- * registers them for one back-end (see frontend-qsd.test.ts,
- * frontend-virtio-ts.test.ts).
+ * back-end killed under I/O. `frontendScenarios(label, start, expect, rings)`
+ * registers them for one back-end and one ring layout: split rings (VIRTIO
+ * 1.2 §2.7), or packed rings (§2.8, VIRTIO_F_RING_PACKED, at a queue size
+ * that is not a power of two) with a back-end that offers them (see
+ * frontend-qsd.test.ts, frontend-virtio-ts.test.ts).
  *
  * @module
  */
@@ -16,6 +18,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { ErrorCode, isVirtioError } from "../../src/errors.ts";
+import type { BlkFeatureName } from "../../src/devices/blk/config.ts";
+import type { RingLayoutKind } from "../../src/ring/ring-layout.ts";
+import { VIRTIO_F_RING_PACKED, hasFeature } from "../../src/spec/virtio.ts";
 import { BlkIoError } from "../../src/devices/blk/driver-request.ts";
 import { fdSnapshot, fdsOpenedSince, within } from "../../src/native/test-support.ts";
 import { mappingCount, watchCount } from "../../src/native/index.ts";
@@ -32,6 +37,16 @@ export interface FrontendExpectations {
   readonly id: string;
   /** Runs before the back-end starts (e.g. installs it). */
   readonly prepare?: () => Promise<void>;
+}
+
+/** The rings a run uses. */
+export interface FrontendRings {
+  /** The layout the disk must negotiate. */
+  readonly layout: RingLayoutKind;
+  /** Queue size of the main scenarios (packed: any; split: a power of two). */
+  readonly queueSize: number;
+  /** Features the disk does not accept (`["RING_PACKED"]`: split rings with a back-end that offers packed ones). */
+  readonly exclude?: readonly BlkFeatureName[];
 }
 
 /** A small deterministic PRNG (mulberry32). */
@@ -130,8 +145,11 @@ export function frontendScenarios(
   label: string,
   start: StartBackend,
   expect: FrontendExpectations,
+  rings: FrontendRings = { layout: "split", queueSize: 128 },
 ): void {
-  describe(`vhost-user front-end against ${label}`, { timeout: 240_000 }, () => {
+  const exclude = rings.exclude ?? [];
+  const on = `${rings.layout} rings`;
+  describe(`vhost-user front-end against ${label}, ${on}`, { timeout: 240_000 }, () => {
     let fx: Fixture;
     let backend: Backend;
     let disk: VhostUserBlk;
@@ -150,7 +168,12 @@ export function frontendScenarios(
       mappingsBefore = mappingCount();
       watchesBefore = watchCount();
       disk = await within(
-        VhostUserBlk.connect(fx.socket, { numQueues: 2, queueSize: 128, bufferBytes: 1 << 20 }),
+        VhostUserBlk.connect(fx.socket, {
+          numQueues: 2,
+          queueSize: rings.queueSize,
+          bufferBytes: 1 << 20,
+          exclude,
+        }),
         WAIT_MS,
         "connect",
       );
@@ -171,6 +194,7 @@ export function frontendScenarios(
       assert.equal(fe.protocolFeatures & 0x208n, 0x208n);
       assert.ok(fe.maxQueues >= 2);
       assert.ok(fe.maxMemSlots >= 1);
+      assert.equal(hasFeature(fe.features, VIRTIO_F_RING_PACKED), rings.layout === "packed", on);
       assert.equal(disk.numQueues, 2);
       const c = disk.config;
       assert.equal(c.capacityBytes, IMAGE_BYTES);
@@ -317,40 +341,62 @@ export function frontendScenarios(
     });
   });
 
-  describe(`vhost-user front-end against a read-only ${label} export`, { timeout: 120_000 }, () => {
-    test("VIRTIO_BLK_F_RO: reads work, writes are refused locally", async (t) => {
-      await expect.prepare?.();
-      const fx = makeFixture("ro", 2);
-      const be = await start({
-        socketPath: fx.socket,
-        imagePath: fx.image,
-        numQueues: 1,
-        readOnly: true,
+  describe(
+    `vhost-user front-end against a read-only ${label} export, ${on}`,
+    { timeout: 120_000 },
+    () => {
+      test("VIRTIO_BLK_F_RO: reads work, writes are refused locally", async (t) => {
+        await expect.prepare?.();
+        const fx = makeFixture("ro", 2);
+        const be = await start({
+          socketPath: fx.socket,
+          imagePath: fx.image,
+          numQueues: 1,
+          readOnly: true,
+        });
+        t.after(async () => {
+          await be.stop();
+          rmSync(fx.dir, { recursive: true, force: true });
+        });
+        const disk = await within(VhostUserBlk.connect(fx.socket, { exclude }), WAIT_MS, "connect");
+        t.after(() => disk.destroy());
+        assert.equal(
+          hasFeature(disk.frontend.features, VIRTIO_F_RING_PACKED),
+          rings.layout === "packed",
+        );
+        assert.equal(disk.config.readOnly, true);
+        assert.equal(disk.numQueues, 1);
+        const buf = new Uint8Array(8192);
+        await disk.read(4096, buf);
+        assert.deepEqual(buf, fx.initial.subarray(4096, 4096 + 8192));
+        await assert.rejects(
+          disk.write(0, new Uint8Array(512)),
+          (e) => e instanceof BlkIoError && e.local && e.code === ErrorCode.BLK_IOERR,
+        );
+        await disk.close();
+        // A back-end serves one front-end at a time: ask for too many queues once the first is gone.
+        await assert.rejects(VhostUserBlk.connect(fx.socket, { numQueues: 2, exclude }), (e) =>
+          isVirtioError(e, ErrorCode.VHOST_USER_INCOMPATIBLE),
+        );
+        // Split rings need a power-of-two queue size; packed rings take any.
+        const odd = VhostUserBlk.connect(fx.socket, { queueSize: 100, exclude });
+        if (rings.layout === "split")
+          await assert.rejects(odd, (e) => isVirtioError(e, ErrorCode.VHOST_USER_INCOMPATIBLE));
+        else await (await within(odd, WAIT_MS, "connect with 100 entries")).close();
+        // A disk that may re-attach to a restarted back-end keeps split rings (resumable from memory).
+        const resumable = await within(
+          VhostUserBlk.connect(fx.socket, { reconnectMs: 50 }),
+          WAIT_MS,
+          "connect with reconnectMs",
+        );
+        assert.equal(hasFeature(resumable.frontend.features, VIRTIO_F_RING_PACKED), false);
+        await resumable.read(0, buf);
+        await resumable.close();
       });
-      t.after(async () => {
-        await be.stop();
-        rmSync(fx.dir, { recursive: true, force: true });
-      });
-      const disk = await within(VhostUserBlk.connect(fx.socket), WAIT_MS, "connect");
-      t.after(() => disk.destroy());
-      assert.equal(disk.config.readOnly, true);
-      assert.equal(disk.numQueues, 1);
-      const buf = new Uint8Array(8192);
-      await disk.read(4096, buf);
-      assert.deepEqual(buf, fx.initial.subarray(4096, 4096 + 8192));
-      await assert.rejects(
-        disk.write(0, new Uint8Array(512)),
-        (e) => e instanceof BlkIoError && e.local && e.code === ErrorCode.BLK_IOERR,
-      );
-      await disk.close();
-      // A back-end serves one front-end at a time: ask for too many queues once the first is gone.
-      await assert.rejects(VhostUserBlk.connect(fx.socket, { numQueues: 2 }), (e) =>
-        isVirtioError(e, ErrorCode.VHOST_USER_INCOMPATIBLE),
-      );
-    });
-  });
+    },
+  );
 
-  describe(`vhost-user front-end when ${label} dies under I/O`, { timeout: 120_000 }, () => {
+  describe(`vhost-user front-end when ${label} dies under I/O, ${on}`, { timeout: 120_000 }, () => {
     test("pending operations reject with DEVICE_BROKEN caused by the disconnect; nothing leaks", async (t) => {
       await expect.prepare?.();
       const fx = makeFixture("kill", 3);
@@ -362,7 +408,7 @@ export function frontendScenarios(
       const fdsBefore = fdSnapshot();
       const mappingsBefore = mappingCount();
       const watchesBefore = watchCount();
-      const disk = await within(VhostUserBlk.connect(fx.socket), WAIT_MS, "connect");
+      const disk = await within(VhostUserBlk.connect(fx.socket, { exclude }), WAIT_MS, "connect");
       t.after(() => disk.destroy());
       await disk.read(0, new Uint8Array(4096));
       // Keep the disk busy, then kill the back-end while requests are in flight.

@@ -1,10 +1,12 @@
 /**
- * Model-based test of the split virtqueue, both ends in one thread over one
- * GuestMemory (VIRTIO 1.2 §2.7): random interleavings of driver operations
- * ({@link DriverQueue}: add / stage / publish, kickNeeded, getUsed,
- * enable/disable callbacks) and device operations ({@link DeviceQueue}:
- * popAvail, addUsed out of order, publishUsed, needsNotification,
- * enable/disable notification), checked against a small reference model:
+ * Model-based test of the virtqueue, split (VIRTIO 1.2 §2.7) and packed
+ * (§2.8, at sizes that are not powers of two), both ends in one thread over
+ * one GuestMemory: random interleavings of driver operations (the
+ * {@link DriverRing} `openDriverRing` builds: add / stage / publish,
+ * kickNeeded, getUsed, enable/disable callbacks) and device operations (the
+ * {@link DeviceRing} `openRing` builds: popAvail, addUsed out of order,
+ * publishUsed, needsNotification, enable/disable notification), checked
+ * against a small reference model:
  *
  * - every request is popped once, in available-ring order, with its segments
  *   and readable payload intact; it is completed exactly once and delivered to
@@ -16,20 +18,32 @@
  * - notifications are never missed: a device that armed notifications and
  *   saw an empty ring gets a kick from the first `kickNeeded` after a
  *   publish; a driver that armed callbacks (also the delayed variant) gets a
- *   call from the first `needsNotification` after enough completions;
+ *   call from the first `needsNotification` after enough completions (split:
+ *   used buffers; packed: ring slots, §2.8.10, as the delayed event is
+ *   placed in slots);
  * - neither side ever becomes broken;
- * - indexes start near 65535 in some runs, so the 16-bit wrap is crossed.
+ * - split indexes start near 65535 in some runs, so the 16-bit wrap is
+ *   crossed; packed rings are small, so both wrap counters flip.
  *
  * @module
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { DriverQueue } from "../../src/ring/driver-queue.ts";
-import { DeviceQueue } from "../../src/ring/device-queue.ts";
+import type { DeviceRing } from "../../src/ring/device-ring.ts";
+import type { DriverRing } from "../../src/ring/driver-ring.ts";
+import { openDriverRing } from "../../src/ring/open-driver-ring.ts";
+import { openRing } from "../../src/ring/open-ring.ts";
 import type { DescriptorChain } from "../../src/ring/chain.ts";
-import { vringLayout } from "../../src/ring/layout.ts";
+import { placeRing, type RingLayoutKind } from "../../src/ring/ring-layout.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
+import {
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+  featureBit,
+} from "../../src/spec/virtio.ts";
 
 const RING_BASE = 0x1000;
 const ARENA = 0x10000;
@@ -41,6 +55,7 @@ const MAX_SEG_LEN = 64;
 const SCRATCH_SLOT = 16;
 
 interface Cfg {
+  layout: RingLayoutKind;
   size: number;
   eventIdx: boolean;
   indirect: boolean;
@@ -82,6 +97,8 @@ class Model {
   usedQ: Used[] = [];
   readonly delivered = new Set<number>();
   added = 0;
+  /** Descriptors (ring slots) the added requests took, in all. */
+  slotsAdded = 0;
   /** The device armed notifications and saw an empty ring: it waits for a kick. */
   devWaiting = false;
   /** Callbacks enabled (the state after construction), and how many used entries past the last one taken arm a call. */
@@ -104,12 +121,22 @@ class Model {
     this.availQ.push(...this.staged);
     this.staged = [];
   }
+
+  /**
+   * How far the device may get before the driver waits for a call, in the
+   * units the layout counts its events in: split, used buffers; packed, ring
+   * slots (descriptors) of the used buffers.
+   */
+  usedAmount(): number {
+    if (this.cfg.layout === "split") return this.usedQ.length;
+    return this.usedQ.reduce((n, u) => n + this.outstanding.get(u.token)!.needed, 0);
+  }
 }
 
 interface Real {
   mem: GuestMemory;
-  drv: DriverQueue<number>;
-  dev: DeviceQueue;
+  drv: DriverRing<number>;
+  dev: DeviceRing;
   chains: Map<number, DescriptorChain>;
 }
 
@@ -209,6 +236,7 @@ class AddCmd implements Cmd {
       m.freeSlots.shift();
       m.numFree -= needed;
       m.added++;
+      m.slotsAdded += needed;
       m.outstanding.set(token, {
         token,
         slot,
@@ -306,13 +334,14 @@ class EnableCallbacksCmd implements Cmd {
     return true;
   }
   run(m: Model, r: Real): void {
-    const t = this.delayed && m.cfg.eventIdx ? Math.floor((m.outstanding.size * 3) / 4) : 0;
+    // Split: about 3/4 of the requests outstanding; packed: of the ring slots in use (Linux's enable_cb_delayed).
+    const packed = m.cfg.layout === "packed";
+    const inFlight = packed ? m.cfg.size - m.numFree : m.outstanding.size;
+    const t = this.delayed && m.cfg.eventIdx ? Math.floor((inFlight * 3) / 4) : 0;
     const armed = this.delayed ? r.drv.enableCallbacksDelayed() : r.drv.enableCallbacks();
-    assert.equal(
-      armed,
-      m.usedQ.length <= t,
-      `enable callbacks (threshold ${t}, ${m.usedQ.length} used)`,
-    );
+    // Split re-checks against the threshold; packed re-tests the next slot only.
+    const expected = packed ? m.usedQ.length === 0 : m.usedQ.length <= t;
+    assert.equal(armed, expected, `enable callbacks (threshold ${t}, ${m.usedQ.length} used)`);
     m.cbEnabled = true;
     m.armedThreshold = t;
     m.drvWaitThreshold = armed ? t : null;
@@ -430,12 +459,13 @@ class NeedsNotificationCmd implements Cmd {
   run(m: Model, r: Real): void {
     const call = r.dev.needsNotification();
     const t = m.drvWaitThreshold;
-    if (t !== null && m.usedQ.length > t) stats.callChecks++;
-    if (t !== null && m.usedQ.length > t)
+    const used = m.usedAmount();
+    if (t !== null && used > t) stats.callChecks++;
+    if (t !== null && used > t)
       assert.equal(
         call,
         true,
-        `missed call: the driver waits for more than ${t} used, ${m.usedQ.length} published`,
+        `missed call: the driver waits for more than ${t} used, ${used} published`,
       );
     if (call) m.drvWaitThreshold = null; // the call wakes the driver
     checkInvariants(m, r);
@@ -501,42 +531,50 @@ const commands = fc.commands<Model, Real>(
   { maxCommands: 200, size: "max" },
 );
 
-const cfgArb: fc.Arbitrary<Cfg> = fc
-  .record({
-    size: fc.constantFrom(1, 2, 4, 8, 16),
-    eventIdx: fc.boolean(),
-    indirect: fc.boolean(),
-    entriesPerChain: fc.integer({ min: 2, max: 16 }),
-    nearWrap: fc.boolean(),
-    wrapOffset: fc.integer({ min: 1, max: 40 }),
-  })
-  .map(({ size, eventIdx, indirect, entriesPerChain, nearWrap, wrapOffset }) => ({
-    size,
-    eventIdx,
-    indirect: indirect && size >= 2,
-    entriesPerChain: Math.min(entriesPerChain, size),
-    initialIndex: nearWrap ? 0x10000 - wrapOffset : 0,
-  }));
+/** Configurations of `layout` rings: split sizes are powers of two, packed ones mostly not. */
+const cfgArb = (layout: RingLayoutKind): fc.Arbitrary<Cfg> =>
+  fc
+    .record({
+      size:
+        layout === "split"
+          ? fc.constantFrom(1, 2, 4, 8, 16)
+          : fc.constantFrom(1, 2, 3, 5, 7, 12, 16),
+      eventIdx: fc.boolean(),
+      indirect: fc.boolean(),
+      entriesPerChain: fc.integer({ min: 2, max: 16 }),
+      nearWrap: fc.boolean(),
+      wrapOffset: fc.integer({ min: 1, max: 40 }),
+    })
+    .map(({ size, eventIdx, indirect, entriesPerChain, nearWrap, wrapOffset }) => ({
+      layout,
+      size,
+      eventIdx,
+      indirect: indirect && size >= 2,
+      entriesPerChain: Math.min(entriesPerChain, size),
+      // A packed ring has no free-running index: it starts at slot 0, both wrap counters 1.
+      initialIndex: nearWrap && layout === "split" ? 0x10000 - wrapOffset : 0,
+    }));
 
 function build(cfg: Cfg): { model: Model; real: Real } {
   const mem = GuestMemory.createShared([
     { guestPhysAddr: 0, size: DATA + (SCRATCH_SLOT + 1) * SLOT },
   ]);
-  const l = vringLayout(cfg.size, RING_BASE);
-  const drv = new DriverQueue<number>(mem, {
-    ...l,
-    eventIdx: cfg.eventIdx,
-    indirect: cfg.indirect,
-    indirectArena: cfg.indirect ? { addr: ARENA, entriesPerChain: cfg.entriesPerChain } : undefined,
-    initialIndex: cfg.initialIndex,
+  const l = placeRing(cfg.layout, cfg.size, RING_BASE);
+  const features =
+    featureBit(VIRTIO_F_VERSION_1) |
+    (cfg.layout === "packed" ? featureBit(VIRTIO_F_RING_PACKED) : 0n) |
+    (cfg.eventIdx ? featureBit(VIRTIO_RING_F_EVENT_IDX) : 0n) |
+    (cfg.indirect ? featureBit(VIRTIO_RING_F_INDIRECT_DESC) : 0n);
+  const drv = openDriverRing<number>(mem, features, l, {
+    ...(cfg.indirect
+      ? { indirectArena: { addr: ARENA, entriesPerChain: cfg.entriesPerChain } }
+      : {}),
+    ...(cfg.layout === "split" ? { initialIndex: cfg.initialIndex } : {}),
   });
-  const dev = new DeviceQueue(mem, {
-    ...l,
-    eventIdx: cfg.eventIdx,
-    indirect: cfg.indirect,
-    nextAvail: cfg.initialIndex,
-    usedIdxFromMemory: true,
-  });
+  // Split: the device resumes at the driver's start index (used.idx read from memory).
+  const resume = cfg.layout === "split" ? { base: cfg.initialIndex, usedIdxFromMemory: true } : {};
+  const dev = openRing(mem, { ...l, features, ...resume });
+  assert.equal(drv.layout, cfg.layout);
   return { model: new Model(cfg), real: { mem, drv, dev, chains: new Map() } };
 }
 
@@ -553,22 +591,27 @@ function drainAll(m: Model, r: Real): void {
   assert.equal(r.drv.numOutstanding, 0);
 }
 
-test("driver + device against a reference model (random interleavings, wrap, indirect, suppression)", () => {
-  let wrapped = 0;
-  fc.assert(
-    fc.property(cfgArb, commands, (cfg, cmds) => {
-      const built = build(cfg);
-      fc.modelRun(() => built, cmds);
-      drainAll(built.model, built.real);
-      if (
-        cfg.initialIndex !== 0 &&
-        ((cfg.initialIndex + built.model.added) & 0xffff) < cfg.initialIndex
-      )
-        wrapped++;
-    }),
-    { numRuns: 800 },
-  );
-  // Some runs must actually cross the 16-bit wrap for this test to mean anything.
-  assert.ok(wrapped > 0, "no run crossed 65535");
-  for (const [k, v] of Object.entries(stats)) assert.ok(v > 0, `situation never exercised: ${k}`);
-});
+/** True if the run took its ring past a wrap: split, the 16-bit index past 65535; packed, a whole ring of slots. */
+function wrappedIn(cfg: Cfg, m: Model): boolean {
+  if (cfg.layout === "packed") return m.slotsAdded >= cfg.size;
+  return cfg.initialIndex !== 0 && ((cfg.initialIndex + m.added) & 0xffff) < cfg.initialIndex;
+}
+
+for (const layout of ["split", "packed"] as const) {
+  test(`driver + device against a reference model (random interleavings, wrap, indirect, suppression; ${layout} rings)`, () => {
+    for (const k of Object.keys(stats)) stats[k as keyof typeof stats] = 0;
+    let wrapped = 0;
+    fc.assert(
+      fc.property(cfgArb(layout), commands, (cfg, cmds) => {
+        const built = build(cfg);
+        fc.modelRun(() => built, cmds);
+        drainAll(built.model, built.real);
+        if (wrappedIn(cfg, built.model)) wrapped++;
+      }),
+      { numRuns: 800 },
+    );
+    // Some runs must actually cross the wrap for this test to mean anything.
+    assert.ok(wrapped > 0, `no run wrapped (${layout})`);
+    for (const [k, v] of Object.entries(stats)) assert.ok(v > 0, `situation never exercised: ${k}`);
+  });
+}

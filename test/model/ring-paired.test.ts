@@ -1,7 +1,9 @@
 /**
  * Driver and device run against each other over one GuestMemory for 70000+
- * requests each (VIRTIO 1.2 §2.7, notification suppression §2.7.7 /
- * §2.7.10), with both sides following their sleep protocols:
+ * requests each, on split rings (VIRTIO 1.2 §2.7, notification suppression
+ * §2.7.7 / §2.7.10) and on packed rings (§2.8, §2.8.10; a size that is not a
+ * power of two), both built from negotiated features (`openDriverRing`,
+ * `openRing`), with both sides following their sleep protocols:
  *
  * - the device runs only when kicked (or while its re-check after
  *   `enableNotification` finds work), and completes in-flight requests out of
@@ -12,19 +14,30 @@
  *
  * A lost kick or call shows up as a stall: nothing can move while requests
  * are outstanding. Every request must be completed exactly once with its
- * token, length and payload; the indexes wrap past 65535 on the way.
+ * token, length and payload; split indexes wrap past 65535 on the way,
+ * packed wrap counters flip ten thousand times or more.
  *
  * @module
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { DriverQueue } from "../../src/ring/driver-queue.ts";
-import { DeviceQueue } from "../../src/ring/device-queue.ts";
+import { openDriverRing } from "../../src/ring/open-driver-ring.ts";
+import { openRing } from "../../src/ring/open-ring.ts";
 import type { DescriptorChain } from "../../src/ring/chain.ts";
-import { vringLayout } from "../../src/ring/layout.ts";
+import { placeRing, type RingLayoutKind } from "../../src/ring/ring-layout.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
+import {
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_EVENT_IDX,
+  VIRTIO_RING_F_INDIRECT_DESC,
+  featureBit,
+} from "../../src/spec/virtio.ts";
 
-const SIZE = 8;
+/** Ring sizes: split 8, packed 7 (not a power of two). */
+const SIZES: Record<RingLayoutKind, number> = { split: 8, packed: 7 };
+/** Descriptors per indirect table. */
+const ENTRIES = 4;
 const RING_BASE = 0x1000;
 const ARENA = 0x4000;
 const DATA = 0x10000;
@@ -34,6 +47,7 @@ const REQUESTS = 70_000;
 const STALL_LIMIT = 2_000;
 
 interface PairedCfg {
+  layout: RingLayoutKind;
   eventIdx: boolean;
   indirect: boolean;
   seed: number;
@@ -54,16 +68,30 @@ function rng(seed: number): (n: number) => number {
   };
 }
 
-function runPaired(cfg: PairedCfg): { kicks: number; calls: number; nextAvail: number } {
+interface PairedResult {
+  kicks: number;
+  calls: number;
+  /** Descriptors (ring slots) the requests took, in all. */
+  slots: number;
+  /** The device's vhost-user ring base at the end, and the driver's notification data. */
+  vringBase: number;
+  notificationData: number;
+}
+
+function runPaired(cfg: PairedCfg): PairedResult {
+  const SIZE = SIZES[cfg.layout];
   const mem = GuestMemory.createShared([{ guestPhysAddr: 0, size: DATA + SIZE * SLOT }]);
-  const l = vringLayout(SIZE, RING_BASE);
-  const drv = new DriverQueue<number>(mem, {
-    ...l,
-    eventIdx: cfg.eventIdx,
-    indirect: cfg.indirect,
-    indirectArena: cfg.indirect ? { addr: ARENA, entriesPerChain: 4 } : undefined,
+  const l = placeRing(cfg.layout, SIZE, RING_BASE);
+  const features =
+    featureBit(VIRTIO_F_VERSION_1) |
+    (cfg.layout === "packed" ? featureBit(VIRTIO_F_RING_PACKED) : 0n) |
+    (cfg.eventIdx ? featureBit(VIRTIO_RING_F_EVENT_IDX) : 0n) |
+    (cfg.indirect ? featureBit(VIRTIO_RING_F_INDIRECT_DESC) : 0n);
+  const drv = openDriverRing<number>(mem, features, l, {
+    indirectArena: { addr: ARENA, entriesPerChain: ENTRIES },
   });
-  const dev = new DeviceQueue(mem, { ...l, eventIdx: cfg.eventIdx, indirect: cfg.indirect });
+  const dev = openRing(mem, { ...l, features });
+  assert.equal(drv.layout, cfg.layout);
   const rand = rng(cfg.seed);
   const inFlight: DescriptorChain[] = [];
   const expectLen = new Int32Array(REQUESTS).fill(-1);
@@ -74,6 +102,7 @@ function runPaired(cfg: PairedCfg): { kicks: number; calls: number; nextAvail: n
   const freeSlots = Array.from({ length: SIZE }, (_, i) => i);
   const slotOf = new Int32Array(REQUESTS);
   let submitted = 0;
+  let slots = 0;
   let completed = 0;
   let kicks = 0;
   let calls = 0;
@@ -99,6 +128,8 @@ function runPaired(cfg: PairedCfg): { kicks: number; calls: number; nextAvail: n
     }
     slotOf[token] = slot;
     submitted++;
+    const total = 1 + nWrite;
+    slots += cfg.indirect && total > 1 && total <= ENTRIES ? 1 : total;
     return true;
   };
 
@@ -210,21 +241,44 @@ function runPaired(cfg: PairedCfg): { kicks: number; calls: number; nextAvail: n
     done.every((d) => d === 1),
     true,
   );
-  return { kicks, calls, nextAvail: dev.nextAvail };
+  return { kicks, calls, slots, vringBase: dev.vringBase, notificationData: drv.notificationData };
 }
 
-for (const eventIdx of [false, true]) {
-  for (const indirect of [false, true]) {
-    test(`paired driver + device, ${REQUESTS} requests, EVENT_IDX ${eventIdx ? "on" : "off"}, indirect ${indirect ? "on" : "off"}`, () => {
-      const { kicks, calls, nextAvail } = runPaired({
-        eventIdx,
-        indirect,
-        seed: 0x9e3779b9 ^ (Number(eventIdx) * 2 + Number(indirect)),
+for (const layout of ["split", "packed"] as const) {
+  for (const eventIdx of [false, true]) {
+    for (const indirect of [false, true]) {
+      test(`paired driver + device, ${REQUESTS} requests, ${layout} rings, EVENT_IDX ${eventIdx ? "on" : "off"}, indirect ${indirect ? "on" : "off"}`, () => {
+        const { kicks, calls, slots, vringBase, notificationData } = runPaired({
+          layout,
+          eventIdx,
+          indirect,
+          seed:
+            0x9e3779b9 ^
+            (Number(eventIdx) * 2 + Number(indirect)) ^
+            (layout === "packed" ? 0x55 : 0),
+        });
+        if (layout === "split") {
+          assert.equal(
+            vringBase,
+            REQUESTS & 0xffff,
+            "the 16-bit indexes wrapped and stayed in step",
+          );
+          assert.equal(notificationData, REQUESTS & 0xffff);
+        } else {
+          // Both sides at the same slot with the same wrap counter, avail and used alike.
+          const size = SIZES.packed;
+          const at = (slots % size) | (((Math.floor(slots / size) + 1) % 2) << 15);
+          assert.equal(notificationData, at, "the driver's next slot and wrap counter");
+          assert.equal(vringBase, (at | (at << 16)) >>> 0, "the device's avail and used positions");
+          assert.ok(
+            slots / size >= 5_000,
+            `the wrap counters flipped ${Math.floor(slots / size)} times`,
+          );
+        }
+        // Suppression had an effect on both sides (batches share one notification).
+        assert.ok(kicks > 0 && kicks < REQUESTS, `kicks ${kicks}`);
+        assert.ok(calls > 0 && calls < REQUESTS, `calls ${calls}`);
       });
-      assert.equal(nextAvail, REQUESTS & 0xffff, "the 16-bit indexes wrapped and stayed in step");
-      // Suppression had an effect on both sides (batches share one notification).
-      assert.ok(kicks > 0 && kicks < REQUESTS, `kicks ${kicks}`);
-      assert.ok(calls > 0 && calls < REQUESTS, `calls ${calls}`);
-    });
+    }
   }
 }

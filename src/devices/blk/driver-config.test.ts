@@ -10,6 +10,7 @@ import * as blk from "../../spec/blk.ts";
 import { BlkConfig } from "../../spec/blk.ts";
 import {
   VIRTIO_F_VERSION_1,
+  VIRTIO_F_RING_PACKED,
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
   featureBit,
@@ -28,6 +29,7 @@ test("selectBlkFeatures: what both sides support, RO always, CONFIG_WCE only wit
     VIRTIO_F_VERSION_1,
     VIRTIO_RING_F_INDIRECT_DESC,
     VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_F_RING_PACKED,
     blk.VIRTIO_BLK_F_RO,
     blk.VIRTIO_BLK_F_FLUSH,
     blk.VIRTIO_BLK_F_CONFIG_WCE,
@@ -51,6 +53,17 @@ test("selectBlkFeatures: what both sides support, RO always, CONFIG_WCE only wit
   const excl = selectBlkFeatures(dev.offeredFeatures, { exclude: ["MQ", "RING_EVENT_IDX"] });
   assert.ok(!hasFeature(excl, blk.VIRTIO_BLK_F_MQ));
   assert.ok(!hasFeature(excl, VIRTIO_RING_F_EVENT_IDX));
+  // Packed rings when offered; excluded: split ones.
+  const split = selectBlkFeatures(dev.offeredFeatures, { exclude: ["RING_PACKED"] });
+  assert.ok(!hasFeature(split, VIRTIO_F_RING_PACKED));
+  assert.equal(split, accepted & ~bit(VIRTIO_F_RING_PACKED));
+  assert.ok(
+    !hasFeature(
+      selectBlkFeatures(dev.offeredFeatures & ~bit(VIRTIO_F_RING_PACKED)),
+      VIRTIO_F_RING_PACKED,
+    ),
+    "not offered, not accepted",
+  );
   assert.throws(() => selectBlkFeatures(dev.offeredFeatures, { exclude: ["RO"] }), RangeError);
   assert.throws(
     () => selectBlkFeatures(dev.offeredFeatures, { exclude: ["VERSION_1"] }),

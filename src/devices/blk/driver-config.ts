@@ -42,11 +42,16 @@ import {
 import { VIRTIO_F_VERSION_1, featureBit, hasFeature } from "../../spec/virtio.ts";
 import { BLK_FEATURES, type BlkFeatureName } from "./config.ts";
 
-/** Features this driver can use (everything in {@link BLK_FEATURES} except GEOMETRY, which it ignores). */
+/**
+ * Features this driver can use (everything in {@link BLK_FEATURES} except
+ * GEOMETRY, which it ignores). RING_PACKED: the rings are packed (§2.8)
+ * when the device offers them; `exclude: ["RING_PACKED"]` keeps split ones.
+ */
 export const BLK_DRIVER_FEATURE_NAMES: readonly BlkFeatureName[] = [
   "VERSION_1",
   "RING_INDIRECT_DESC",
   "RING_EVENT_IDX",
+  "RING_PACKED",
   "SEG_MAX",
   "SIZE_MAX",
   "BLK_SIZE",
@@ -67,7 +72,7 @@ export const BLK_DRIVER_FEATURES: bigint = BLK_DRIVER_FEATURE_NAMES.reduce(
 
 /** Options of {@link selectBlkFeatures}. */
 export interface BlkFeatureSelection {
-  /** Features not to accept even if offered (e.g. `["MQ"]` for one queue, `["RING_EVENT_IDX"]`). */
+  /** Features not to accept even if offered (e.g. `["MQ"]` for one queue, `["RING_EVENT_IDX"]`, `["RING_PACKED"]` for split rings). */
   readonly exclude?: readonly BlkFeatureName[];
 }
 

@@ -2,9 +2,9 @@
  * The virtio-blk driver's work loop: it submits waiting operations into
  * their queues, publishes and kicks in batches, takes completions, settles
  * operations, and fails queues and the whole device. VIRTIO 1.2 §5.2.6
- * (requests), §2.7.13 (supplying buffers and notifying), §2.7.14 (receiving
- * used buffers), §2.7.10 / §2.7.7 (notification suppression, through the
- * ring).
+ * (requests), §2.7.13 / §2.8.21 (supplying buffers and notifying), §2.7.14 /
+ * §2.8.22 (receiving used buffers), §2.7.10 / §2.7.7 / §2.8.10
+ * (notification suppression, through the ring, split or packed).
  *
  * **Completions** are taken in batches: disable callbacks → drain the used
  * ring → enable callbacks → drain again if more arrived (§2.7.10's race).
@@ -33,7 +33,7 @@ import type { FairBounce } from "./driver-bounce.ts";
 import { buildQueueStates, type QueueState } from "./driver-queues.ts";
 import type { BlkOp, BlkSlot } from "./driver-request.ts";
 import type { BlkResultReader } from "./driver-result.ts";
-import type { BlkDriverRing } from "./driver-ring.ts";
+import type { DriverRing } from "../../ring/driver-ring.ts";
 import { BLOCKED, DROPPED, STARTED, type BlkSubmitter } from "./driver-submit.ts";
 import type {
   BlkDriverState,
@@ -44,7 +44,7 @@ import type {
 
 /** What the engine runs on, built by the driver. */
 export interface BlkEngineParts {
-  readonly rings: readonly BlkDriverRing[];
+  readonly rings: readonly DriverRing<number>[];
   /** Request slots of each queue, laid out from `slotsAddr`. */
   readonly slotsPerQueue: readonly number[];
   readonly slotsAddr: number;

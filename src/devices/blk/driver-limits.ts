@@ -24,7 +24,7 @@ import {
 } from "../../spec/blk.ts";
 import type { BlkDriverConfig } from "./driver-config.ts";
 import type { DataLimits, RangeLimits } from "./driver-plan.ts";
-import type { BlkDriverRing } from "./driver-ring.ts";
+import type { DriverRing } from "../../ring/driver-ring.ts";
 
 /** §2.7.5.2: a chain is at most 2^32 − 1 bytes; header and status take 17. */
 const MAX_CHAIN_DATA = 0xffff_ffff - VIRTIO_BLK_REQ_HDR_SIZE - 1;
@@ -63,7 +63,7 @@ function isArray(v: unknown): boolean {
  *   than 4, or indirect queues without `indirectEntries`.
  */
 export function checkBlkDriverQueues(
-  queues: readonly BlkDriverRing[],
+  queues: readonly DriverRing<number>[],
   cfg: BlkDriverConfig,
   indirectEntries: number | undefined,
 ): BlkQueueShape {
@@ -91,7 +91,7 @@ export function checkBlkDriverQueues(
  * @throws {RangeError} for a `slotsPerQueue` that is not a positive integer.
  */
 export function blkSlotsPerQueue(
-  queues: readonly BlkDriverRing[],
+  queues: readonly DriverRing<number>[],
   slotsPerQueue: number | undefined,
 ): number[] {
   const perQueue = queues.map((ring) => Math.min(slotsPerQueue ?? ring.size, ring.size));

@@ -1,8 +1,10 @@
 /**
  * Where a virtio-blk driver's rings and buffers go in guest memory. VIRTIO
- * 1.2 §2.7 (split virtqueue parts and their alignment), §2.7.5.3 (indirect
- * descriptor tables), §5.2.6 (each request: a 16-byte header the device
- * reads and a status byte it writes).
+ * 1.2 §2.7 (split virtqueue parts and their alignment), §2.8 / §2.8.10.1
+ * (packed virtqueue parts; "The Queue Size value does not have to be a
+ * power of 2"), §2.7.5.3 / §2.8.7 (indirect descriptor tables), §5.2.6
+ * (each request: a 16-byte header the device reads and a status byte it
+ * writes). Rings are placed for the negotiated layout (`placeRing`).
  *
  * The driver owns one *arena* of guest memory besides the rings:
  *
@@ -21,7 +23,7 @@
 import type { GuestMemory, GuestSlice } from "../../memory/guest-memory.ts";
 import type { IndirectArena } from "../../ring/driver-queue.ts";
 import { indirectArenaBytes } from "../../ring/driver-queue.ts";
-import { vringLayout, type VringLayout } from "../../ring/layout.ts";
+import { placeRing, type RingLayout, type RingLayoutKind } from "../../ring/ring-layout.ts";
 import { BouncePool } from "./driver-bounce.ts";
 
 /** Bytes of one request slot: header (16), status (1), padding. */
@@ -133,8 +135,10 @@ export interface BlkDriverMemoryOptions {
   /** Guest address to start at (16-aligned). */
   readonly base: number;
   readonly numQueues: number;
-  /** Size of every queue (a power of two). */
+  /** Size of every queue (split: a power of two; packed: any of 1..32768). */
   readonly queueSize: number;
+  /** The rings' layout, as negotiated (`ringLayoutOf(features)`; default "split"). */
+  readonly layout?: RingLayoutKind;
   /** Descriptors per indirect table (2..queueSize); 0 = no indirect tables (default min(queueSize, 128)). */
   readonly indirectEntries?: number;
   /** Request slots per queue (default queueSize). */
@@ -147,8 +151,8 @@ export interface BlkDriverMemoryOptions {
 
 /** Addresses for every part a {@link BlkDriver} and its queues need. */
 export interface BlkDriverMemoryPlan {
-  /** One ring per queue, each on a 4096-byte boundary. */
-  readonly rings: readonly VringLayout[];
+  /** One ring per queue, each on a 4096-byte boundary, in the planned layout. */
+  readonly rings: readonly RingLayout[];
   /** One indirect arena per queue (empty when `indirectEntries` is 0). */
   readonly indirectArenas: readonly IndirectArena[];
   readonly indirectEntries: number;
@@ -164,7 +168,8 @@ export interface BlkDriverMemoryPlan {
  * Lays out rings, indirect arenas and the driver arena one after another
  * from `base`, each part on a 4096-byte boundary.
  *
- * @throws {RangeError} for bad numbers (vringLayout's checks included).
+ * @throws {RangeError} for bad numbers (placeRing's checks included: a
+ *   split ring's size must be a power of two).
  */
 export function planBlkDriverMemory(o: BlkDriverMemoryOptions): BlkDriverMemoryPlan {
   const { numQueues, queueSize } = o;
@@ -177,10 +182,11 @@ export function planBlkDriverMemory(o: BlkDriverMemoryOptions): BlkDriverMemoryP
   const pageSize = o.pageSize ?? BLK_DRIVER_PAGE_SIZE;
   const bounceBytes = o.bounceBytes ?? 1 << 20;
   let at = alignUp(o.base, 4096);
-  const rings: VringLayout[] = [];
+  const layout = o.layout ?? "split";
+  const rings: RingLayout[] = [];
   const indirectArenas: IndirectArena[] = [];
   for (let i = 0; i < numQueues; i++) {
-    const ring = vringLayout(queueSize, at);
+    const ring = placeRing(layout, queueSize, at);
     rings.push(ring);
     at = alignUp(at + ring.totalBytes, 4096);
     if (entries > 0) {

@@ -215,3 +215,36 @@ test("planBlkDriverMemory: parts aligned and disjoint; the arena splits into slo
   );
   assert.throws(() => planBlkDriverMemory({ base: 0, numQueues: 0, queueSize: 8 }), RangeError);
 });
+
+test("planBlkDriverMemory with packed rings: any size, the three packed parts, disjoint from the rest", () => {
+  const plan = planBlkDriverMemory({
+    base: 0x1000,
+    numQueues: 2,
+    queueSize: 100,
+    layout: "packed",
+    bounceBytes: 65536,
+  });
+  const parts: [number, number][] = [];
+  plan.rings.forEach((r, i) => {
+    assert.equal(r.layout, "packed");
+    assert.equal(r.size, 100);
+    assert.equal(r.descAddr % 4096, 0);
+    assert.equal(r.availAddr, r.descAddr + 100 * 16, "the Driver Area after the Descriptor Ring");
+    assert.equal(r.usedAddr, r.availAddr + 4, "the Device Area after the Driver Area");
+    parts.push([r.descAddr, r.totalBytes]);
+    parts.push([plan.indirectArenas[i]!.addr, 100 * 100 * 16]);
+  });
+  parts.push([plan.arena.addr, plan.arena.bytes]);
+  parts.sort((x, y) => x[0] - y[0]);
+  for (let i = 1; i < parts.length; i++)
+    assert.ok(parts[i - 1]![0] + parts[i - 1]![1] <= parts[i]![0], "disjoint");
+  assert.equal(
+    planBlkDriverMemory({ base: 0, numQueues: 1, queueSize: 8 }).rings[0]!.layout,
+    "split",
+  );
+  assert.throws(
+    () => planBlkDriverMemory({ base: 0, numQueues: 1, queueSize: 100, layout: "split" }),
+    RangeError,
+    "split sizes are powers of two",
+  );
+});

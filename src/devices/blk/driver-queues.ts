@@ -1,9 +1,10 @@
 /**
  * The virtio-blk driver's state per request queue: its ring (behind
- * {@link BlkDriverRing}), its fixed set of request slots and the operations
+ * {@link DriverRing}), its fixed set of request slots and the operations
  * waiting to be submitted. VIRTIO 1.2 §5.2.6 (each request: a header the
  * device reads and a status byte it writes, here in a slot of the driver's
- * arena), §2.7.13 (the driver supplies buffers, one chain per request).
+ * arena), §2.7.13 / §2.8.21 (the driver supplies buffers, one chain or
+ * descriptor list per request, on a split or a packed ring).
  *
  * Slots are created once per queue: submitting a request takes one from a
  * free stack and allocates no guest memory.
@@ -13,7 +14,7 @@
 import type { VirtioError } from "../../errors.ts";
 import { BLK_DRIVER_SLOT_BYTES } from "./driver-memory.ts";
 import { BlkSlot, type BlkOp } from "./driver-request.ts";
-import type { BlkDriverRing } from "./driver-ring.ts";
+import type { DriverRing } from "../../ring/driver-ring.ts";
 
 /** A FIFO of operations (array + head index: no O(n) shift). */
 export class OpFifo {
@@ -50,7 +51,7 @@ export class OpFifo {
 /** One request queue's driver state. */
 export class QueueState {
   readonly index: number;
-  readonly ring: BlkDriverRing;
+  readonly ring: DriverRing<number>;
   readonly slots: BlkSlot[] = [];
   /** Stack of free slot indexes. */
   readonly freeSlots: number[] = [];
@@ -64,7 +65,7 @@ export class QueueState {
   waitingForBounce = false;
   readonly kickTask: () => void;
 
-  constructor(index: number, ring: BlkDriverRing, kickTask: (q: QueueState) => void) {
+  constructor(index: number, ring: DriverRing<number>, kickTask: (q: QueueState) => void) {
     this.index = index;
     this.ring = ring;
     this.kickTask = () => kickTask(this);
@@ -85,7 +86,7 @@ export class QueueState {
  * one after another in the slot area at guest address `slotsAddr`.
  */
 export function buildQueueStates(
-  rings: readonly BlkDriverRing[],
+  rings: readonly DriverRing<number>[],
   perQueue: readonly number[],
   slotsAddr: number,
   kickTask: (q: QueueState) => void,

@@ -43,7 +43,7 @@ import {
 } from "./driver-plan.ts";
 import type { QueueState } from "./driver-queues.ts";
 import type { BlkOp, BlkSlot } from "./driver-request.ts";
-import type { BlkDriverRing } from "./driver-ring.ts";
+import type { DriverRing } from "../../ring/driver-ring.ts";
 import type { BlkDriverStats } from "./driver-types.ts";
 
 /** Outcomes of {@link BlkSubmitter.submit}. */
@@ -135,7 +135,7 @@ export class BlkSubmitter {
   }
 
   /** The ring has the descriptors the planned request takes (one when it fits an indirect table). */
-  #descriptorsFit(ring: BlkDriverRing): boolean {
+  #descriptorsFit(ring: DriverRing<number>): boolean {
     const total = this.#dataSegs + 2;
     const needed = ring.indirect && total <= this.#limits.indirectEntries ? 1 : total;
     return ring.numFree >= needed;

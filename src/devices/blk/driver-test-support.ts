@@ -1,9 +1,10 @@
 /**
  * Test support for the virtio-blk driver (VIRTIO 1.2 §5.2): a
  * {@link BlkDriver} wired in one thread to the device side of this project
- * (DeviceQueue + BlkQueueEngine + a backing store) over shared guest memory,
- * with synchronous or microtask kicks and calls; a backing store that fails
- * or holds requests on demand; a device-queue wrapper that records chain
+ * (the ring `openRing` builds + BlkQueueEngine + a backing store) over
+ * shared guest memory, on split (§2.7) or packed (§2.8) rings, with
+ * synchronous or microtask kicks and calls; a backing store that fails or
+ * holds requests on demand; a device-queue wrapper that records chain
  * shapes and can misbehave. Portable; used by the driver's tests.
  *
  * @module
@@ -11,18 +12,21 @@
 import type { VirtioError } from "../../errors.ts";
 import { GuestMemory } from "../../memory/guest-memory.ts";
 import type { DescriptorChain } from "../../ring/chain.ts";
-import { DeviceQueue } from "../../ring/device-queue.ts";
-import { DriverQueue } from "../../ring/driver-queue.ts";
+import type { DeviceRing } from "../../ring/device-ring.ts";
+import type { DriverRing } from "../../ring/driver-ring.ts";
+import { openDriverRing } from "../../ring/open-driver-ring.ts";
+import { openRing } from "../../ring/open-ring.ts";
+import { ringLayoutOf, type RingLayoutKind } from "../../ring/ring-layout.ts";
+import {
+  PVIRTQ_DESC_OFF_FLAGS,
+  PVIRTQ_DESC_OFF_ID,
+  PVIRTQ_DESC_SIZE,
+} from "../../spec/packed-virtqueue.ts";
 import {
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_OFF_FLAGS,
   VIRTQ_DESC_SIZE,
 } from "../../spec/virtqueue.ts";
-import {
-  VIRTIO_RING_F_EVENT_IDX,
-  VIRTIO_RING_F_INDIRECT_DESC,
-  hasFeature,
-} from "../../spec/virtio.ts";
 import { MemoryBacking, type BlkBacking } from "./backing.ts";
 import { BlkDeviceConfig, type BlkDeviceOptions, type BlkFeatureName } from "./config.ts";
 import { BlkDriver, type BlkDriverOptions } from "./driver.ts";
@@ -110,13 +114,15 @@ export interface ChainShape {
 }
 
 /**
- * A device queue that records every chain and can misbehave: a used id
- * out of range, a chosen used length, a chosen status byte.
+ * A device queue (split or packed) that records every chain and can
+ * misbehave: a used id out of range, a chosen used length, a chosen status
+ * byte.
  */
 export class RecordingQueue implements BlkVirtqueue {
-  readonly q: DeviceQueue;
+  readonly q: DeviceRing;
   readonly memory: GuestMemory;
   readonly descAddr: number;
+  readonly packed: boolean;
   readonly chains: ChainShape[] = [];
   /** Next publishUsed writes this id into the last used entry (then clears it). */
   corruptUsedId: number | null = null;
@@ -125,18 +131,27 @@ export class RecordingQueue implements BlkVirtqueue {
   /** Every completion's status byte is overwritten with this. */
   statusOverride: number | null = null;
   readonly #statusAddr = new Map<number, number>();
+  /** Used entries added so far (split: the used ring index of the next one). */
+  #usedCount = 0;
+  /** Where the last used entry went: split used ring index, or packed ring slot. */
+  #lastUsedAt = 0;
 
-  constructor(q: DeviceQueue, memory: GuestMemory, descAddr: number) {
+  constructor(q: DeviceRing, memory: GuestMemory, descAddr: number, packed: boolean) {
     this.q = q;
     this.memory = memory;
     this.descAddr = descAddr;
+    this.packed = packed;
   }
   popAvail(): DescriptorChain | null {
+    // Packed: the chain's first descriptor is at the next avail position (vringBase bits 0–14);
+    // split: at the head index.
+    const slot = this.q.vringBase & 0x7fff;
     const c = this.q.popAvail();
     if (c === null) return null;
-    const flags = this.memory.readU16(
-      this.descAddr + c.head * VIRTQ_DESC_SIZE + VIRTQ_DESC_OFF_FLAGS,
-    );
+    const at = this.packed
+      ? slot * PVIRTQ_DESC_SIZE + PVIRTQ_DESC_OFF_FLAGS
+      : c.head * VIRTQ_DESC_SIZE + VIRTQ_DESC_OFF_FLAGS;
+    const flags = this.memory.readU16(this.descAddr + at);
     const readable: number[] = [];
     const writable: number[] = [];
     for (let i = 0; i < c.numSegs; i++)
@@ -158,22 +173,30 @@ export class RecordingQueue implements BlkVirtqueue {
     const at = this.#statusAddr.get(head);
     if (this.statusOverride !== null && at !== undefined)
       this.memory.writeU8(at, this.statusOverride);
+    // Packed: the used descriptor goes to the next used position (vringBase bits 16–30).
+    this.#lastUsedAt = this.packed
+      ? (this.q.vringBase >>> 16) & 0x7fff
+      : this.#usedCount & (this.q.size - 1);
+    this.#usedCount++;
     this.q.addUsed(head, this.usedLenOverride ?? len);
   }
   publishUsed(): void {
     this.q.publishUsed();
     if (this.corruptUsedId !== null) {
-      // The used ring follows the avail ring; the last entry is at nextUsed − 1.
       this.#corrupt(this.corruptUsedId);
       this.corruptUsedId = null;
     }
   }
-  /** Set by the rig: address of this queue's used ring. */
+  /** Set by the rig: address of this queue's used ring (split). */
   usedAddr = 0;
+  /** Overwrites the id of the last used entry published (split: u32 in the used ring; packed: the descriptor's u16). */
   #corrupt(id: number): void {
-    const size = this.q.size;
-    const idx = (this.q.nextUsed - 1) & (size - 1);
-    this.memory.writeU32(this.usedAddr + 4 + 8 * idx, id);
+    if (this.packed)
+      this.memory.writeU16(
+        this.descAddr + PVIRTQ_DESC_SIZE * this.#lastUsedAt + PVIRTQ_DESC_OFF_ID,
+        id,
+      );
+    else this.memory.writeU32(this.usedAddr + 4 + 8 * this.#lastUsedAt, id);
   }
   needsNotification(): boolean {
     return this.q.needsNotification();
@@ -194,6 +217,12 @@ export class RecordingQueue implements BlkVirtqueue {
 
 /** Options of {@link blkRig}. */
 export interface BlkRigOptions {
+  /**
+   * The rings' layout: "split" excludes RING_PACKED, "packed" needs it
+   * offered (the device offers it by default). Default: what the driver
+   * negotiates (packed when offered and not excluded).
+   */
+  readonly layout?: RingLayoutKind;
   readonly numQueues?: number;
   readonly queueSize?: number;
   /** Disk bytes (default 1 MiB) or a store. */
@@ -224,7 +253,7 @@ export interface BlkRig {
   readonly deviceConfig: BlkDeviceConfig;
   readonly features: bigint;
   readonly plan: BlkDriverMemoryPlan;
-  readonly driverQueues: DriverQueue<number>[];
+  readonly driverQueues: DriverRing<number>[];
   readonly deviceQueues: RecordingQueue[];
   readonly engines: BlkQueueEngine[];
   readonly driver: BlkDriver;
@@ -252,7 +281,11 @@ export function blkRig(o: BlkRigOptions = {}): BlkRig {
     serial: "virtio-ts-disk",
     ...o.device,
   });
-  const features = selectBlkFeatures(deviceConfig.offeredFeatures, { exclude: o.exclude ?? [] });
+  const exclude = [...(o.exclude ?? []), ...(o.layout === "split" ? ["RING_PACKED" as const] : [])];
+  const features = selectBlkFeatures(deviceConfig.offeredFeatures, { exclude });
+  const layout = ringLayoutOf(features);
+  if (o.layout !== undefined && o.layout !== layout)
+    throw new RangeError(`the device does not offer ${o.layout} rings`);
   deviceConfig.negotiate(o.deviceFeatures?.(features) ?? features);
   const parsed = parseBlkConfig(deviceConfig.configBytes(), features);
   const config = o.driverConfig?.(parsed) ?? parsed;
@@ -262,24 +295,19 @@ export function blkRig(o: BlkRigOptions = {}): BlkRig {
     queueSize,
     indirectEntries: o.indirectEntries,
     bounceBytes: o.bounceBytes ?? 1 << 20,
+    layout,
   });
-  const eventIdx = hasFeature(features, VIRTIO_RING_F_EVENT_IDX);
-  const indirect = hasFeature(features, VIRTIO_RING_F_INDIRECT_DESC) && plan.indirectEntries > 0;
-  const driverQueues = plan.rings.map(
-    (ring, i) =>
-      new DriverQueue<number>(memory, {
-        ...ring,
-        eventIdx,
-        indirect,
-        ...(indirect ? { indirectArena: plan.indirectArenas[i] } : {}),
-      }),
+  const driverQueues = plan.rings.map((ring, i) =>
+    openDriverRing<number>(
+      memory,
+      features,
+      ring,
+      plan.indirectEntries > 0 ? { indirectArena: plan.indirectArenas[i]! } : {},
+    ),
   );
   const deviceQueues = plan.rings.map((ring) => {
-    const r = new RecordingQueue(
-      new DeviceQueue(memory, { ...ring, eventIdx, indirect }),
-      memory,
-      ring.descAddr,
-    );
+    const dev = openRing(memory, { ...ring, features });
+    const r = new RecordingQueue(dev, memory, ring.descAddr, layout === "packed");
     r.usedAddr = ring.usedAddr;
     return r;
   });

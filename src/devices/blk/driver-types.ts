@@ -11,7 +11,7 @@
  */
 import type { VirtioError } from "../../errors.ts";
 import type { GuestMemory } from "../../memory/guest-memory.ts";
-import type { DriverQueue } from "../../ring/driver-queue.ts";
+import type { DriverRing } from "../../ring/driver-ring.ts";
 import type { BlkDriverConfig } from "./driver-config.ts";
 import type { BlkDriverArena } from "./driver-memory.ts";
 
@@ -42,8 +42,12 @@ export interface BlkDriverTransport {
 export interface BlkDriverOptions {
   /** Guest memory holding the rings, the arena and zero-copy buffers. */
   readonly memory: GuestMemory;
-  /** The request queues, set up (index i = virtqueue i); at most `config.numQueues`. */
-  readonly queues: readonly DriverQueue<number>[];
+  /**
+   * The request queues, set up (index i = virtqueue i); at most
+   * `config.numQueues`. Split or packed rings, as negotiated
+   * (`openDriverRing`); the driver does not depend on the layout.
+   */
+  readonly queues: readonly DriverRing<number>[];
   readonly transport: BlkDriverTransport;
   /** The device configuration, parsed under the negotiated features ({@link parseBlkConfig}). */
   readonly config: BlkDriverConfig;

@@ -1,11 +1,17 @@
 /**
- * A virtio-blk driver, transport-neutral. VIRTIO 1.2 §5.2 (Block Device:
- * §5.2.6 requests and §5.2.6.1 driver requirements), §2.7.13 (supplying
- * buffers), §2.7.14 (receiving used buffers), §2.7.10 / §2.7.7
- * (notification suppression, through DriverQueue).
+ * A virtio-blk driver, transport-neutral and ring-layout-neutral. VIRTIO 1.2
+ * §5.2 (Block Device: §5.2.6 requests and §5.2.6.1 driver requirements),
+ * §2.7.13 / §2.8.21 (supplying buffers), §2.7.14 / §2.8.22 (receiving used
+ * buffers), §2.7.10 / §2.7.7 / §2.8.10 (notification suppression, through
+ * the ring).
  *
- * **Transport.** The driver owns one {@link DriverQueue} per request queue
- * (already set up by the transport) and reaches the device only through
+ * **Rings.** The driver owns one {@link DriverRing} per request queue
+ * (already set up by the transport with `openDriverRing`): a split ring
+ * (§2.7), or a packed ring (§2.8) when VIRTIO_F_RING_PACKED was negotiated
+ * ({@link selectBlkFeatures} accepts it when offered). Nothing in the
+ * driver depends on the layout.
+ *
+ * **Transport.** The driver reaches the device only through
  * {@link BlkDriverTransport}: `notify(i)` ("kick queue i", called only when
  * `kickNeeded()` said the device wants one), or `kick(i)` for a transport
  * that asks the ring itself (`InprocDriverTransport` fits as it is). The
@@ -48,7 +54,7 @@
  * checked (the device is untrusted): 0 (no status byte) is `BLK_USED_LEN`;
  * an OK read whose used length is shorter than its data + 1 is
  * `BLK_USED_LEN` (the buffer was not filled); other lengths up to the
- * writable size (DriverQueue caps them) are accepted, as QEMU reports the
+ * writable size (the ring caps them) are accepted, as QEMU reports the
  * whole writable size and this project's device reports bytes written. A
  * status byte other than 0/1/2 (the driver presets 0xff) is `BLK_BAD_STATUS`.
  *
@@ -63,7 +69,7 @@
  * DISCARD is advisory, so each range is trimmed to its part aligned to
  * `discard_sector_alignment` (possibly nothing); WRITE_ZEROES is exact.
  *
- * **Failure.** A queue the device breaks (a bad used entry: DriverQueue
+ * **Failure.** A queue the device breaks (a bad used entry: the ring
  * turns *broken*) rejects everything on it with `QUEUE_BROKEN` (cause: the
  * ring's error); other queues go on. {@link BlkDriver.markDeviceBroken}
  * (DEVICE_NEEDS_RESET) rejects everything with `DEVICE_BROKEN`;
@@ -85,8 +91,8 @@
  * driver-validate.ts; request limits in driver-limits.ts; request encoding
  * in driver-submit.ts; the bounce pool in driver-bounce.ts; answers in
  * driver-result.ts; the work loop, completions and failure in
- * driver-engine.ts; per-queue state in driver-queues.ts, behind the ring
- * seam of driver-ring.ts.
+ * driver-engine.ts; per-queue state in driver-queues.ts, over the
+ * DriverRing of ../../ring/driver-ring.ts.
  *
  * @module
  */
@@ -140,8 +146,8 @@ export type {
  * ```ts
  * const features = selectBlkFeatures(offered);            // negotiate these (FEATURES_OK)
  * const config = parseBlkConfig(configBytes, features);   // read after FEATURES_OK
- * const plan = planBlkDriverMemory({ base, numQueues: 1, queueSize: 128 });
- * // ... the transport sets up DriverQueues at plan.rings / plan.indirectArenas, DRIVER_OK ...
+ * const plan = planBlkDriverMemory({ base, numQueues: 1, queueSize: 128, layout: ringLayoutOf(features) });
+ * // ... the transport sets up rings (openDriverRing) at plan.rings / plan.indirectArenas, DRIVER_OK ...
  * const blk = new BlkDriver({ memory, queues, config, arena: plan.arena,
  *   indirectEntries: plan.indirectEntries, transport: { notify: (i) => kick(i) } });
  * onCall((i) => blk.processUsed(i));
@@ -362,7 +368,7 @@ export class BlkDriver {
    * `DEVICE_RESET`, and returns every ring to its initial state
    * (`detachAll`) and every slot and bounce page to the driver. The driver
    * is finished: later calls reject with `DEVICE_RESET`; after
-   * re-initializing the device, build a new BlkDriver (the DriverQueues can
+   * re-initializing the device, build a new BlkDriver (the rings can
    * be reused).
    */
   reset(): void {

@@ -6,7 +6,9 @@
  * "Inflight I/O tracking" (the front-end gets the buffer with
  * GET_INFLIGHT_FD, keeps it, and hands it to the back-end with
  * SET_INFLIGHT_FD before the rings start), "Starting and stopping rings";
- * VIRTIO 1.2 §2.7.8 (the used ring, whose idx a resumed ring starts from).
+ * VIRTIO 1.2 §2.7.8 (the used ring, whose idx a resumed split ring starts
+ * from), §2.8 (a packed ring starts fresh: its positions are nowhere in
+ * guest memory, so a disk that may re-attach keeps split rings).
  *
  * Node-only.
  *
@@ -15,7 +17,7 @@
 import { ErrorCode, VirtioError } from "../../errors.ts";
 import { close } from "../../native/index.ts";
 import { VhostUserProtocolFeature as PF } from "../../spec/vhost-user.ts";
-import type { VringLayout } from "../../ring/layout.ts";
+import type { RingLayout } from "../../ring/ring-layout.ts";
 import { VIRTQ_USED_OFF_IDX } from "../../spec/virtqueue.ts";
 import type {
   FrontendRing,
@@ -52,13 +54,18 @@ export async function getInflight(
 /**
  * Hands the inflight buffer (if any) and the memory to `frontend`, then
  * starts every ring. `resume`: the rings were running on an earlier
- * back-end, so each starts from the used ring's idx in memory (what QEMU
- * sends when GET_VRING_BASE failed; the back-end's log says the rest).
+ * back-end, so each (split) ring starts from the used ring's idx in memory
+ * (what QEMU sends when GET_VRING_BASE failed; the back-end's log says the
+ * rest). Without `resume` a ring starts fresh (the front-end sends the
+ * layout's fresh base).
+ *
+ * @throws {VirtioError} `VHOST_USER_INCOMPATIBLE` for `resume` with packed
+ *   rings (never built for a disk that may re-attach).
  */
 export async function attach(
   frontend: VhostUserFrontend,
   memory: SharedGuestMemory,
-  rings: readonly VringLayout[],
+  rings: readonly RingLayout[],
   inflight: KeptInflight | null,
   resume: boolean,
   onCall: (i: number) => void,
@@ -67,11 +74,27 @@ export async function attach(
   await frontend.addMemory(memory);
   const started: FrontendRing[] = [];
   for (const [i, ring] of rings.entries()) {
-    // Atomics.load (SeqCst): the used index the earlier back-end last published.
-    const base = resume ? memory.memory.atomicLoadU16(ring.usedAddr + VIRTQ_USED_OFF_IDX) : 0;
-    started.push(await frontend.startRing(i, { ...ring, base, onCall: () => onCall(i) }));
+    const base = resume ? resumeBase(memory, ring) : undefined;
+    started.push(
+      await frontend.startRing(i, {
+        ...ring,
+        ...(base === undefined ? {} : { base }),
+        onCall: () => onCall(i),
+      }),
+    );
   }
   return { frontend, rings: started };
+}
+
+/** Where a split ring resumes on a new back-end: the used index the earlier one last published. */
+function resumeBase(memory: SharedGuestMemory, ring: RingLayout): number {
+  if (ring.layout === "packed")
+    throw new VirtioError(
+      ErrorCode.VHOST_USER_INCOMPATIBLE,
+      "a packed ring cannot be resumed on a new back-end: its positions are nowhere in guest memory",
+    );
+  // Atomics.load (SeqCst): the used index the earlier back-end last published.
+  return memory.memory.atomicLoadU16(ring.usedAddr + VIRTQ_USED_OFF_IDX);
 }
 
 /**

@@ -9,7 +9,9 @@
  * rings"; docs/vhost-user.md.
  *
  * Setup: connect and negotiate (the driver's feature selection; VERSION_1
- * required), read the 60-byte `struct virtio_blk_config`, lay out rings,
+ * required; packed rings, §2.8, when the back-end offers
+ * VIRTIO_F_RING_PACKED and `reconnectMs` is not set, else split rings,
+ * §2.7), read the 60-byte `struct virtio_blk_config`, lay out rings,
  * indirect tables, request slots and the bounce pool in one memfd region
  * (../../vhost-user/frontend-memory.ts; the pieces are
  * ./vhost-user-frontend-setup.ts), share it, start one ring per queue. Every
@@ -56,7 +58,7 @@ import {
   type BlkAttachment,
   type KeptInflight,
 } from "./vhost-user-frontend-attach.ts";
-import type { VringLayout } from "../../ring/layout.ts";
+import type { RingLayout } from "../../ring/ring-layout.ts";
 import type { VhostUserFrontend } from "../../vhost-user/frontend.ts";
 import { FRONTEND_MEMORY_BASE, SharedGuestMemory } from "../../vhost-user/frontend-memory.ts";
 
@@ -79,7 +81,7 @@ interface Reach {
   readonly options: VhostUserBlkConnectOptions;
   readonly reconnectMs: number;
   readonly features: bigint;
-  readonly rings: readonly VringLayout[];
+  readonly rings: readonly RingLayout[];
 }
 
 /**

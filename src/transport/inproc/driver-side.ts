@@ -2,8 +2,9 @@
  * The driver end of the in-process transport: device initialization and
  * queue setup as control procedures, kicks, and waiting for used buffers.
  * VIRTIO 1.2 §3.1.1 (driver initialization), §2.3 (notifications), §2.7.13 /
- * §2.7.14 (supplying and receiving buffers; the ring logic itself is
- * DriverQueue's).
+ * §2.7.14 / §2.8.21 / §2.8.22 (supplying and receiving buffers; the ring
+ * logic itself is the DriverRing's: split, or packed when
+ * VIRTIO_F_RING_PACKED was negotiated, built by `openDriverRing`).
  *
  * Control operations are written once, as *procedures* (generators that
  * yield control requests: ./driver-control.ts, ./driver-procedures.ts), and
@@ -28,12 +29,10 @@
  * @module
  */
 import { GuestMemory } from "../../memory/guest-memory.ts";
-import { DriverQueue, type IndirectArena } from "../../ring/driver-queue.ts";
-import {
-  VIRTIO_RING_F_EVENT_IDX,
-  VIRTIO_RING_F_INDIRECT_DESC,
-  featureBit,
-} from "../../spec/virtio.ts";
+import type { IndirectArena } from "../../ring/driver-indirect.ts";
+import type { DriverRing } from "../../ring/driver-ring.ts";
+import { openDriverRing } from "../../ring/open-driver-ring.ts";
+import type { RingAddresses } from "../../ring/ring-layout.ts";
 import {
   ControlPort,
   type ControlReply,
@@ -67,12 +66,13 @@ export type { ControlReply, ControlRequest, Procedure } from "./driver-control.t
 export type { DeviceInfo } from "./driver-procedures.ts";
 export type { WaitResult } from "./driver-wait.ts";
 
-/** Where a queue's ring goes (addresses in guest memory) and how it is used. */
-export interface QueueSetup {
-  readonly size: number;
-  readonly descAddr: number;
-  readonly availAddr: number;
-  readonly usedAddr: number;
+/**
+ * Where a queue's ring goes (addresses in guest memory, placed for the
+ * negotiated layout: `placeRing`) and how it is used. With
+ * VIRTIO_F_RING_PACKED `availAddr` / `usedAddr` are the Driver and Device
+ * Areas, and the size need not be a power of two.
+ */
+export interface QueueSetup extends RingAddresses {
   /** Indirect table arena: indirect descriptors are used if given and VIRTIO_RING_F_INDIRECT_DESC was negotiated. */
   readonly indirectArena?: IndirectArena;
 }
@@ -99,9 +99,6 @@ export interface DriverTransportStats {
   sleeps: number;
 }
 
-const EVENT_IDX = featureBit(VIRTIO_RING_F_EVENT_IDX);
-const INDIRECT_DESC = featureBit(VIRTIO_RING_F_INDIRECT_DESC);
-
 /**
  * The driver end of an in-process transport. Construct it on the driver's
  * thread from the {@link InprocShared} the host created.
@@ -120,7 +117,7 @@ export class InprocDriverTransport {
   readonly #devBell: Doorbell;
   readonly #control: ControlPort;
   readonly #waiter: UsedWaiter;
-  readonly #queues: (DriverQueue<unknown> | null)[];
+  readonly #queues: (DriverRing<unknown> | null)[];
   #features = 0n;
 
   /**
@@ -144,7 +141,7 @@ export class InprocDriverTransport {
     const data = new Uint8Array(shared.registers, layout.data * 4, INPROC_DATA_BYTES);
     this.#devBell = new Doorbell(i32, layout.devWake, layout.devSleeping);
     const drvBell = new Doorbell(i32, layout.drvWake, layout.drvSleeping);
-    this.#queues = new Array<DriverQueue<unknown> | null>(layout.numQueues).fill(null);
+    this.#queues = new Array<DriverRing<unknown> | null>(layout.numQueues).fill(null);
     this.#control = new ControlPort(i32, data, this.#devBell, options.controlTimeoutMs ?? 10_000);
     this.#waiter = new UsedWaiter(i32, layout.configSeq, drvBell, spin, this.stats);
   }
@@ -159,9 +156,9 @@ export class InprocDriverTransport {
     return this.#features;
   }
 
-  /** The DriverQueue set up for `index`, or null. */
-  queue<T>(index: number): DriverQueue<T> | null {
-    return (this.#queues[index] ?? null) as DriverQueue<T> | null;
+  /** The ring set up for `index`, or null. */
+  queue<T>(index: number): DriverRing<T> | null {
+    return (this.#queues[index] ?? null) as DriverRing<T> | null;
   }
 
   // ---- running procedures ----
@@ -228,27 +225,24 @@ export class InprocDriverTransport {
   }
 
   /**
-   * Sets up queue `index` (§3.1.1 step 7): creates its DriverQueue over the
-   * given guest memory (zeroing the ring), tells the device size and
-   * addresses, and makes it ready. Call after {@link negotiate}.
+   * Sets up queue `index` (§3.1.1 step 7): builds its ring in the layout the
+   * negotiated features select (`openDriverRing`: split, or packed with
+   * VIRTIO_F_RING_PACKED) over the given guest memory (initialising it),
+   * tells the device size and addresses, and makes it ready. Call after
+   * {@link negotiate}.
    *
-   * @throws {RangeError} for a bad setup (DriverQueue's checks, index).
+   * @throws {RangeError} for a bad setup (the ring's checks, index).
    * @throws {VirtioError} `QUEUE_CONFIG` if the device refused it.
    */
-  *setupQueue<T>(index: number, setup: QueueSetup): Procedure<DriverQueue<T>> {
+  *setupQueue<T>(index: number, setup: QueueSetup): Procedure<DriverRing<T>> {
     if (!Number.isInteger(index) || index < 0 || index >= this.#layout.numQueues)
       throw new RangeError(`queue index ${index} is not in 0..${this.#layout.numQueues - 1}`);
-    const f = this.#features;
-    const indirect = (f & INDIRECT_DESC) !== 0n && setup.indirectArena !== undefined;
-    const dq = new DriverQueue<T>(this.memory, {
-      size: setup.size,
-      descAddr: setup.descAddr,
-      availAddr: setup.availAddr,
-      usedAddr: setup.usedAddr,
-      eventIdx: (f & EVENT_IDX) !== 0n,
-      indirect,
-      ...(indirect ? { indirectArena: setup.indirectArena } : {}),
-    });
+    const dq = openDriverRing<T>(
+      this.memory,
+      this.#features,
+      setup,
+      setup.indirectArena === undefined ? {} : { indirectArena: setup.indirectArena },
+    );
     yield* placeQueue(index, setup);
     this.#queues[index] = dq;
     return dq;
@@ -261,8 +255,8 @@ export class InprocDriverTransport {
 
   /**
    * Resets the device (§2.4: write 0; the device answers once it reads 0)
-   * and forgets the queues (their DriverQueues may be reused after
-   * `detachAll()`).
+   * and forgets the queues (their rings may be reused after `detachAll()`,
+   * under the same negotiated layout).
    */
   *reset(): Procedure<void> {
     yield* writeStatus(0);
@@ -301,7 +295,8 @@ export class InprocDriverTransport {
     }
     const a = this.#i32;
     const kickWord = this.#layout.kickBase + index;
-    // Atomics.add (SeqCst RMW): this queue's kick count; ordered after the avail.idx store in kickNeeded().
+    // Atomics.add (SeqCst RMW): this queue's kick count; ordered after the store in kickNeeded() that made the
+    // requests available (split: avail.idx; packed: the first descriptor's flags).
     Atomics.add(a, kickWord, 1);
     this.stats.kicksRung++;
     // Atomics.load (SeqCst): after the add (Dekker pair with a dataplane's WAITING set → KICK compare).
@@ -360,7 +355,7 @@ export class InprocDriverTransport {
     return this.#waiter.configChanged();
   }
 
-  #queue(index: number): DriverQueue<unknown> {
+  #queue(index: number): DriverRing<unknown> {
     const dq = this.#queues[index];
     if (dq === null || dq === undefined) throw new RangeError(`queue ${index} is not set up`);
     return dq;

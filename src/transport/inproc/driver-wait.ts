@@ -4,14 +4,15 @@
  * notifications (`enableCallbacks`, which closes the race with the device)
  * and sleep on the driver doorbell, bounded by a timeout. A configuration
  * change notification ends a wait too. VIRTIO 1.2 §2.3 (notifications),
- * §2.7.14 (receiving used buffers; the ring logic itself is DriverQueue's).
+ * §2.7.14 / §2.8.22 (receiving used buffers; the ring logic itself is the
+ * DriverRing's, split or packed).
  *
  * One sleeper: the driver doorbell's sleeping flag assumes a single driver
  * thread.
  *
  * @module
  */
-import type { DriverQueue } from "../../ring/driver-queue.ts";
+import type { DriverRing } from "../../ring/driver-ring.ts";
 import type { Doorbell } from "./doorbell.ts";
 
 /**
@@ -62,7 +63,7 @@ export class UsedWaiter {
   }
 
   /** Blocks until `dq` has used buffers, a configuration change, or the timeout. */
-  wait(dq: DriverQueue<unknown>, timeoutMs: number, delayed: boolean): WaitResult {
+  wait(dq: DriverRing<unknown>, timeoutMs: number, delayed: boolean): WaitResult {
     if (dq.hasUsed()) return "used";
     if (this.#spinOn(dq)) return "used";
     const deadline = Date.now() + timeoutMs;
@@ -80,7 +81,7 @@ export class UsedWaiter {
 
   /** {@link wait} without blocking the thread. */
   async waitAsync(
-    dq: DriverQueue<unknown>,
+    dq: DriverRing<unknown>,
     timeoutMs: number,
     delayed: boolean,
   ): Promise<WaitResult> {
@@ -100,7 +101,7 @@ export class UsedWaiter {
   }
 
   /** Blocks until any of `queues` has used buffers, a configuration change, or the timeout. */
-  waitAny(queues: readonly (DriverQueue<unknown> | null)[], timeoutMs: number): WaitResult {
+  waitAny(queues: readonly (DriverRing<unknown> | null)[], timeoutMs: number): WaitResult {
     if (anyUsed(queues)) return "used";
     const deadline = Date.now() + timeoutMs;
     const bell = this.#drvBell;
@@ -117,7 +118,7 @@ export class UsedWaiter {
 
   /** {@link waitAny} without blocking the thread. */
   async waitAnyAsync(
-    queues: readonly (DriverQueue<unknown> | null)[],
+    queues: readonly (DriverRing<unknown> | null)[],
     timeoutMs: number,
   ): Promise<WaitResult> {
     if (anyUsed(queues)) return "used";
@@ -143,7 +144,7 @@ export class UsedWaiter {
     return true;
   }
 
-  #spinOn(dq: DriverQueue<unknown>): boolean {
+  #spinOn(dq: DriverRing<unknown>): boolean {
     for (let i = 0; i < this.#spin; i++) {
       if (dq.hasUsed()) {
         this.#stats.spinHits++;
@@ -154,8 +155,9 @@ export class UsedWaiter {
   }
 
   /** Arms used-buffer notifications and re-checks; non-null means "don't sleep". */
-  #beforeSleep(dq: DriverQueue<unknown>, delayed: boolean): WaitResult | null {
-    // enableCallbacks(Delayed) re-arms used_event / clears NO_INTERRUPT, then re-reads used.idx (the race check).
+  #beforeSleep(dq: DriverRing<unknown>, delayed: boolean): WaitResult | null {
+    // enableCallbacks(Delayed) re-arms the event (split: used_event / NO_INTERRUPT; packed: the Driver Event
+    // Suppression structure), then re-reads what the device published (the race check).
     if (!(delayed ? dq.enableCallbacksDelayed() : dq.enableCallbacks())) return "used";
     if (dq.broken !== null) throw dq.broken;
     if (this.configChanged()) return "config";
@@ -163,11 +165,11 @@ export class UsedWaiter {
   }
 
   /** {@link #beforeSleep} for every set-up queue. */
-  #beforeSleepAll(queues: readonly (DriverQueue<unknown> | null)[]): WaitResult | null {
+  #beforeSleepAll(queues: readonly (DriverRing<unknown> | null)[]): WaitResult | null {
     let used = false;
     for (const dq of queues) {
       if (dq === null) continue;
-      // Arm every queue before deciding (each arm re-reads its used.idx: the race check).
+      // Arm every queue before deciding (each arm re-reads what its device published: the race check).
       if (!dq.enableCallbacks()) used = true;
       if (dq.broken !== null) throw dq.broken;
     }
@@ -177,7 +179,7 @@ export class UsedWaiter {
   }
 }
 
-function anyUsed(queues: readonly (DriverQueue<unknown> | null)[]): boolean {
+function anyUsed(queues: readonly (DriverRing<unknown> | null)[]): boolean {
   for (const dq of queues) if (dq !== null && dq.hasUsed()) return true;
   return false;
 }

@@ -2,7 +2,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { GuestMemory } from "../../memory/guest-memory.ts";
 import { vringLayout } from "../../ring/layout.ts";
-import type { DriverQueue } from "../../ring/driver-queue.ts";
+import { placeRing, ringLayoutOf } from "../../ring/ring-layout.ts";
+import type { DriverRing } from "../../ring/driver-ring.ts";
 import { VirtioDevice } from "../../device/virtio-device.ts";
 import type { ActivationContext, VirtioDeviceBackend } from "../../device/backend.ts";
 import { ConfigSpace } from "../../device/config-space.ts";
@@ -10,6 +11,7 @@ import { ErrorCode, isVirtioError } from "../../errors.ts";
 import {
   VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET,
   VIRTIO_CONFIG_S_FAILED,
+  VIRTIO_F_RING_PACKED,
   VIRTIO_F_VERSION_1,
   VIRTIO_RING_F_EVENT_IDX,
   featureBit,
@@ -20,6 +22,7 @@ import { Op, RegisterLayout, Result, W, createRegisters, openRegisters } from ".
 
 const VERSION_1 = featureBit(VIRTIO_F_VERSION_1);
 const EVENT_IDX = featureBit(VIRTIO_RING_F_EVENT_IDX);
+const PACKED = featureBit(VIRTIO_F_RING_PACKED);
 const RING = 0x1000;
 const BUF = 0x20000;
 
@@ -28,7 +31,7 @@ class PlusOneBackend implements VirtioDeviceBackend {
   readonly name = "plus-one";
   readonly deviceId = 0x7e;
   readonly queueMaxSizes = [64];
-  readonly features = EVENT_IDX;
+  readonly features = EVENT_IDX | PACKED;
   readonly config: ConfigSpace;
   veto = false;
   ctx: ActivationContext | null = null;
@@ -110,9 +113,15 @@ async function stop(r: Rig): Promise<void> {
   await r.loop;
 }
 
-async function bringUp(r: Rig, wanted = VERSION_1 | EVENT_IDX): Promise<DriverQueue<number>> {
+/** §3.1.1 with `wanted` features; the ring is placed for the layout they select. */
+async function bringUp(
+  r: Rig,
+  wanted = VERSION_1 | EVENT_IDX,
+  size = 16,
+): Promise<DriverRing<number>> {
   await r.driver.runAsync(r.driver.negotiate(wanted));
-  const dq = await r.driver.runAsync(r.driver.setupQueue<number>(0, vringLayout(16, RING)));
+  const ring = placeRing(ringLayoutOf(wanted), size, RING);
+  const dq = await r.driver.runAsync(r.driver.setupQueue<number>(0, ring));
   await r.driver.runAsync(r.driver.start());
   return dq;
 }
@@ -146,35 +155,41 @@ test("register layout: each writer's hot words sit on their own cache lines", ()
   assert.throws(() => new InprocDeviceTransport(regs, device), RangeError);
 });
 
-test("control + data path on one thread: negotiate, set up, requests, payloads, kick accounting", async () => {
-  const r = rig();
-  const dq = await bringUp(r);
-  assert.equal(r.driver.features, VERSION_1 | EVENT_IDX);
-  assert.equal(await r.driver.runAsync(r.driver.readStatus()), 0x0f);
-  const info = await r.driver.runAsync(r.driver.deviceInfo());
-  assert.deepEqual(info, { deviceId: 0x7e, numQueues: 1, configSize: 8 });
-  let kicks = 0;
-  for (let i = 0; i < 200; i++) {
-    const src = BUF + 128 * (i % 8);
-    r.memory.write(src, Uint8Array.of(i & 0xff, 7, 250));
-    assert.equal(dq.add([{ addr: src, len: 3 }], [{ addr: src + 64, len: 3 }], i), true);
-    r.driver.kick(0);
-    kicks++;
-    assert.equal(await r.driver.waitUsedAsync(0, 5000), "used");
-    const u = dq.getUsed();
-    assert.deepEqual(u, { token: i, len: 3 });
-    const out = new Uint8Array(3);
-    r.memory.read(src + 64, out);
-    assert.deepEqual([...out], [(i + 1) & 0xff, 8, 251]);
-  }
-  const s = r.driver.stats;
-  assert.equal(s.kicksRung + s.kicksSuppressed, kicks);
-  assert.ok(s.kicksRung > 0);
-  assert.equal(r.transport.stats.kicksSeen > 0, true);
-  assert.equal(r.device.stats.notificationsSent, r.transport.stats.callsRung);
-  await stop(r);
-  assert.deepEqual(r.logs, []);
-});
+for (const [layout, wanted, size] of [
+  ["split", VERSION_1 | EVENT_IDX, 16],
+  ["packed", VERSION_1 | EVENT_IDX | PACKED, 12],
+] as const) {
+  test(`control + data path on one thread: negotiate, set up, requests, payloads, kick accounting (${layout} ring of ${size})`, async () => {
+    const r = rig();
+    const dq = await bringUp(r, wanted, size);
+    assert.equal(dq.layout, layout);
+    assert.equal(r.driver.features, wanted);
+    assert.equal(await r.driver.runAsync(r.driver.readStatus()), 0x0f);
+    const info = await r.driver.runAsync(r.driver.deviceInfo());
+    assert.deepEqual(info, { deviceId: 0x7e, numQueues: 1, configSize: 8 });
+    let kicks = 0;
+    for (let i = 0; i < 200; i++) {
+      const src = BUF + 128 * (i % 8);
+      r.memory.write(src, Uint8Array.of(i & 0xff, 7, 250));
+      assert.equal(dq.add([{ addr: src, len: 3 }], [{ addr: src + 64, len: 3 }], i), true);
+      r.driver.kick(0);
+      kicks++;
+      assert.equal(await r.driver.waitUsedAsync(0, 5000), "used");
+      const u = dq.getUsed();
+      assert.deepEqual(u, { token: i, len: 3 });
+      const out = new Uint8Array(3);
+      r.memory.read(src + 64, out);
+      assert.deepEqual([...out], [(i + 1) & 0xff, 8, 251]);
+    }
+    const s = r.driver.stats;
+    assert.equal(s.kicksRung + s.kicksSuppressed, kicks);
+    assert.ok(s.kicksRung > 0);
+    assert.equal(r.transport.stats.kicksSeen > 0, true);
+    assert.equal(r.device.stats.notificationsSent, r.transport.stats.callsRung);
+    await stop(r);
+    assert.deepEqual(r.logs, []);
+  });
+}
 
 test("FEATURES_OK refused: negotiate throws FEATURES_REFUSED and leaves FAILED set", async () => {
   const b = new PlusOneBackend();
