@@ -57,6 +57,16 @@ function killed(child: ChildProcess): Promise<void> {
   return done;
 }
 
+/**
+ * Waits (at most 10 s) until the back-end's stderr matches `re`: its line
+ * about the recovered ring comes from the dataplane thread when the ring
+ * starts, which may be just after the front-end's last message was taken.
+ */
+async function logged(out: { readonly stderr: string }, re: RegExp): Promise<void> {
+  for (let waited = 0; !re.test(out.stderr) && waited < 10_000; waited += 20) await sleep(20);
+  assert.match(out.stderr, re);
+}
+
 function readImage(path: string, offset: number, len: number): Uint8Array {
   const fd = openSync(path, "r");
   try {
@@ -111,8 +121,8 @@ describe(
       c2.kick();
       const writes = await completions(drv, 16, "the writes, resubmitted by the new back-end");
       assert.ok(writes.every((r) => r.type === VIRTIO_BLK_T_OUT));
-      assert.match(
-        second.out.stderr,
+      await logged(
+        second.out,
         /queue 0: resubmitting 16 request\(s\) left in flight by an earlier back-end \(buffer IDs [\d, ]+\); resuming at avail position 96 \(wrap 1\), used position 48 \(wrap 1\)/,
       );
       for (let i = 0; i < 16; i++)
@@ -128,8 +138,8 @@ describe(
       const third = await startBackend(sock, image, "serve");
       t.after(() => killed(third.child));
       const c3 = await PackedConnection.open(sock, drv);
-      assert.match(
-        third.out.stderr,
+      await logged(
+        third.out,
         /queue 0: nothing left in flight by an earlier back-end; resuming at avail position 88 \(wrap 0\), used position 88 \(wrap 0\) as the inflight log says \(SET_VRING_BASE said avail position 0 \(wrap 1\), used position 0 \(wrap 1\)\)/,
       );
       const last = drv.getId();
