@@ -185,10 +185,12 @@ const C_LABEL = { sleep: "C ringtest, sleep", poll: "C ringtest, poll" } as cons
 export function ringTable(r: RingBenchReport): Table {
   const ours = r.points.map((p) => [
     p.transport,
+    p.transport === "postmessage" ? "–" : (p.layout ?? "split"),
     p.job,
     spreadCell(p.roundTripsPerSec as Spread),
     p.ratioToBaseline === undefined ? "baseline" : p.ratioToBaseline.toFixed(1),
     p.ratioToC === undefined ? "–" : p.ratioToC.toFixed(2),
+    p.ratioToSplit === undefined ? "–" : p.ratioToSplit.toFixed(2),
     spreadCell(p.medianLatencyUs as Spread | undefined),
     spreadCell(p.p99LatencyUs as Spread | undefined),
     p.kicksPerRoundTrip === undefined ? "" : p.kicksPerRoundTrip.toFixed(3),
@@ -196,10 +198,12 @@ export function ringTable(r: RingBenchReport): Table {
   ]);
   const c = (r.c ?? []).map((p) => [
     C_LABEL[p.mode],
+    "split",
     p.job,
     spreadCell(p.roundTripsPerSec as Spread),
     "–",
     "C",
+    "–",
     "–",
     "–",
     "",
@@ -208,10 +212,12 @@ export function ringTable(r: RingBenchReport): Table {
   return {
     header: [
       "transport",
+      "layout",
       "job",
       "round trips/s",
       "× postMessage",
       "× C ringtest",
+      "× split",
       "latency µs",
       "p99 µs",
       "kicks/rt",
@@ -557,9 +563,11 @@ function ringSection(r: RingBenchReport): string[] {
     "## In-process ring (bench/ring-bench.ts)",
     "",
     `Run ${r.date}. Round trips of 1-descriptor chains between a driver worker and a device worker`,
-    "over the in-process transport (split ring of 256, EVENT_IDX, device in null mode), sleeping",
+    "over the in-process transport (a ring of 256, EVENT_IDX, device in null mode), sleeping",
     "(`Atomics.wait`) or busy-polling, against postMessage between two workers in the same run;",
     `${r.options.reps} repetitions, each running every transport in fresh workers after a short warm-up.`,
+    "Each ring transport runs with split rings (VIRTIO 1.2 §2.7) and packed rings (§2.8);",
+    "× split is a packed point's median over the split point's of the same transport and job.",
     "",
     ...ringtestText(r),
     "",

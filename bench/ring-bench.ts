@@ -1,15 +1,17 @@
 /**
  * Ring benchmark: round trips of 1-descriptor chains between a driver
- * worker and a device worker over the in-process transport (split
- * virtqueue of 256, EVENT_IDX, device in "null" mode), at kick batch 1 and
- * 32 with up to a ring's worth in flight, and ping-pong latency with one
- * request in flight; in sleep mode (Atomics.wait) and busy-poll mode. The
+ * worker and a device worker over the in-process transport (a virtqueue of
+ * 256, EVENT_IDX, device in "null" mode), at kick batch 1 and 32 with up to
+ * a ring's worth in flight, and ping-pong latency with one request in
+ * flight; in sleep mode (Atomics.wait) and busy-poll mode; with split rings
+ * (VIRTIO 1.2 §2.7) and packed rings (§2.8), each packed point also as a
+ * ratio to the split one of the same transport and job. The
  * baseline, measured in the same run, carries the same round trips with
  * postMessage over a MessagePort between two workers; and, when it could be
  * built (./ringtest-c.ts), Linux's C ringtest with the matching options.
  *
- * Each repetition runs every transport once, in turn (postMessage, ring-wait,
- * ring-poll, then the C runs), each transport in fresh workers that first
+ * Each repetition runs every transport once, in turn (postMessage, ring-wait
+ * and ring-poll on split then packed rings, then the C runs), each transport in fresh workers that first
  * run the three jobs at a tenth of their size as a warm-up; every point is
  * reported as median / min / max over the repetitions.
  *
@@ -17,8 +19,13 @@
  */
 import { MessageChannel } from "node:worker_threads";
 import { GuestMemory } from "../src/memory/guest-memory.ts";
-import { vringLayout } from "../src/ring/layout.ts";
-import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, featureBit } from "../src/spec/virtio.ts";
+import { placeRing, type RingLayoutKind } from "../src/ring/ring-layout.ts";
+import {
+  VIRTIO_F_RING_PACKED,
+  VIRTIO_F_VERSION_1,
+  VIRTIO_RING_F_EVENT_IDX,
+  featureBit,
+} from "../src/spec/virtio.ts";
 import {
   createRegisters,
   nextMessage,
@@ -62,6 +69,8 @@ export interface Spread {
 /** One benchmark point. */
 export interface RingPoint {
   readonly transport: "ring-wait" | "ring-poll" | "postmessage";
+  /** Ring points: the virtqueue layout (absent in results of runs before packed rings: split). */
+  readonly layout?: RingLayoutKind;
   readonly job: "batch-1" | "batch-32" | "ping-pong";
   readonly roundTripsPerSec: Spread;
   readonly medianLatencyUs?: Spread;
@@ -70,6 +79,8 @@ export interface RingPoint {
   readonly ratioToBaseline?: number;
   /** Median round trips/s divided by the C ringtest's for the same job and mode. */
   readonly ratioToC?: number;
+  /** Packed points: median round trips/s divided by the split point's of the same transport and job. */
+  readonly ratioToSplit?: number;
   /** Ring points: kicks rung / suppressed per round trip (medians). */
   readonly kicksPerRoundTrip?: number;
   readonly sleepsPerRoundTrip?: number;
@@ -132,7 +143,11 @@ function jobsFor(o: RingBenchOptions): RingJob[] {
 const jobName = (j: RingJob): RingPoint["job"] =>
   j.kind === "pingpong" ? "ping-pong" : j.batch === 1 ? "batch-1" : "batch-32";
 
-async function ringSession(o: RingBenchOptions, spin: number): Promise<RingJobResult[]> {
+async function ringSession(
+  o: RingBenchOptions,
+  spin: number,
+  layout: RingLayoutKind,
+): Promise<RingJobResult[]> {
   const memory = GuestMemory.createShared([{ guestPhysAddr: 0, size: 1 << 20 }]);
   const shared: InprocShared = { registers: createRegisters(1), memory: memory.toTransferable() };
   const threads: WorkerThread[] = [];
@@ -151,9 +166,13 @@ async function ringSession(o: RingBenchOptions, spin: number): Promise<RingJobRe
     await nextMessage(device, isType("device-ready"), TIMEOUT_MS);
     const init: RingDriverInit = {
       shared,
-      features: featureBit(VIRTIO_F_VERSION_1) | featureBit(VIRTIO_RING_F_EVENT_IDX),
+      features:
+        featureBit(VIRTIO_F_VERSION_1) |
+        featureBit(VIRTIO_RING_F_EVENT_IDX) |
+        (layout === "packed" ? featureBit(VIRTIO_F_RING_PACKED) : 0n),
       queueSize: QUEUE_SIZE,
-      ringBase: vringLayout(QUEUE_SIZE, RING_BASE).descAddr,
+      layout,
+      ringBase: placeRing(layout, QUEUE_SIZE, RING_BASE).descAddr,
       bufAddr: BUF,
       spin,
       jobs: jobsFor(o),
@@ -212,6 +231,7 @@ function spread(values: readonly number[]): Spread {
 function points(
   transport: RingPoint["transport"],
   results: readonly (RingJobResult | PostMessageJobResult)[],
+  layout?: RingLayoutKind,
 ): RingPoint[] {
   const out: RingPoint[] = [];
   for (const job of JOBS) {
@@ -219,6 +239,7 @@ function points(
     const rings = rs.filter((r): r is RingJobResult => "stats" in r);
     out.push({
       transport,
+      ...(layout === undefined ? {} : { layout }),
       job,
       roundTripsPerSec: spread(rs.map((r) => r.roundTripsPerSec)),
       ...(job === "ping-pong"
@@ -290,19 +311,25 @@ function ringtestPoints(results: readonly RingtestResult[]): RingtestPoint[] {
   );
 }
 
-/** Our point with its ratios to the postMessage baseline and to the C ringtest. */
+/** Our point with its ratios to the postMessage baseline, the C ringtest and (packed) split rings. */
 function withRatios(
   p: RingPoint,
   baseline: readonly RingPoint[],
   c: readonly RingtestPoint[],
+  split: readonly RingPoint[],
 ): RingPoint {
   const b = baseline.find((x) => x.job === p.job)!;
   const mode = p.transport === "ring-wait" ? "sleep" : "poll";
   const cp = c.find((x) => x.mode === mode && x.job === p.job);
+  const sp =
+    p.layout === "packed"
+      ? split.find((x) => x.transport === p.transport && x.job === p.job)
+      : undefined;
   return {
     ...p,
     ratioToBaseline: p.roundTripsPerSec.median / b.roundTripsPerSec.median,
     ...(cp ? { ratioToC: p.roundTripsPerSec.median / cp.roundTripsPerSec.median } : {}),
+    ...(sp ? { ratioToSplit: p.roundTripsPerSec.median / sp.roundTripsPerSec.median } : {}),
   };
 }
 
@@ -310,6 +337,8 @@ interface Collected {
   readonly pm: PostMessageJobResult[];
   readonly wait: RingJobResult[];
   readonly poll: RingJobResult[];
+  readonly waitPacked: RingJobResult[];
+  readonly pollPacked: RingJobResult[];
   /** Undefined once a C run failed (the C points are then left out). */
   c: RingtestResult[] | undefined;
 }
@@ -320,12 +349,21 @@ async function collect(
   ringtest: RingtestBinary | undefined,
   log: (line: string) => void,
 ): Promise<Collected> {
-  const r: Collected = { pm: [], wait: [], poll: [], c: ringtest ? [] : undefined };
+  const r: Collected = {
+    pm: [],
+    wait: [],
+    poll: [],
+    waitPacked: [],
+    pollPacked: [],
+    c: ringtest ? [] : undefined,
+  };
   for (let rep = 1; rep <= o.reps; rep++) {
     const t0 = Date.now();
     r.pm.push(...(await postMessageSession(o)));
-    r.wait.push(...(await ringSession(o, 0)));
-    r.poll.push(...(await ringSession(o, o.pollSpin)));
+    r.wait.push(...(await ringSession(o, 0, "split")));
+    r.poll.push(...(await ringSession(o, o.pollSpin, "split")));
+    r.waitPacked.push(...(await ringSession(o, 0, "packed")));
+    r.pollPacked.push(...(await ringSession(o, o.pollSpin, "packed")));
     if (ringtest && r.c) {
       try {
         r.c.push(...(await ringtestRound(ringtest.bin, o)));
@@ -354,14 +392,19 @@ export async function ringBench(
   const r = await collect(o, ringtest, log);
   const baseline = points("postmessage", r.pm);
   const c = r.c ? ringtestPoints(r.c) : undefined;
-  const ours = [...points("ring-wait", r.wait), ...points("ring-poll", r.poll)];
+  const split = [...points("ring-wait", r.wait, "split"), ...points("ring-poll", r.poll, "split")];
+  const packed = [
+    ...points("ring-wait", r.waitPacked, "packed"),
+    ...points("ring-poll", r.pollPacked, "packed"),
+  ];
+  const ours = [...split, ...packed];
   return {
     name: "ring",
     date: new Date().toISOString(),
     node: process.version,
     cpus,
     options: o,
-    points: [...ours.map((p) => withRatios(p, baseline, c ?? [])), ...baseline],
+    points: [...ours.map((p) => withRatios(p, baseline, c ?? [], split)), ...baseline],
     ...(c ? { c, ...(ringtest?.source ? { ringtestSource: ringtest.source } : {}) } : {}),
   };
 }

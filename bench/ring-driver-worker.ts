@@ -8,7 +8,7 @@
  * @module
  */
 import type { DriverRing, Segment } from "../src/ring/driver-ring.ts";
-import { vringLayout } from "../src/ring/layout.ts";
+import { placeRing, type RingLayoutKind } from "../src/ring/ring-layout.ts";
 import {
   InprocDriverTransport,
   type DriverTransportStats,
@@ -31,6 +31,8 @@ export interface RingDriverInit {
   readonly shared: InprocShared;
   readonly features: bigint;
   readonly queueSize: number;
+  /** The ring layout `features` select (VIRTIO_F_RING_PACKED for "packed"). */
+  readonly layout: RingLayoutKind;
   readonly ringBase: number;
   readonly bufAddr: number;
   readonly spin: number;
@@ -63,7 +65,9 @@ const off = parent.onMessage((m) => {
 function drive(init: RingDriverInit): RingJobResult[] {
   const driver = new InprocDriverTransport(init.shared, { spin: init.spin });
   driver.run(driver.negotiate(init.features));
-  const dq = driver.run(driver.setupQueue<number>(0, vringLayout(init.queueSize, init.ringBase)));
+  const dq = driver.run(
+    driver.setupQueue<number>(0, placeRing(init.layout, init.queueSize, init.ringBase)),
+  );
   driver.run(driver.start());
   const seg: Segment[] = [{ addr: init.bufAddr, len: 64 }];
   const results: RingJobResult[] = [];

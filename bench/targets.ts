@@ -69,7 +69,9 @@ function bound(
 function ringVsC(ring: RingBenchReport | undefined): Pick<TargetCheck, "measured" | "met"> {
   const jobs = ["batch-32", "ping-pong"] as const;
   const ratioOf = (job: (typeof jobs)[number]): number | undefined => {
-    const ours = ring?.points.find((p) => p.transport === "ring-wait" && p.job === job);
+    const ours = ring?.points.find(
+      (p) => p.transport === "ring-wait" && (p.layout ?? "split") === "split" && p.job === job,
+    );
     const c = ring?.c?.find((p) => p.mode === "sleep" && p.job === job);
     return ours && c && c.roundTripsPerSec.median > 0
       ? ours.roundTripsPerSec.median / c.roundTripsPerSec.median

@@ -16,7 +16,7 @@ import { isVirtioError } from "../src/errors.ts";
 import type { GuestMemory, GuestSlice } from "../src/memory/guest-memory.ts";
 import type { DescriptorChain } from "../src/ring/chain.ts";
 import type { DeviceRing } from "../src/ring/device-ring.ts";
-import { VIRTIO_RING_F_EVENT_IDX, featureBit } from "../src/spec/virtio.ts";
+import { VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX, featureBit } from "../src/spec/virtio.ts";
 
 /** A device id from the range the spec leaves for experiments. */
 export const CHECKSUM_DEVICE_ID = 0xffff;
@@ -43,7 +43,7 @@ export class ChecksumDevice implements VirtioDeviceBackend {
   readonly name = "checksum";
   readonly deviceId = CHECKSUM_DEVICE_ID;
   readonly queueMaxSizes: readonly number[];
-  readonly features = featureBit(VIRTIO_RING_F_EVENT_IDX);
+  readonly features = featureBit(VIRTIO_RING_F_EVENT_IDX) | featureBit(VIRTIO_F_RING_PACKED);
   readonly stats: ChecksumDeviceStats = { requests: 0, bytesRead: 0, bytesWritten: 0 };
   readonly #mode: "checksum" | "null";
   #ctx: ActivationContext | null = null;

@@ -217,10 +217,22 @@ test("renderMarkdown: sections present for the results given, charts referenced"
 
 const RING_JOBS = ["batch-1", "batch-32", "ping-pong"] as const;
 
-/** A ring report whose ring-wait points run at `ours` round trips/s against C's 1000 (no C: `c` false). */
+/**
+ * A ring report whose split ring-wait points run at `ours` round trips/s
+ * against C's 1000 (no C: `c` false); packed points run at half the split
+ * ones (ring-wait at 1 round trip/s, so they never meet a target).
+ */
 function ringReport(ours: Record<RingPoint["job"], number>, c = true): RingBenchReport {
-  const pt = (transport: RingPoint["transport"], job: RingPoint["job"], v: number): RingPoint => ({
+  const pt = (
+    transport: RingPoint["transport"],
+    job: RingPoint["job"],
+    v: number,
+    layout?: "split" | "packed",
+    ratioToSplit?: number,
+  ): RingPoint => ({
     transport,
+    ...(layout === undefined ? {} : { layout }),
+    ...(ratioToSplit === undefined ? {} : { ratioToSplit }),
     job,
     roundTripsPerSec: one(v),
     ...(transport === "postmessage" ? {} : { ratioToBaseline: v / 100 }),
@@ -247,8 +259,10 @@ function ringReport(ours: Record<RingPoint["job"], number>, c = true): RingBench
       ringtestCycles: { sleepPingpong: 100, other: 1000 },
     },
     points: [
-      ...RING_JOBS.map((job) => pt("ring-wait", job, ours[job])),
+      ...RING_JOBS.map((job) => pt("ring-wait", job, ours[job], "split")),
       ...RING_JOBS.map((job) => pt("ring-poll", job, 2000)),
+      ...RING_JOBS.map((job) => pt("ring-wait", job, 1, "packed", 1 / ours[job])),
+      ...RING_JOBS.map((job) => pt("ring-poll", job, 1000, "packed", 0.5)),
       ...RING_JOBS.map((job) => pt("postmessage", job, 100)),
     ],
     ...(c ? { c: cPoints, ringtestSource: "linux-source-6.1 6.1.0-1" } : {}),
@@ -270,19 +284,23 @@ test("checkTargets: the ring target compares ring-wait batch-32 and ping-pong wi
   assert.equal(none.measured, "not measured");
 });
 
-test("ringTable and renderMarkdown: C ringtest rows, × C ringtest column, the options of each C run", () => {
+test("ringTable and renderMarkdown: layouts, C ringtest rows, × C ringtest and × split columns, the options of each C run", () => {
   const r = ringReport({ "batch-1": 500, "batch-32": 1500, "ping-pong": 800 });
   const t = ringTable(r);
   const col = t.header.indexOf("× C ringtest");
-  assert.ok(col > 0);
-  const row = (transport: string, job: string): readonly string[] =>
-    t.rows.find((x) => x[0] === transport && x[1] === job)!;
+  const vsSplit = t.header.indexOf("× split");
+  const rate = t.header.indexOf("round trips/s");
+  assert.ok(col > 0 && vsSplit > 0 && rate > 0);
+  const row = (transport: string, job: string, layout = "split"): readonly string[] =>
+    t.rows.find((x) => x[0] === transport && x[1] === layout && x[2] === job)!;
   assert.equal(row("ring-wait", "batch-32")[col], "1.50");
   assert.equal(row("ring-poll", "ping-pong")[col], "2.00");
-  assert.equal(row("postmessage", "batch-1")[col], "–");
-  assert.equal(row("C ringtest, sleep", "ping-pong")[2], "1,000");
+  assert.equal(row("ring-poll", "ping-pong")[vsSplit], "–");
+  assert.equal(row("ring-poll", "ping-pong", "packed")[vsSplit], "0.50");
+  assert.equal(row("postmessage", "batch-1", "–")[col], "–");
+  assert.equal(row("C ringtest, sleep", "ping-pong")[rate], "1,000");
   assert.equal(row("C ringtest, poll", "batch-32")[col], "C");
-  assert.equal(t.rows.length, 9 + 6);
+  assert.equal(t.rows.length, 15 + 6);
   const md = renderMarkdown({ ring: r }, {});
   assert.match(md, /## In-process ring/);
   assert.match(md, /tools\/virtio\/ringtest`? built\s+from Debian's linux-source-6\.1 6\.1\.0-1/);
@@ -290,8 +308,8 @@ test("ringTable and renderMarkdown: C ringtest rows, × C ringtest column, the o
     md,
     /- C ringtest, sleep, batch-32: `--ring-size 256 --run-cycles 1000 --batch 32 --sleep`/,
   );
-  assert.match(md, /\| C ringtest, poll \| ping-pong \|/);
+  assert.match(md, /\| C ringtest, poll \| split \| ping-pong \|/);
   const noC = ringReport({ "batch-1": 1, "batch-32": 1, "ping-pong": 1 }, false);
-  assert.equal(ringTable(noC).rows.length, 9);
+  assert.equal(ringTable(noC).rows.length, 15);
   assert.match(renderMarkdown({ ring: noC }, {}), /C ringtest was not measured in this run/);
 });
