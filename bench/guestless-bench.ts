@@ -3,7 +3,10 @@
  * process of its own (./guestless/driver.ts), drives each vhost-user-blk
  * backend directly — `virtio-ts vhost-user-blk` and qemu-storage-daemon —
  * with 4 KiB random reads and writes at total queue depths 1, 32 and 128,
- * on 1 and 2 queues, over the same image as the guest benchmark.
+ * on 1 and 2 queues, over the same image as the guest benchmark; and the
+ * virtio-ts daemon once more over packed virtqueues (`virtio-ts-packed`,
+ * paired with virtio-ts on split rings; both daemons are compared on split
+ * rings, the only ones qemu-storage-daemon offers).
  *
  * One session per backend, queue count and repetition (fresh backend, fresh
  * driver process, one warm-up second, then every job); sessions are
@@ -235,6 +238,7 @@ async function drive(
     backendPid: server.pid,
     warmupSeconds: o.warmupSeconds,
     jobs,
+    ...(server.kind === "virtio-ts-packed" ? { packed: true } : {}),
   };
   try {
     const out = await runDriver(input, timeoutMs, tracer && ((e) => tracer.onSync(e)));
@@ -394,7 +398,9 @@ export async function guestlessBench(o: GuestlessBenchOptions): Promise<Guestles
   const syscalls: SyscallPoint[] = [];
   const t0 = Date.now();
   for (const [i, p] of plan.entries()) {
-    const r = await session(o, p.backend, p.queues, p.rep, trace && p.rep === o.reps);
+    // strace counts per backend: packed rings add nothing to qemu-storage-daemon's pairing.
+    const traced = trace && p.rep === o.reps && p.backend !== "virtio-ts-packed";
+    const r = await session(o, p.backend, p.queues, p.rep, traced);
     sessions.push(r.session);
     syscalls.push(...r.syscalls);
     const done = i + 1;
@@ -406,7 +412,13 @@ export async function guestlessBench(o: GuestlessBenchOptions): Promise<Guestles
     logSyscalls(o, r.syscalls);
   }
   if (straceMissing !== undefined)
-    syscalls.push(...unmeasuredPoints(o.backends, o.queues, straceMissing));
+    syscalls.push(
+      ...unmeasuredPoints(
+        o.backends.filter((b) => b !== "virtio-ts-packed"),
+        o.queues,
+        straceMissing,
+      ),
+    );
   return {
     name: "guestless",
     date: new Date().toISOString(),

@@ -176,7 +176,7 @@ async function runGuestless(
     warmupSeconds: quick ? 0.2 : 1,
     depths: [1, 32, 128],
     queues: [1, 2],
-    backends: ["virtio-ts", "qsd"],
+    backends: ["virtio-ts", "qsd", "virtio-ts-packed"],
     log: progress,
     straceSeconds: quick ? 2 : 3,
     ...(nodeArgs ? { virtioTsNodeArgs: nodeArgs } : {}),

@@ -50,6 +50,8 @@ export interface DriverInput {
   /** Seconds of 4 KiB random reads at depth 32 before the first job (not measured). */
   readonly warmupSeconds: number;
   readonly jobs: readonly DriverJob[];
+  /** Negotiate packed virtqueues (the backend must offer them); default split. */
+  readonly packed?: boolean;
 }
 
 /** What one job measured. */
@@ -216,9 +218,10 @@ async function main(input: DriverInput): Promise<DriverOutput> {
     numQueues: input.numQueues,
     queueSize: 256,
     bufferBytes: maxDepth * BLOCK,
-    // Split rings against every back-end: qemu-storage-daemon offers no packed rings, so the virtio-ts
-    // daemon (which does) is measured on the same ring layout, and against earlier results.
-    exclude: ["RING_PACKED"],
+    // Split rings unless asked: qemu-storage-daemon offers no packed rings, so the virtio-ts
+    // daemon (which does) is compared with it on the same ring layout; packed runs are
+    // compared with split ones.
+    ...(input.packed === true ? {} : { exclude: ["RING_PACKED"] as const }),
   });
   try {
     const buffers = Array.from({ length: maxDepth }, () => {

@@ -28,8 +28,14 @@ import { spawnBackend, virtioTsCommand } from "../../test/interop/guest/backends
 import type { ExitStatus } from "../../test/interop/guest/process.ts";
 import { listeningSocketOwner } from "./procfs.ts";
 
-/** Which vhost-user-blk backend (the `-direct` ones bypass the host page cache). */
-export type VhostBackendKind = "virtio-ts" | "qsd" | "virtio-ts-direct" | "qsd-direct";
+/**
+ * Which vhost-user-blk backend (the `-direct` ones bypass the host page
+ * cache). `virtio-ts-packed` is the same daemon as `virtio-ts`, driven over
+ * packed virtqueues where a front-end of the benchmark can choose (the
+ * guest-less one): it is paired with `virtio-ts` on split rings.
+ */
+export type VhostBackendKind =
+  "virtio-ts" | "qsd" | "virtio-ts-direct" | "qsd-direct" | "virtio-ts-packed";
 
 /** Display names. */
 export const BACKEND_LABELS: Readonly<Record<VhostBackendKind | "qemu-builtin", string>> = {
@@ -37,16 +43,21 @@ export const BACKEND_LABELS: Readonly<Record<VhostBackendKind | "qemu-builtin", 
   qsd: "qemu-storage-daemon",
   "virtio-ts-direct": "virtio-ts O_DIRECT",
   "qsd-direct": "qemu-storage-daemon O_DIRECT",
+  "virtio-ts-packed": "virtio-ts packed rings",
   "qemu-builtin": "QEMU virtio-blk",
 };
 
 /** True for this project's backend, in either pairing. */
 export const isVirtioTs = (kind: string): boolean => kind.startsWith("virtio-ts");
 
-/** The qemu-storage-daemon run a virtio-ts run is paired with (undefined for the others). */
+/**
+ * The run a virtio-ts run is paired with: its qemu-storage-daemon pairing,
+ * or for packed rings virtio-ts on split rings (undefined for the others).
+ */
 export function baselineOf(kind: string): VhostBackendKind | undefined {
   if (kind === "virtio-ts") return "qsd";
   if (kind === "virtio-ts-direct") return "qsd-direct";
+  if (kind === "virtio-ts-packed") return "virtio-ts";
   return undefined;
 }
 
