@@ -8,56 +8,16 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { openSync, closeSync, readSync, ftruncateSync } from "node:fs";
+import { openSync, closeSync, ftruncateSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import { VhostUserBlk } from "../../src/devices/blk/vhost-user-frontend.ts";
 import { tempDir, within } from "../../src/native/test-support.ts";
 import { CliProcess } from "../cli/support.ts";
-
-const BACKEND = fileURLToPath(new URL("./inflight-backend.ts", import.meta.url));
+import { killed, readImage, startBackend } from "./inflight-support.ts";
 const MiB = 1 << 20;
-
-/** The test back-end as a child process; resolves once it listens. */
-async function startBackend(sock: string, image: string, mode: "serve" | "hold") {
-  const child: ChildProcess = spawn(
-    process.execPath,
-    ["--import", "tsx", BACKEND, sock, image, mode],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  const out = { stdout: "", stderr: "" };
-  child.stdout!.setEncoding("utf8").on("data", (c: string) => (out.stdout += c));
-  child.stderr!.setEncoding("utf8").on("data", (c: string) => (out.stderr += c));
-  const end = Date.now() + 30_000;
-  while (!out.stdout.includes("ready")) {
-    if (child.exitCode !== null) assert.fail(`back-end exited: ${out.stderr}`);
-    if (Date.now() > end) assert.fail(`back-end not ready: ${out.stderr}`);
-    await sleep(20);
-  }
-  return { child, out };
-}
-
-function killed(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  const done = new Promise<void>((resolve) => child.once("close", () => resolve()));
-  child.kill("SIGKILL");
-  return done;
-}
-
-function readImage(path: string, offset: number, len: number): Uint8Array {
-  const fd = openSync(path, "r");
-  try {
-    const b = new Uint8Array(len);
-    assert.equal(readSync(fd, b, 0, len, offset), len);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
-}
 
 function newImage(dir: string, size: number): string {
   const image = join(dir, "disk.img");

@@ -14,48 +14,20 @@
  * @module
  */
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { closeSync, ftruncateSync, openSync, readSync } from "node:fs";
+import { closeSync, ftruncateSync, openSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { fileURLToPath } from "node:url";
 import { tempDir } from "../../src/native/test-support.ts";
 import { inflightPackedQueueRegionSize } from "../../src/spec/vhost-user.ts";
 import { VIRTIO_BLK_T_OUT } from "../../src/spec/blk.ts";
+import { killed, readImage, startBackend } from "./inflight-support.ts";
 import { PackedConnection, PackedDriver, completions } from "./packed-frontend.ts";
 
-const BACKEND = fileURLToPath(new URL("./inflight-backend.ts", import.meta.url));
 const MiB = 1 << 20;
 const QSIZE = 128;
 const CHUNK = 32 * 1024;
-
-/** The test back-end as a child process; resolves once it listens. */
-async function startBackend(sock: string, image: string, mode: "serve" | "hold") {
-  const child: ChildProcess = spawn(
-    process.execPath,
-    ["--import", "tsx", BACKEND, sock, image, mode],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  const out = { stdout: "", stderr: "" };
-  child.stdout!.setEncoding("utf8").on("data", (c: string) => (out.stdout += c));
-  child.stderr!.setEncoding("utf8").on("data", (c: string) => (out.stderr += c));
-  const end = Date.now() + 30_000;
-  while (!out.stdout.includes("ready")) {
-    if (child.exitCode !== null) assert.fail(`back-end exited: ${out.stderr}`);
-    if (Date.now() > end) assert.fail(`back-end not ready: ${out.stderr}`);
-    await sleep(20);
-  }
-  return { child, out };
-}
-
-function killed(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
-  const done = new Promise<void>((resolve) => child.once("close", () => resolve()));
-  child.kill("SIGKILL");
-  return done;
-}
 
 /**
  * Waits (at most 10 s) until the back-end's stderr matches `re`: its line
@@ -65,17 +37,6 @@ function killed(child: ChildProcess): Promise<void> {
 async function logged(out: { readonly stderr: string }, re: RegExp): Promise<void> {
   for (let waited = 0; !re.test(out.stderr) && waited < 10_000; waited += 20) await sleep(20);
   assert.match(out.stderr, re);
-}
-
-function readImage(path: string, offset: number, len: number): Uint8Array {
-  const fd = openSync(path, "r");
-  try {
-    const b = new Uint8Array(len);
-    assert.equal(readSync(fd, b, 0, len, offset), len);
-    return b;
-  } finally {
-    closeSync(fd);
-  }
 }
 
 describe(
