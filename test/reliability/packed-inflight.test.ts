@@ -1,7 +1,7 @@
 /**
  * Inflight I/O tracking over a packed virtqueue, end to end against the
- * back-end process: the project's front-end drives split rings only, so a
- * raw front-end (./packed-frontend.ts) plays QEMU's part — RING_PACKED and
+ * back-end process: the project's front-end re-attaches after a crash over
+ * split rings only, so a raw front-end (./packed-frontend.ts) plays QEMU's part — RING_PACKED and
  * INFLIGHT_SHMFD negotiated, the same inflight buffer and memory handed to
  * each back-end, and after a crash the stale ring state QEMU 7.2 sends. The
  * back-end is SIGKILLed with writes in flight whose ring slots the used
