@@ -16,7 +16,8 @@ import type { Logger } from "../log.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { DeviceRing } from "../ring/device-ring.ts";
 import type { InflightRecovery } from "../ring/inflight-recovery.ts";
-import { isPackedRing, openRing, type RingStart } from "../ring/open-ring.ts";
+import { openRing, type RingStart } from "../ring/open-ring.ts";
+import { isPackedRing } from "../ring/ring-layout.ts";
 import {
   PACKED_RING_START,
   decodePackedVringBase,

@@ -21,7 +21,8 @@
 import type { VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import type { DeviceRing } from "../ring/device-ring.ts";
-import { openRing, ringPartAlign, ringPartBytes, ringSizeProblem } from "../ring/open-ring.ts";
+import { openRing } from "../ring/open-ring.ts";
+import { ringPartAlign, ringPartBytes, ringSizeProblem } from "../ring/ring-layout.ts";
 
 /** Per-queue setup as the driver wrote it. */
 interface QueueSetup {

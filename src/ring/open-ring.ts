@@ -15,31 +15,15 @@
 import type { VirtioError } from "../errors.ts";
 import type { GuestMemory } from "../memory/guest-memory.ts";
 import {
-  VIRTIO_F_RING_PACKED,
   VIRTIO_RING_F_EVENT_IDX,
   VIRTIO_RING_F_INDIRECT_DESC,
   hasFeature,
 } from "../spec/virtio.ts";
-import {
-  PVIRTQ_DESC_ALIGN,
-  PVIRTQ_EVENT_ALIGN,
-  PVIRTQ_EVENT_SIZE,
-  isValidPackedQueueSize,
-  packedDescRingSize,
-} from "../spec/packed-virtqueue.ts";
-import {
-  VIRTQ_AVAIL_ALIGN,
-  VIRTQ_DESC_ALIGN,
-  VIRTQ_USED_ALIGN,
-  availRingSize,
-  descTableSize,
-  isValidQueueSize,
-  usedRingSize,
-} from "../spec/virtqueue.ts";
 import { DeviceQueue, type InflightTracker } from "./device-queue.ts";
 import type { DeviceRing } from "./device-ring.ts";
 import type { PackedInflightTracker } from "./inflight-packed.ts";
 import { PackedDeviceQueue, decodePackedVringBase } from "./packed-device-queue.ts";
+import { isPackedRing } from "./ring-layout.ts";
 
 /**
  * One ring to start, as plain data (structured-cloneable: it crosses to
@@ -79,47 +63,6 @@ export type RingInflightLog = InflightTracker | PackedInflightTracker;
 /** True if `log` keeps the packed layout. */
 export function isPackedLog(log: RingInflightLog): log is PackedInflightTracker {
   return (log as Partial<PackedInflightTracker>).layout === "packed";
-}
-
-/** True if `features` select the packed layout (VIRTIO_F_RING_PACKED). */
-export function isPackedRing(features: bigint): boolean {
-  return hasFeature(features, VIRTIO_F_RING_PACKED);
-}
-
-/**
- * Why `size` cannot be the size of a ring of the layout `features` select,
- * or null if it can (split: a power of two in 1..32768, §2.7; packed: any
- * integer in 1..32768, §2.8.10.1).
- */
-export function ringSizeProblem(size: number, features: bigint): string | null {
-  if (isPackedRing(features))
-    return isValidPackedQueueSize(size) ? null : `packed queue size ${size} is not in 1..32768`;
-  return isValidQueueSize(size) ? null : `queue size ${size} is not a power of two in 1..32768`;
-}
-
-/**
- * Bytes of each part of a ring of `size` entries (a valid size for the
- * layout; see {@link ringSizeProblem}): descriptor table / Descriptor Ring,
- * available ring / Driver Area, used ring / Device Area.
- */
-export function ringPartBytes(
-  size: number,
-  features: bigint,
-): { readonly desc: number; readonly avail: number; readonly used: number } {
-  if (isPackedRing(features))
-    return { desc: packedDescRingSize(size), avail: PVIRTQ_EVENT_SIZE, used: PVIRTQ_EVENT_SIZE };
-  return { desc: descTableSize(size), avail: availRingSize(size), used: usedRingSize(size) };
-}
-
-/** The alignment of each part (split: 16, 2, 4, §2.7; packed: 16, 4, 4, §2.8.10.1). */
-export function ringPartAlign(features: bigint): {
-  readonly desc: number;
-  readonly avail: number;
-  readonly used: number;
-} {
-  if (isPackedRing(features))
-    return { desc: PVIRTQ_DESC_ALIGN, avail: PVIRTQ_EVENT_ALIGN, used: PVIRTQ_EVENT_ALIGN };
-  return { desc: VIRTQ_DESC_ALIGN, avail: VIRTQ_AVAIL_ALIGN, used: VIRTQ_USED_ALIGN };
 }
 
 /**

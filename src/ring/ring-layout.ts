@@ -1,6 +1,7 @@
 /**
- * Which layout a virtqueue has and where its three parts go in guest memory,
- * whatever the layout: the split ring (VIRTIO 1.2 §2.7: descriptor table,
+ * Which layout a virtqueue has, the sizes, part lengths and alignments that
+ * layout allows, and where its three parts go in guest memory, whatever the
+ * layout: the split ring (VIRTIO 1.2 §2.7: descriptor table,
  * available ring, used ring) or the packed ring (§2.8: Descriptor Ring,
  * Driver Area, Device Area); §6 (VIRTIO_F_RING_PACKED selects the packed
  * layout). The addresses take the names the transports give them
@@ -16,13 +17,69 @@
  *
  * @module
  */
-import { VIRTQ_USED_ALIGN } from "../spec/virtqueue.ts";
+import {
+  PVIRTQ_DESC_ALIGN,
+  PVIRTQ_EVENT_ALIGN,
+  PVIRTQ_EVENT_SIZE,
+  isValidPackedQueueSize,
+  packedDescRingSize,
+} from "../spec/packed-virtqueue.ts";
+import { VIRTIO_F_RING_PACKED, hasFeature } from "../spec/virtio.ts";
+import {
+  VIRTQ_AVAIL_ALIGN,
+  VIRTQ_DESC_ALIGN,
+  VIRTQ_USED_ALIGN,
+  availRingSize,
+  descTableSize,
+  isValidQueueSize,
+  usedRingSize,
+} from "../spec/virtqueue.ts";
 import { vringLayout } from "./layout.ts";
-import { isPackedRing } from "./open-ring.ts";
 import { packedRingLayout } from "./packed-layout.ts";
 
 /** The two virtqueue layouts: split (§2.7) and packed (§2.8, VIRTIO_F_RING_PACKED). */
 export type RingLayoutKind = "split" | "packed";
+
+/** True if `features` select the packed layout (VIRTIO_F_RING_PACKED). */
+export function isPackedRing(features: bigint): boolean {
+  return hasFeature(features, VIRTIO_F_RING_PACKED);
+}
+
+/**
+ * Why `size` cannot be the size of a ring of the layout `features` select,
+ * or null if it can (split: a power of two in 1..32768, §2.7; packed: any
+ * integer in 1..32768, §2.8.10.1).
+ */
+export function ringSizeProblem(size: number, features: bigint): string | null {
+  if (isPackedRing(features))
+    return isValidPackedQueueSize(size) ? null : `packed queue size ${size} is not in 1..32768`;
+  return isValidQueueSize(size) ? null : `queue size ${size} is not a power of two in 1..32768`;
+}
+
+/**
+ * Bytes of each part of a ring of `size` entries (a valid size for the
+ * layout; see {@link ringSizeProblem}): descriptor table / Descriptor Ring,
+ * available ring / Driver Area, used ring / Device Area.
+ */
+export function ringPartBytes(
+  size: number,
+  features: bigint,
+): { readonly desc: number; readonly avail: number; readonly used: number } {
+  if (isPackedRing(features))
+    return { desc: packedDescRingSize(size), avail: PVIRTQ_EVENT_SIZE, used: PVIRTQ_EVENT_SIZE };
+  return { desc: descTableSize(size), avail: availRingSize(size), used: usedRingSize(size) };
+}
+
+/** The alignment of each part (split: 16, 2, 4, §2.7; packed: 16, 4, 4, §2.8.10.1). */
+export function ringPartAlign(features: bigint): {
+  readonly desc: number;
+  readonly avail: number;
+  readonly used: number;
+} {
+  if (isPackedRing(features))
+    return { desc: PVIRTQ_DESC_ALIGN, avail: PVIRTQ_EVENT_ALIGN, used: PVIRTQ_EVENT_ALIGN };
+  return { desc: VIRTQ_DESC_ALIGN, avail: VIRTQ_AVAIL_ALIGN, used: VIRTQ_USED_ALIGN };
+}
 
 /** The layout negotiated `features` select (packed iff VIRTIO_F_RING_PACKED). */
 export function ringLayoutOf(features: bigint): RingLayoutKind {

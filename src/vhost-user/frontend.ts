@@ -23,8 +23,7 @@
  */
 import { VirtioError } from "../errors.ts";
 import { connectUnix } from "../native/index.ts";
-import { ringSizeProblem } from "../ring/open-ring.ts";
-import { ringLayoutOf } from "../ring/ring-layout.ts";
+import { ringLayoutOf, ringSizeProblem } from "../ring/ring-layout.ts";
 import {
   VHOST_MEMORY_BASELINE_NREGIONS,
   VhostUserProtocolFeature as PF,

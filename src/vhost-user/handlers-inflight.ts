@@ -14,7 +14,7 @@
  * @module
  */
 import { ErrorCode, VirtioError } from "../errors.ts";
-import { isPackedRing } from "../ring/open-ring.ts";
+import { isPackedRing } from "../ring/ring-layout.ts";
 import { inflightRegionSize, VhostUserProtocolFeature as PF } from "../spec/vhost-user.ts";
 import { hasFeature } from "../spec/virtio.ts";
 import { decodeInflight, encodeInflight, type InflightDescription } from "./codec.ts";

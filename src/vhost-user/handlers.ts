@@ -13,7 +13,7 @@
  */
 import { ErrorCode, VirtioError } from "../errors.ts";
 import { VIRTIO_F_VERSION_1, hasFeature } from "../spec/virtio.ts";
-import { isPackedRing, ringPartBytes, ringSizeProblem } from "../ring/open-ring.ts";
+import { isPackedRing, ringPartBytes, ringSizeProblem } from "../ring/ring-layout.ts";
 import {
   VHOST_VRING_F_LOG,
   VhostUserRequest as R,

@@ -27,7 +27,7 @@ import {
   featureBit,
   hasFeature,
 } from "../spec/virtio.ts";
-import { ringPartBytes, ringSizeProblem } from "../ring/open-ring.ts";
+import { ringPartBytes, ringSizeProblem } from "../ring/ring-layout.ts";
 import { VhostUserProtocolFeature as PF } from "../spec/vhost-user.ts";
 import type { VhostUserBackend } from "./backend.ts";
 import type { InflightShm, VringDataplane, VringStart } from "./dataplane.ts";

@@ -23,8 +23,7 @@
 import { ErrorCode, VirtioError } from "../../errors.ts";
 import type { DriverRing } from "../../ring/driver-ring.ts";
 import { openDriverRing } from "../../ring/open-driver-ring.ts";
-import { ringSizeProblem } from "../../ring/open-ring.ts";
-import { ringLayoutOf } from "../../ring/ring-layout.ts";
+import { ringLayoutOf, ringSizeProblem } from "../../ring/ring-layout.ts";
 import { VIRTIO_BLK_CONFIG_SIZE } from "../../spec/blk.ts";
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_INDIRECT_DESC, hasFeature } from "../../spec/virtio.ts";
 import type { BlkFeatureName } from "./config.ts";
