@@ -19,17 +19,23 @@ test("the addon is built and loaded", () => {
   assert.equal(typeof api.pageSize(), "number");
 });
 
-test("a missing addon gives the build hint; a broken one says it failed to load", () => {
-  const missing = loadAddon([new URL("file:///nonexistent/virtio_ts_native.node")]);
-  assert.deepEqual(missing, { error: NOT_BUILT_MESSAGE });
-  assert.match(NOT_BUILT_MESSAGE, /run npm install \(needs g\+\+ and python3\)/);
+test("a missing addon names the fix; a broken one says it failed to load", () => {
   const dir = tempDir();
   try {
+    const root = pathToFileURL(`${dir.path}/`);
+    assert.deepEqual(loadAddon([root]), { error: NOT_BUILT_MESSAGE }, "no binding.gyp: not a root");
+    writeFileSync(join(dir.path, "binding.gyp"), "{}");
+    const notFound = (): string => {
+      throw new Error("No native build was found");
+    };
+    assert.deepEqual(loadAddon([root], notFound), { error: NOT_BUILT_MESSAGE });
+    assert.match(NOT_BUILT_MESSAGE, /npm rebuild virtio-ts.*g\+\+.*skips install scripts/);
+    assert.deepEqual(loadAddon([root]), { error: NOT_BUILT_MESSAGE }, "node-gyp-build finds none");
     const path = join(dir.path, "virtio_ts_native.node");
     writeFileSync(path, "not a shared object");
-    const broken = loadAddon([pathToFileURL(path)]);
+    const broken = loadAddon([root], () => path);
     assert.ok("error" in broken);
-    assert.match(broken.error, /failed to load/);
+    assert.match(broken.error, /failed to load.*npm rebuild virtio-ts/);
   } finally {
     dir.remove();
   }

@@ -1,6 +1,10 @@
 /**
- * Loads the native addon (`build/Release/virtio_ts_native.node`, built from
- * `native/` by node-gyp on `npm install`) and describes its raw interface.
+ * Loads the native addon and describes its raw interface. The binary is
+ * `build/Release/virtio_ts_native.node` when built from `native/` by
+ * node-gyp (`npm ci` in this repository, `npm rebuild virtio-ts`), else the
+ * prebuilt `prebuilds/<platform>-<arch>/*.node` shipped in the package
+ * (found by node-gyp-build, which the package's install script also runs:
+ * it compiles only when no prebuilt binary fits).
  *
  * Loading never throws: if the addon is missing or broken, every native
  * function throws a {@link VirtioError} with code `VIRTIO_ERR_NATIVE` and the
@@ -14,6 +18,7 @@
  */
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { ErrorCode, VirtioError } from "../errors.ts";
 import { NativeError } from "./native-error.ts";
@@ -128,35 +133,47 @@ export interface UringRing {
 }
 
 /**
- * Where the addon is looked for, relative to this file: src/native/ and
- * dist/native/ (tsconfig.build.json) sit two levels below the package root,
- * dist/src/native/ (tsconfig.json's outDir) three.
+ * The package roots the addon is looked for under, relative to this file:
+ * src/native/ and dist/native/ (tsconfig.build.json) sit two levels below
+ * the package root, dist/src/native/ (tsconfig.json's outDir) three.
  */
-const ADDON_FILE = "build/Release/virtio_ts_native.node";
-const DEFAULT_CANDIDATES = [
-  new URL(`../../${ADDON_FILE}`, import.meta.url),
-  new URL(`../../../${ADDON_FILE}`, import.meta.url),
-];
+const DEFAULT_ROOTS = [new URL("../../", import.meta.url), new URL("../../../", import.meta.url)];
 
-/** Message when no candidate file exists. */
-export const NOT_BUILT_MESSAGE = "native addon not built: run npm install (needs g++ and python3)";
+/** The one line a user sees when no binary fits this machine. */
+export const NOT_BUILT_MESSAGE =
+  `native addon not available for ${process.platform}-${process.arch}: no prebuilt binary ` +
+  "fits this machine and none was built; build it with `npm rebuild virtio-ts` " +
+  "(needs g++, make and python3), and if your package manager skips install scripts " +
+  "(npm --ignore-scripts, pnpm, yarn), allow them for virtio-ts";
+
+/** node-gyp-build's resolver: build/Release, build/Debug, then prebuilds/<platform>-<arch>/. */
+type FindBinary = (root: string) => string;
 
 /**
- * Loads the addon from the first existing candidate path. Returns the addon or
- * the reason it is unavailable. @internal (exported for tests)
+ * Finds the addon under the first candidate package root (one holding
+ * binding.gyp) with node-gyp-build — the source build first, then the
+ * prebuilt binary for this platform, arch and libc — and loads it. Returns
+ * the addon or the reason it is unavailable. @internal (exported for tests)
  */
 export function loadAddon(
-  candidates: readonly URL[],
+  roots: readonly URL[],
+  find?: FindBinary,
 ): { readonly addon: NativeAddon } | { readonly error: string } {
   const require = createRequire(import.meta.url);
-  for (const url of candidates) {
-    const path = fileURLToPath(url);
-    if (!existsSync(path)) continue;
+  for (const url of roots) {
+    const root = fileURLToPath(url);
+    if (!existsSync(join(root, "binding.gyp"))) continue;
+    let path: string;
+    try {
+      path = (find ?? (require("node-gyp-build") as { path: FindBinary }).path)(root);
+    } catch {
+      return { error: NOT_BUILT_MESSAGE };
+    }
     try {
       return { addon: require(path) as NativeAddon };
     } catch (e) {
       return {
-        error: `native addon at ${path} failed to load (${e instanceof Error ? e.message : String(e)}); rebuild it: npm rebuild`,
+        error: `native addon at ${path} failed to load (${e instanceof Error ? e.message : String(e)}); rebuild it: npm rebuild virtio-ts`,
       };
     }
   }
@@ -170,7 +187,7 @@ function unavailable(reason: string): NativeAddon {
   return new Proxy({} as NativeAddon, { get: () => fail });
 }
 
-const loaded = loadAddon(DEFAULT_CANDIDATES);
+const loaded = loadAddon(DEFAULT_ROOTS);
 const loadError = "error" in loaded ? loaded.error : undefined;
 
 /** The addon, or a stand-in whose every function throws the load error. @internal */

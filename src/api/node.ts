@@ -1,0 +1,17 @@
+/**
+ * `virtio-ts/node`: what runs only on Node — the virtio-blk image-file
+ * backing store ({@link FileBacking}: raw files, O_DIRECT, io_uring), the
+ * worker_threads thread host, and the dataplane runtime with every device
+ * and transport of this package in worker threads or on the calling thread.
+ * VIRTIO 1.2 §5.2.6 (the disk behind the requests).
+ *
+ * @module virtio-ts/node
+ */
+export { FileBacking, IOV_MAX, type FileBackingOptions } from "../devices/blk/file-backing.ts";
+export { openNodeBacking } from "../devices/blk/node-backing.ts";
+export {
+  nodeParentEndpoint,
+  nodeThreadHost,
+  type NodeThreadHostOptions,
+} from "../dataplane/node-threads.ts";
+export * from "../devices/node-dataplane.ts";

@@ -1,0 +1,24 @@
+/**
+ * `virtio-ts/vhost-user`: the vhost-user protocol (QEMU
+ * docs/interop/vhost-user.rst) — the back-end that serves a device to QEMU
+ * or another front-end ({@link VhostUserServer}, with virtio-blk's
+ * {@link VhostUserBlkBackend} and {@link openVhostUserBlk}), and the
+ * front-end that drives any vhost-user back-end from Node ({@link
+ * VhostUserFrontend}, and {@link VhostUserBlk} for a virtio-blk disk).
+ * Node-only (Unix sockets, mmap, eventfds through the native addon).
+ *
+ * @module virtio-ts/vhost-user
+ */
+export * from "../vhost-user/index.ts";
+export {
+  VhostUserBlkBackend,
+  openVhostUserBlk,
+  type OpenVhostUserBlkOptions,
+  type OpenedVhostUserBlk,
+} from "../devices/blk/vhost-user.ts";
+export {
+  VhostUserBlk,
+  type GuestBuffer,
+  type VhostUserBlkConnectOptions,
+} from "../devices/blk/vhost-user-frontend.ts";
+export * from "../spec/vhost-user.ts";
