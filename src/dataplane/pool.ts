@@ -3,7 +3,8 @@
  * calling thread) shared by the devices it hosts: one per export of a
  * daemon, or one in-process device. Each device's queues are placed on the
  * pool's runtimes round-robin, continuing where the previous device's
- * placement ended, so several devices spread over the same threads. Reports
+ * placement ended, so several devices spread over the same threads (or, on
+ * request, all of a device's queues on one runtime). Reports
  * (broken rings, log lines, a failed thread) are routed to the device they
  * are about. Portable. Not spec-defined.
  *
@@ -36,6 +37,13 @@ export interface DataplanePoolOptions {
 export interface OpenDeviceOptions {
   /** Number of queues the device will start (they are placed now). */
   readonly queues: number;
+  /**
+   * Place every queue on one runtime (the next in turn) instead of spreading
+   * them: for a device whose back end must be opened once — a store that
+   * keeps its state in the runtime's memory, a connection that orders
+   * writes and flushes (default false).
+   */
+  readonly oneRuntime?: boolean;
   /** The device's log lines (default the pool's logger). */
   readonly logger?: Logger;
   /** Broken rings and failed runtimes of this device (default: logged). */
@@ -104,8 +112,12 @@ export class DataplanePool {
       throw new RangeError(`a device needs at least one queue, got ${o.queues}`);
     const n = this.#runtimes.length;
     const first = this.#nextPlacement;
-    this.#nextPlacement = (first + o.queues) % n;
-    const placement = Array.from({ length: o.queues }, (_, q) => this.#runtimes[(first + q) % n]!);
+    const spread = o.oneRuntime === true ? 0 : 1;
+    this.#nextPlacement = (first + (spread === 0 ? 1 : o.queues)) % n;
+    const placement = Array.from(
+      { length: o.queues },
+      (_, q) => this.#runtimes[(first + q * spread) % n]!,
+    );
     const id = this.#nextDevice++;
     const logger = o.logger ?? this.#logger;
     const onEvent = o.onEvent ?? ((ev: DeviceEvent) => logEvent(logger, ev));

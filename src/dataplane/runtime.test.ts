@@ -242,3 +242,48 @@ test("a ring violation read from memory that was pulled away is reported as MEM_
   assert.equal(e.error.code, ErrorCode.MEM_FAULT);
   await s.pool.close();
 });
+
+test("queues spread round-robin over the runtimes, or all on one runtime when asked", async () => {
+  const opened: number[] = [];
+  let next = 0;
+  const host = localThreadHost((endpoint) => {
+    const runtime = next++;
+    return serveDataplane({
+      endpoint,
+      devices: {
+        fake: () => {
+          opened.push(runtime);
+          return { device: { startQueue: () => ({}) } as unknown as DataplaneDevice, info: {} };
+        },
+      },
+      memory: {},
+      doorbells: {},
+    });
+  });
+  const pool = await DataplanePool.start({
+    host,
+    module: LOCAL_RUNTIME,
+    runtimes: 3,
+    logger: silentLogger,
+  });
+  try {
+    const spread = await pool.open({ kind: "fake" }, { queues: 4 });
+    assert.deepEqual(
+      [0, 1, 2, 3].map((q) => spread.runtimeOf(q)),
+      [0, 1, 2, 0],
+    );
+    const together = await pool.open({ kind: "fake" }, { queues: 4, oneRuntime: true });
+    assert.deepEqual(
+      [0, 1, 2, 3].map((q) => together.runtimeOf(q)),
+      [1, 1, 1, 1],
+    );
+    const after = await pool.open({ kind: "fake" }, { queues: 2 });
+    assert.deepEqual(
+      [0, 1].map((q) => after.runtimeOf(q)),
+      [2, 0],
+    );
+    assert.deepEqual(opened, [0, 1, 2, 1, 2, 0], "a disk on one runtime is opened once");
+  } finally {
+    await pool.close();
+  }
+});

@@ -8,6 +8,7 @@
  */
 import type { Logger } from "../../log.ts";
 import type { BlkBacking } from "./backing.ts";
+import { type ModuleBackingSpec, openModuleBacking } from "./module-backing.ts";
 import { SharedMemoryBacking } from "./shared-memory-backing.ts";
 
 /** A raw image file, opened by each runtime itself (Node-only). */
@@ -47,6 +48,7 @@ export type BackingSpec =
   | FileBackingSpec
   | SharedMemoryBackingSpec
   | ObjectBackingSpec
+  | ModuleBackingSpec
   | { readonly kind: string; readonly [field: string]: unknown };
 
 /** What an opener is given besides the spec. */
@@ -61,12 +63,17 @@ export interface BackingContext {
 export type BackingOpener = (spec: BackingSpec, context: BackingContext) => Promise<BlkBacking>;
 
 /**
- * Opens `"shared-memory"` specs as {@link SharedMemoryBacking} and
- * `"object"` specs as the object they carry.
+ * Opens `"shared-memory"` specs as {@link SharedMemoryBacking}, `"object"`
+ * specs as the object they carry and `"module"` specs by importing the
+ * store's module (./module-backing.ts).
  *
  * @throws {TypeError} for an unknown kind, or an object spec that crossed a thread.
+ * @throws {VirtioError} `BLK_IMAGE` for a store module that cannot be used.
  */
-export function openPortableBacking(spec: BackingSpec): Promise<BlkBacking> {
+export function openPortableBacking(
+  spec: BackingSpec,
+  context: BackingContext,
+): Promise<BlkBacking> {
   switch (spec.kind) {
     case "shared-memory": {
       const m = spec as SharedMemoryBackingSpec;
@@ -78,6 +85,8 @@ export function openPortableBacking(spec: BackingSpec): Promise<BlkBacking> {
         throw new TypeError("an object backing store must be opened on the calling thread");
       return Promise.resolve(b);
     }
+    case "module":
+      return openModuleBacking(spec as ModuleBackingSpec, context);
     default:
       throw new TypeError(`unknown backing kind ${spec.kind}`);
   }

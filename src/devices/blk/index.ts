@@ -45,6 +45,11 @@ export {
   type BlkDeviceSpec,
   type BlkEngineLimits,
 } from "./runtime-device.ts";
+export {
+  openModuleBacking,
+  type ModuleBackingSpec,
+  type OpenBackingFunction,
+} from "./module-backing.ts";
 export { SharedMemoryBacking, type SharedMemoryBackingOptions } from "./shared-memory-backing.ts";
 export { executeBlkRequest, executeGetId, writeStatus, type BlkExecPolicy } from "./execute.ts";
 export { blkTypeName } from "./log.ts";

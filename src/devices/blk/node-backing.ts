@@ -22,7 +22,7 @@ import { FileBacking } from "./file-backing.ts";
  * @throws {TypeError} for an unknown kind.
  */
 export async function openNodeBacking(spec: BackingSpec, ctx: BackingContext): Promise<BlkBacking> {
-  if (spec.kind !== "file") return openPortableBacking(spec);
+  if (spec.kind !== "file") return openPortableBacking(spec, ctx);
   const f = spec as FileBackingSpec;
   return FileBacking.open(f.path, {
     readOnly: f.readOnly ?? false,

@@ -29,6 +29,8 @@ export interface OpenBlkOptions extends BlkEngineLimits {
   /** The disk each hosting runtime opens. */
   readonly backing: BackingSpec;
   readonly config: BlkDataplaneConfig;
+  /** Every queue on one runtime: the disk is opened once (see OpenDeviceOptions.oneRuntime). */
+  readonly oneRuntime?: boolean;
   readonly logger?: Logger;
   /** Broken rings and failed runtimes (default: logged). */
   readonly onEvent?: (event: DeviceEvent) => void;
@@ -60,6 +62,7 @@ export async function openBlk(o: OpenBlkOptions): Promise<OpenedBlk> {
   };
   const handle = await o.pool.open(spec, {
     queues,
+    oneRuntime: o.oneRuntime ?? false,
     ...(o.logger === undefined ? {} : { logger: o.logger }),
     ...(o.onEvent === undefined ? {} : { onEvent: o.onEvent }),
   });

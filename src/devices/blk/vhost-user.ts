@@ -97,6 +97,8 @@ export interface OpenVhostUserBlkOptions extends BlkDataplaneConfig, BlkEngineLi
   readonly pool: DataplanePool;
   /** The disk each hosting runtime opens. */
   readonly backing: BackingSpec;
+  /** Every queue on one runtime, so the disk is opened once (default false). */
+  readonly oneRuntime?: boolean;
   /** The device's log lines. */
   readonly logger?: Logger;
 }
@@ -117,11 +119,12 @@ export interface OpenedVhostUserBlk {
  *   error, e.g. VirtioError `BLK_IMAGE`.
  */
 export async function openVhostUserBlk(o: OpenVhostUserBlkOptions): Promise<OpenedVhostUserBlk> {
-  const { pool, backing, logger, ...config } = withoutLimits(o);
+  const { pool, backing, logger, oneRuntime, ...config } = withoutLimits(o);
   const opened = await openBlk({
     pool,
     backing,
     config,
+    oneRuntime: oneRuntime ?? false,
     ...(logger === undefined ? {} : { logger }),
     ...engineLimits(o),
   });
