@@ -1,8 +1,9 @@
 /**
  * `virtio-ts/vhost-user`: the vhost-user protocol (QEMU
  * docs/interop/vhost-user.rst) — the back-end that serves a device to QEMU
- * or another front-end ({@link VhostUserServer}, with virtio-blk's
- * {@link VhostUserBlkBackend} and {@link openVhostUserBlk}), and the
+ * or another front-end ({@link serveVhostUserBlk} in one call; or
+ * {@link VhostUserServer} with virtio-blk's {@link VhostUserBlkBackend} and
+ * {@link openVhostUserBlk}), and the
  * front-end that drives any vhost-user back-end from Node ({@link
  * VhostUserFrontend}, and {@link VhostUserBlk} for a virtio-blk disk).
  * Node-only (Unix sockets, mmap, eventfds through the native addon).
@@ -16,6 +17,11 @@ export {
   type OpenVhostUserBlkOptions,
   type OpenedVhostUserBlk,
 } from "../devices/blk/vhost-user.ts";
+export {
+  serveVhostUserBlk,
+  type ServeVhostUserBlkOptions,
+  type ServedVhostUserBlk,
+} from "../devices/blk/serve-vhost-user.ts";
 export {
   VhostUserBlk,
   type GuestBuffer,
