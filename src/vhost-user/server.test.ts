@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, test } from "node:test";
-import { setImmediate as tick } from "node:timers/promises";
+import { setImmediate as tick, setTimeout as sleep } from "node:timers/promises";
 import {
   close,
   connectUnix,
@@ -10,6 +10,7 @@ import {
   listenUnix,
   recvmsg,
   sendmsg,
+  socketPair,
   watchCount,
 } from "../native/index.ts";
 import { fdSnapshot, fdsOpenedSince, tempDir, within } from "../native/test-support.ts";
@@ -96,5 +97,59 @@ describe("VhostUserServer", { timeout: 20_000 }, () => {
     assert.throws(() => new VhostUserServer({ path: file, backend, dataplane, log: () => {} }));
     assert.equal(existsSync(file), true);
     await server.close();
+  });
+
+  test("a connected fd (socketpair) is served as the one connection; done when it ends", async () => {
+    const fdsBefore = fdSnapshot();
+    const watchesBefore = watchCount();
+    const [vmm, backendEnd] = socketPair();
+    const logs: string[] = [];
+    const conns: VhostUserConnection[] = [];
+    const backend = new RecordingBackend({ numQueues: 1 });
+    const server = new VhostUserServer({
+      connectedFd: backendEnd,
+      backend,
+      dataplane: nativeTestDataplane(backend),
+      log: (l) => logs.push(l),
+      onConnection: (c) => conns.push(c),
+    });
+    assert.equal(server.path, undefined);
+    assert.equal(conns.length, 1, "the connection starts at once");
+    assert.equal(await getFeatures(vmm), 0x1_4000_0000n);
+    close(vmm);
+    assert.equal(await within(server.done, 5000, "server done"), undefined);
+    assert.equal(server.connection, undefined);
+    await server.close();
+    assert.deepEqual(fdsOpenedSince(fdsBefore), [], "the connected fd is closed");
+    assert.equal(watchCount(), watchesBefore);
+    assert.deepEqual(logs, ["vhost-user: front-end disconnected"]);
+  });
+
+  test("a connected socket given as listenFd: one line, done with the error, no accept loop", async () => {
+    const fdsBefore = fdSnapshot();
+    const [peer, notListening] = socketPair();
+    const logs: string[] = [];
+    const backend = new RecordingBackend({ numQueues: 1 });
+    const server = new VhostUserServer({
+      listenFd: notListening,
+      backend,
+      dataplane: nativeTestDataplane(backend),
+      log: (l) => logs.push(l),
+    });
+    assert.ok(sendmsg(peer, Buffer.from("readable"))); // the listener's watch fires
+    const error = await within(server.done, 5000, "server done");
+    assert.match(error?.message ?? "", /^accept failed, no longer listening: accept4 EINVAL: /);
+    await sleep(100);
+    assert.deepEqual(logs, [`vhost-user: ${error!.message}`], "exactly one line");
+    await server.close();
+    close(peer);
+    assert.deepEqual(fdsOpenedSince(fdsBefore), []);
+  });
+
+  test("exactly one of path, listenFd and connectedFd", () => {
+    const backend = new RecordingBackend({ numQueues: 1 });
+    const dataplane = nativeTestDataplane(backend);
+    for (const where of [{}, { listenFd: 5, connectedFd: 6 }, { path: "/x", connectedFd: 6 }])
+      assert.throws(() => new VhostUserServer({ backend, dataplane, ...where }), TypeError);
   });
 });
