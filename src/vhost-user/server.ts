@@ -57,8 +57,11 @@ export interface VhostUserServerOptions {
   readonly allowUnsealedMemory?: boolean;
   /** Memory slots announced in GET_MAX_MEM_SLOTS. */
   readonly maxMemSlots?: number;
-  /** Where log lines go (default: console.warn). */
-  readonly log?: (line: string) => void;
+  /**
+   * Where log lines go (default: console.warn). The server's own lines say
+   * how severe they are; the connection's lines (protocol errors) do not.
+   */
+  readonly log?: (line: string, level?: "info" | "warn" | "error") => void;
   /** First and longest pause of accepting after a shortage of fds or memory, ms (default 100, 5000). */
   readonly acceptBackoffMs?: readonly [first: number, max: number];
   /** Called with each accepted connection, after it started. */
@@ -89,7 +92,7 @@ export class VhostUserServer {
   #backoffMs = 0;
   #retry: ReturnType<typeof setTimeout> | undefined;
   readonly #options: VhostUserServerOptions;
-  readonly #log: (line: string) => void;
+  readonly #log: (line: string, level?: "info" | "warn" | "error") => void;
   readonly #eventFds = new NativeEventFds();
   #watch: FdWatch | undefined;
   #current: VhostUserConnection | undefined;
@@ -165,14 +168,14 @@ export class VhostUserServer {
     const why = e instanceof Error ? e.message : String(e);
     if (isNativeError(e) && ACCEPT_SHORTAGE.has(e.errnoCode ?? "")) {
       this.#backoffMs = Math.min(max, this.#backoffMs === 0 ? first : this.#backoffMs * 2);
-      this.#log(`vhost-user: accept: ${why}; retrying in ${this.#backoffMs} ms`);
+      this.#log(`vhost-user: accept: ${why}; retrying in ${this.#backoffMs} ms`, "warn");
       this.#retry = setTimeout(() => {
         if (this.#closing === undefined) this.#watchListener();
       }, this.#backoffMs);
       return;
     }
     const error = new Error(`accept failed, no longer listening: ${why}`, { cause: e });
-    this.#log(`vhost-user: ${error.message}`);
+    this.#log(`vhost-user: ${error.message}`, "error");
     this.#finish(error);
   }
 
@@ -199,7 +202,7 @@ export class VhostUserServer {
         this.#next = fd;
         void current.closed.then(() => this.#serveNext(fd));
       } else {
-        this.#log("vhost-user: refusing a second front-end connection (one at a time)");
+        this.#log("vhost-user: refusing a second front-end connection (one at a time)", "warn");
         close(fd);
       }
     }
@@ -227,7 +230,7 @@ export class VhostUserServer {
     this.#current = conn;
     void conn.closed.then((info: CloseInfo) => {
       if (this.#current === conn) this.#current = undefined;
-      if (info.error === undefined) this.#log("vhost-user: front-end disconnected");
+      if (info.error === undefined) this.#log("vhost-user: front-end disconnected", "info");
     });
     conn.start();
     o.onConnection?.(conn);

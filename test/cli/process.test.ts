@@ -49,6 +49,9 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
       "--aio MODE",
       "--max-in-flight N",
       "--verbose",
+      "--log-level LEVEL",
+      "--log-timestamp",
+      "--log-format FORMAT",
       "--help",
     ])
       assert.match(help, new RegExp(`^ +(-\\w, )?${flag} +\\S`, "m"), `${flag} is explained`);

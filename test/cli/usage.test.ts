@@ -82,6 +82,13 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
       [[...base, "--read-only=yes"], /: --read-only takes no value /],
       [[...base, "--writeback", "--writeback"], /: --writeback is given more than once /],
       [["vhost-user-blk", "--fd", "1", "--image", IMAGE], /: --fd must be in 3\.\.65535, got 1 /],
+      [
+        [...base, "--log-level", "loud"],
+        /: --log-level must be one of error, warn, info, debug, trace, got "loud" /,
+      ],
+      [[...base, "-v", "--log-level", "debug"], /: give one of --verbose and --log-level /],
+      [[...base, "--log-format", "xml"], /: --log-format must be text or json, got "xml" /],
+      [[...base, "--log-timestamp=yes"], /: --log-timestamp takes no value /],
     ];
     for (const [argv, expected] of usage) {
       assert.match(await fails(argv, ExitStatus.USAGE), expected, argv.join(" "));

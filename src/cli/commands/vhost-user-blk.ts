@@ -126,13 +126,13 @@ function listen(
       dataplane: blk.dataplane,
       allowUnsealedMemory: s.allowUnsealedMemory,
       ...(x.socket === undefined ? { listenFd: x.fd! } : { path: x.socket }),
-      log: (line) => log.line(line),
+      log: (line, level) => log.line(line, level ?? "warn"),
       onConnection: (conn) => {
-        const label = `conn ${++connections}`;
-        log.connection = label;
+        const n = ++connections;
+        log.connection = n;
         log.line("front-end connected");
         void conn.closed.then(() => {
-          if (log.connection === label) log.connection = undefined;
+          if (log.connection === n) log.connection = undefined;
         });
       },
     });
@@ -209,6 +209,7 @@ async function stopExport(v: Served, s: Settings): Promise<void> {
       const n = await v.blk.dataplane.abort().catch(() => 0);
       v.log.process(
         `requests still in flight after ${s.shutdownTimeoutSeconds} s: failed ${n} with an I/O error`,
+        "warn",
       );
       await drained;
     }
@@ -251,7 +252,7 @@ export async function serve(s: Settings, ctx: CommandContext): Promise<number> {
   let forced!: (code: number) => void;
   const forcedExit = new Promise<number>((r) => (forced = r));
   const signals = stopSignals(io, () => {
-    log.process("second stop signal: exiting without draining");
+    log.process("second stop signal: exiting without draining", "warn");
     forced(1);
   });
   for (const v of served) io.out(`listening on ${v.x.socket ?? `fd ${v.x.fd}`}`);
