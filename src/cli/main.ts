@@ -132,6 +132,12 @@ async function runCommand(c: Command, argv: readonly string[], io: CliIo): Promi
       io.out(commandHelp(c));
       return ExitStatus.OK;
     }
+    // The back-end convention: such a flag ignores every other argument.
+    const print = Object.entries(c.printers ?? {}).find(([flag]) => argv.includes(`--${flag}`));
+    if (print !== undefined) {
+      io.out(print[1]());
+      return ExitStatus.OK;
+    }
     const { flags, positionals } = parseFlags(argv, specs);
     if (positionals.length > 0)
       throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`);
@@ -211,16 +217,17 @@ export function processIo(): CliIo {
 
 /**
  * The process entry (bin/virtio-ts.mjs): runs {@link main} on
- * `process.argv` and exits with its status. An exception nothing caught
+ * `process.argv` (after `command`, for an entry that is one command, e.g.
+ * bin/virtio-ts-vhost-user-blk.mjs) and exits with its status. An exception nothing caught
  * (a bug) is one line on stderr and exit status 1.
  */
-export async function runProcess(): Promise<never> {
+export async function runProcess(command: readonly string[] = []): Promise<never> {
   const io = processIo();
   process.on("uncaughtException", (e) => {
     io.err(`virtio-ts: internal error: ${e.stack ?? e.message}`);
     process.exit(ExitStatus.FAILURE);
   });
-  const code = await main(process.argv.slice(2), io);
+  const code = await main([...command, ...process.argv.slice(2)], io);
   // stdout and stderr are synchronous for files and pipes on Linux: nothing is lost.
   process.exit(code);
 }

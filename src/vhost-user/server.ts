@@ -132,6 +132,11 @@ export class VhostUserServer {
     });
   }
 
+  /** False when the server serves one connected fd instead of listening. */
+  get listening(): boolean {
+    return this.#fd >= 0;
+  }
+
   /** The connection being served, if any. */
   get connection(): VhostUserConnection | undefined {
     return this.#current;

@@ -36,7 +36,7 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
     assert.deepEqual(await p.exit(), { code: 0, signal: null });
     const help = p.stdout;
     for (const flag of [
-      "--socket PATH",
+      "--socket-path PATH",
       "--fd N",
       "--image FILE",
       "--num-queues N",
@@ -52,6 +52,8 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
       "--log-level LEVEL",
       "--log-timestamp",
       "--log-format FORMAT",
+      "--print-capabilities",
+      "--print-description",
       "--help",
     ])
       assert.match(help, new RegExp(`^ +(-\\w, )?${flag} +\\S`, "m"), `${flag} is explained`);

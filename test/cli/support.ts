@@ -149,13 +149,18 @@ async function receive(fd: number): Promise<Uint8Array | "eof"> {
 export async function probeFeatures(path: string): Promise<bigint> {
   const fd = connectUnix(path);
   try {
-    assert.ok(sendmsg(fd, encodeMessage(R.GET_FEATURES, 1, new Uint8Array(0))));
-    const reply = await receive(fd);
-    assert.notEqual(reply, "eof", "the back-end answered GET_FEATURES");
-    const bytes = reply as Uint8Array;
-    assert.deepEqual(decodeHeader(bytes), { request: R.GET_FEATURES, flags: 5, size: 8 });
-    return decodeU64(bytes.subarray(12));
+    return await probeFeaturesOn(fd);
   } finally {
     close(fd);
   }
+}
+
+/** Asks GET_FEATURES over the connected socket `fd` (left open); resolves with the features. */
+export async function probeFeaturesOn(fd: number): Promise<bigint> {
+  assert.ok(sendmsg(fd, encodeMessage(R.GET_FEATURES, 1, new Uint8Array(0))));
+  const reply = await receive(fd);
+  assert.notEqual(reply, "eof", "the back-end answered GET_FEATURES");
+  const bytes = reply as Uint8Array;
+  assert.deepEqual(decodeHeader(bytes), { request: R.GET_FEATURES, flags: 5, size: 8 });
+  return decodeU64(bytes.subarray(12));
 }

@@ -1,8 +1,8 @@
 /**
  * `virtio-ts vhost-user-blk`: serve raw disk images as virtio-blk devices
  * (VIRTIO 1.2 §5.2) over vhost-user (qemu/qemu docs/interop/vhost-user.rst,
- * "Backend program conventions": a Unix socket path or an inherited
- * listening fd) — one export, or several sharing one dataplane pool, each
+ * "Backend program conventions": a Unix socket path, or an inherited fd
+ * that listens or is already connected) — one export, or several sharing one dataplane pool, each
  * with its own socket, device and log name, so that one front-end's
  * misbehaviour closes only its own connection. Composes a dataplane pool,
  * `openVhostUserBlk` and {@link VhostUserServer}; the library does the
@@ -11,14 +11,13 @@
  *
  * @module
  */
-import { fstatSync } from "node:fs";
 import { ErrorCode, isVirtioError } from "../../errors.ts";
 import type { DataplanePool } from "../../dataplane/pool.ts";
 import type { BlkDataplaneConfig, BlkEngineLimits } from "../../devices/blk/runtime-device.ts";
 import { type OpenedVhostUserBlk, openVhostUserBlk } from "../../devices/blk/vhost-user.ts";
 import { nodeDataplanePool } from "../../devices/node-dataplane.ts";
 import { errorText } from "../../log.ts";
-import { isNativeError } from "../../native/index.ts";
+import { isListeningSocket, isNativeError } from "../../native/index.ts";
 import { VhostUserServer } from "../../vhost-user/server.ts";
 import type { CliIo, CliLog } from "../log.ts";
 import { type CommandContext, CommandError } from "./command.ts";
@@ -30,6 +29,8 @@ interface Served {
   readonly log: CliLog;
   readonly blk: OpenedVhostUserBlk;
   readonly server: VhostUserServer;
+  /** Serves one already connected fd (and is done when it hangs up). */
+  readonly connected: boolean;
 }
 
 /** The one-line reason the listening socket cannot be created. */
@@ -87,15 +88,23 @@ async function openDevice(
   }
 }
 
-/** An inherited `--fd` must be an open socket (the server checks nothing). */
-function checkListenFd(fd: number): void {
-  let socket: boolean;
+/** Whether an inherited `--fd` listens (SO_ACCEPTCONN) or is connected; it must be an open socket. */
+function fdListens(fd: number): boolean {
   try {
-    socket = fstatSync(fd).isSocket();
-  } catch {
-    throw new CommandError(`fd ${fd} is not open`);
+    return isListeningSocket(fd);
+  } catch (e) {
+    if (isNativeError(e, "EBADF")) throw new CommandError(`fd ${fd} is not open`);
+    if (isNativeError(e, "ENOTSOCK")) throw new CommandError(`fd ${fd} is not a socket`);
+    throw e;
   }
-  if (!socket) throw new CommandError(`fd ${fd} is not a socket`);
+}
+
+/** Where export `x` is served, as the server takes it. */
+function where(
+  x: ExportSettings,
+): { path: string } | { listenFd: number } | { connectedFd: number } {
+  if (x.fd === undefined) return { path: x.socket! };
+  return fdListens(x.fd) ? { listenFd: x.fd } : { connectedFd: x.fd };
 }
 
 /** The device's configuration from the flags. */
@@ -119,13 +128,13 @@ function listen(
   log: CliLog,
 ): VhostUserServer {
   let connections = 0;
-  if (x.fd !== undefined) checkListenFd(x.fd);
+  const at = where(x);
   try {
     return new VhostUserServer({
       backend: blk.backend,
       dataplane: blk.dataplane,
       allowUnsealedMemory: s.allowUnsealedMemory,
-      ...(x.socket === undefined ? { listenFd: x.fd! } : { path: x.socket }),
+      ...at,
       log: (line, level) => log.line(line, level ?? "warn"),
       onConnection: (conn) => {
         const n = ++connections;
@@ -150,7 +159,8 @@ async function openExports(s: Settings, pool: DataplanePool, log: CliLog): Promi
       const xlog = one ? log : log.forExport(x.id);
       const blk = await openDevice(x, pool, xlog);
       try {
-        served.push({ x, log: xlog, blk, server: listen(x, s, blk, xlog) });
+        const server = listen(x, s, blk, xlog);
+        served.push({ x, log: xlog, blk, server, connected: !server.listening });
       } catch (e) {
         await blk.dataplane.close().catch(() => {});
         throw e;
@@ -233,21 +243,60 @@ async function stop(served: readonly Served[], s: Settings, pool: DataplanePool)
   return 0;
 }
 
-/** Runs the command with checked settings until a stop signal; resolves with the exit status. */
-export async function serve(s: Settings, ctx: CommandContext): Promise<number> {
-  const { io, log } = ctx;
+/** Why serving ends. */
+type StopReason = { signal: string } | { hungUp: true } | { failed: Error };
+
+/**
+ * The first of: a stop signal; every export's server done because its
+ * connected front-end hung up (only exports on a connected --fd end so); a
+ * server that can no longer accept (it logged why).
+ */
+function stopReason(served: readonly Served[], signal: Promise<string>): Promise<StopReason> {
+  return new Promise((resolve) => {
+    void signal.then((s) => resolve({ signal: s }));
+    let left = served.length;
+    for (const v of served)
+      void v.server.done.then((error) => {
+        if (error !== undefined) resolve({ failed: error });
+        else if (--left === 0) resolve({ hungUp: true });
+      });
+  });
+}
+
+function stopLine(r: StopReason): string {
+  if ("signal" in r) return `${r.signal}: stopping (draining requests in flight)`;
+  if ("hungUp" in r) return "the front-end hung up (connected --fd): stopping";
+  return "an export can no longer accept front-ends: stopping";
+}
+
+/** The stdout line scripts wait for, per export. */
+function readyLine(v: Served): string {
+  if (v.connected) return `connected on fd ${v.x.fd}`;
+  return `listening on ${v.x.socket ?? `fd ${v.x.fd}`}`;
+}
+
+/** Opens every export in a new dataplane pool; on a failure closes the pool again. */
+async function start(s: Settings, log: CliLog): Promise<{ pool: DataplanePool; served: Served[] }> {
   const pool = await nodeDataplanePool({
     threads: s.ioThreads,
     trace: log.verbose,
     logger: log.logger(),
   });
-  let served: Served[];
   try {
-    served = await openExports(s, pool, log);
+    return { pool, served: await openExports(s, pool, log) };
   } catch (e) {
     await pool.close();
     throw e;
   }
+}
+
+/**
+ * Runs the command with checked settings until a stop signal (or until a
+ * connected front-end hangs up); resolves with the exit status.
+ */
+export async function serve(s: Settings, ctx: CommandContext): Promise<number> {
+  const { io, log } = ctx;
+  const { pool, served } = await start(s, log);
   for (const v of served) v.log.process(describe(v.x, s, v.blk.info.size));
   let forced!: (code: number) => void;
   const forcedExit = new Promise<number>((r) => (forced = r));
@@ -255,10 +304,10 @@ export async function serve(s: Settings, ctx: CommandContext): Promise<number> {
     log.process("second stop signal: exiting without draining", "warn");
     forced(1);
   });
-  for (const v of served) io.out(`listening on ${v.x.socket ?? `fd ${v.x.fd}`}`);
-  const signal = await signals.first;
-  log.process(`${signal}: stopping (draining requests in flight)`);
-  const stopped = stop(served, s, pool);
+  for (const v of served) io.out(readyLine(v));
+  const reason = await stopReason(served, signals.first);
+  log.process(stopLine(reason));
+  const stopped = stop(served, s, pool).then(() => ("failed" in reason ? 1 : 0));
   stopped.then(() => log.process("stopped")).catch(() => {});
   try {
     return await Promise.race([stopped, forcedExit]);
