@@ -37,6 +37,8 @@ export interface CliIo {
    * function is called.
    */
   onStopSignal(handler: (signal: NodeJS.Signals) => void): () => void;
+  /** The environment ($NOTIFY_SOCKET); none in tests that run in-process. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
 }
 
 /** Log levels, most severe first. */

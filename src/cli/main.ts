@@ -206,6 +206,7 @@ export function processIo(): CliIo {
   return {
     out: (line) => void process.stdout.write(`${line}\n`),
     err: (line) => void process.stderr.write(`${line}\n`),
+    env: process.env,
     onStopSignal(handler) {
       for (const s of STOP_SIGNALS) process.on(s, handler);
       return () => {

@@ -52,6 +52,7 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
       "--log-level LEVEL",
       "--log-timestamp",
       "--log-format FORMAT",
+      "--pidfile PATH",
       "--print-capabilities",
       "--print-description",
       "--help",

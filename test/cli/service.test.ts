@@ -6,11 +6,12 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { accessSync, constants, readFileSync, writeFileSync } from "node:fs";
+import { accessSync, constants, existsSync, readFileSync, writeFileSync } from "node:fs";
 import { isAbsolute, join } from "node:path";
 import { describe, test } from "node:test";
-import { close, socketPair } from "../../src/native/index.ts";
+import { bindUnixDatagram, close, recvmsg, socketPair } from "../../src/native/index.ts";
 import { tempDir } from "../../src/native/test-support.ts";
+import { setTimeout as sleep } from "node:timers/promises";
 import { VIRTIO_F_VERSION_1, hasFeature } from "../../src/spec/virtio.ts";
 import { BIN, CliProcess, lines, probeFeaturesOn } from "./support.ts";
 
@@ -31,6 +32,19 @@ function setup(t: { after: (fn: () => void) => void }): { dir: string; image: st
   writeFileSync(image, Buffer.alloc(1 << 20));
   return { dir: d.path, image };
 }
+
+/** The next datagram on `fd` as text (bounded wait). */
+async function datagram(fd: number, ms = 10_000): Promise<string> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const r = recvmsg(fd, 4096, 0);
+    if (r !== null) return r.bytes.toString();
+    if (Date.now() > end) assert.fail(`no datagram within ${ms} ms`);
+    await sleep(10);
+  }
+}
+
+const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 
 const CAPABILITIES = { type: "block", features: ["read-only", "blk-file"] };
 
@@ -90,5 +104,87 @@ describe("virtio-ts under a service manager", { timeout: 120_000 }, () => {
       "virtio-ts: stopped",
     ]);
     assert.ok(err.length < 10, `a handful of lines, no loop: ${p.dump()}`);
+  });
+
+  test("$NOTIFY_SOCKET gets READY=1 once serving and STOPPING=1; --pidfile; SIGHUP stops cleanly; JSON logs", async (t) => {
+    const { dir, image } = setup(t);
+    const sock = join(dir, "vu.sock");
+    const pidfile = join(dir, "blk.pid");
+    const notify = join(dir, "notify");
+    const receiver = bindUnixDatagram(notify);
+    t.after(() => close(receiver));
+    const p = new CliProcess(
+      ["vhost-user-blk", "--socket-path", sock, "--image", image, "--pidfile", pidfile],
+      ["ignore", "pipe", "pipe"],
+      undefined,
+      { NOTIFY_SOCKET: notify },
+    );
+    t.after(() => p.kill());
+    // No --log-format: text. A second process shows JSON below.
+    const ready = await datagram(receiver);
+    assert.equal(ready, `READY=1\nSTATUS=serving 1 export\nMAINPID=${p.proc.pid}\n`);
+    assert.equal(p.stdout, `listening on ${sock}\n`, "stdout said so before READY=1");
+    assert.equal(readFileSync(pidfile, "utf8"), `${p.proc.pid}\n`);
+    p.proc.kill("SIGHUP");
+    assert.equal(
+      await datagram(receiver),
+      "STOPPING=1\nSTATUS=SIGHUP: stopping (draining requests in flight)\n",
+    );
+    assert.deepEqual(await p.exit(), { code: 0, signal: null }, p.dump());
+    assert.equal(existsSync(pidfile), false, "pid file removed");
+    assert.equal(existsSync(sock), false, "socket removed");
+    assert.deepEqual(lines(p.stderr).slice(-2), [
+      "virtio-ts: SIGHUP: stopping (draining requests in flight)",
+      "virtio-ts: stopped",
+    ]);
+    assert.equal(recvmsg(receiver, 4096, 0), null, "two datagrams, no more");
+  });
+
+  test("--log-format json: every stderr line is one object with time, level and msg; stdout unchanged", async (t) => {
+    const { dir, image } = setup(t);
+    const sock = join(dir, "vu.sock");
+    const p = new CliProcess([
+      ...["vhost-user-blk", "--socket-path", sock, "--image", image],
+      ...["--log-format", "json", "--log-level", "debug"],
+    ]);
+    t.after(() => p.kill());
+    await p.waitStdout(/listening on /);
+    assert.equal(p.stdout, `listening on ${sock}\n`);
+    p.proc.kill("SIGTERM");
+    assert.deepEqual(await p.exit(), { code: 0, signal: null }, p.dump());
+    const records = lines(p.stderr).map((l) => JSON.parse(l) as Record<string, unknown>);
+    for (const r of records) {
+      assert.match(String(r["time"]), ISO);
+      assert.ok(["error", "warn", "info", "debug", "trace"].includes(String(r["level"])));
+      assert.equal(typeof r["msg"], "string");
+    }
+    assert.deepEqual(records.map((r) => [r["level"], r["msg"]]).slice(-2), [
+      ["info", "SIGTERM: stopping (draining requests in flight)"],
+      ["info", "stopped"],
+    ]);
+    assert.match(String(records[0]!["msg"]), /^serving \S+ \(1 MiB\) as virtio-blk: /);
+  });
+
+  test("--pidfile naming a running process: one line (with --log-timestamp, timestamped), exit 1, nothing served", async (t) => {
+    const { dir, image } = setup(t);
+    const sock = join(dir, "vu.sock");
+    const pidfile = join(dir, "blk.pid");
+    writeFileSync(pidfile, `${process.pid}\n`);
+    const p = new CliProcess([
+      ...["vhost-user-blk", "--socket-path", sock, "--image", image],
+      ...["--pidfile", pidfile, "--log-timestamp"],
+    ]);
+    assert.deepEqual(await p.exit(), { code: 1, signal: null }, p.dump());
+    const err = lines(p.stderr);
+    assert.equal(err.length, 1, p.dump());
+    const [time, ...rest] = err[0]!.split(" ");
+    assert.match(time!, ISO);
+    assert.equal(
+      rest.join(" "),
+      `virtio-ts: pidfile ${pidfile}: process ${process.pid} is running`,
+    );
+    assert.equal(p.stdout, "");
+    assert.equal(existsSync(sock), false);
+    assert.equal(readFileSync(pidfile, "utf8"), `${process.pid}\n`, "left as it was");
   });
 });

@@ -62,16 +62,21 @@ export class CliProcess {
   stderr = "";
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  /** `wrapper`: a command that runs Node for us (e.g. one that installs a seccomp filter). */
+  /**
+   * `wrapper`: a command that runs Node for us (e.g. one that installs a
+   * seccomp filter); `env`: added to this process's environment.
+   */
   constructor(
     args: readonly string[],
     stdio: StdioOptions = ["ignore", "pipe", "pipe"],
     wrapper?: string,
+    env?: Readonly<Record<string, string>>,
   ) {
+    const options = { stdio, env: { ...process.env, ...env } };
     this.proc =
       wrapper === undefined
-        ? spawn(process.execPath, [BIN, ...args], { stdio })
-        : spawn(wrapper, [process.execPath, BIN, ...args], { stdio });
+        ? spawn(process.execPath, [BIN, ...args], options)
+        : spawn(wrapper, [process.execPath, BIN, ...args], options);
     this.proc.stdout?.setEncoding("utf8").on("data", (c: string) => (this.stdout += c));
     this.proc.stderr?.setEncoding("utf8").on("data", (c: string) => (this.stderr += c));
     this.exited = new Promise((resolve) =>

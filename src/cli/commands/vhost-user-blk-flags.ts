@@ -163,6 +163,13 @@ export const FLAGS: readonly FlagSpec[] = [
     help: "Map guest RAM from files that can shrink (hugetlbfs,\ntmpfs or disk files; not a memfd sealed against\nshrinking). Default: refused. A front-end that then\nshrinks the file loses its connection; this process\nlives on (docs/threat-model.md).",
   },
   {
+    name: "pidfile",
+    kind: "string",
+    metavar: "PATH",
+    group: "Service manager",
+    help: "Write this process's id to PATH once every export\nserves (atomically); removed on exit. A PATH that\nnames a running process is an error; a stale one is\nreplaced.",
+  },
+  {
     name: "print-capabilities",
     kind: "boolean",
     group: "Service manager",
@@ -199,8 +206,9 @@ is flushed, the socket file is removed, exit status 0. A second signal exits
 at once with status 1. With --fd on a connected socket, the front-end hanging
 up stops the process the same way.
 
-Under a service manager: --print-capabilities and --print-description for
-libvirt's discovery.
+Under a service manager: $NOTIFY_SOCKET gets READY=1 once every export
+serves and STOPPING=1 when stopping (systemd Type=notify); --pidfile;
+--print-capabilities and --print-description for libvirt's discovery.
 
 Exit status: 0 clean stop; 1 runtime error (image, socket, I/O); 2 bad usage.
 More: docs/cli.md (cloud-hypervisor, troubleshooting).`;
@@ -232,6 +240,8 @@ export interface Settings {
   readonly ioThreads: number;
   readonly shutdownTimeoutSeconds: number;
   readonly allowUnsealedMemory: boolean;
+  /** Where to write the process id once serving. */
+  readonly pidfile: string | undefined;
 }
 
 /** The flags that describe one export (the keys `--export` takes, besides `id`). */

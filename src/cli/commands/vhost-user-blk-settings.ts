@@ -59,6 +59,7 @@ export function settings(f: ParsedFlags): Settings {
     ioThreads: (f.get("io-threads") as number | undefined) ?? 1,
     shutdownTimeoutSeconds: (f.get("shutdown-timeout") as number | undefined) ?? 30,
     allowUnsealedMemory: f.has("allow-unsealed-memory"),
+    pidfile: f.get("pidfile") as string | undefined,
   };
 }
 

@@ -20,6 +20,7 @@ import { errorText } from "../../log.ts";
 import { isListeningSocket, isNativeError } from "../../native/index.ts";
 import { VhostUserServer } from "../../vhost-user/server.ts";
 import type { CliIo, CliLog } from "../log.ts";
+import { Pidfile, ServiceNotifier } from "../service.ts";
 import { type CommandContext, CommandError } from "./command.ts";
 import type { ExportSettings, Settings } from "./vhost-user-blk-flags.ts";
 
@@ -249,7 +250,8 @@ type StopReason = { signal: string } | { hungUp: true } | { failed: Error };
 /**
  * The first of: a stop signal; every export's server done because its
  * connected front-end hung up (only exports on a connected --fd end so); a
- * server that can no longer accept (it logged why).
+ * server that can no longer accept (it logged why), or a failure to
+ * announce readiness.
  */
 function stopReason(served: readonly Served[], signal: Promise<string>): Promise<StopReason> {
   return new Promise((resolve) => {
@@ -266,7 +268,7 @@ function stopReason(served: readonly Served[], signal: Promise<string>): Promise
 function stopLine(r: StopReason): string {
   if ("signal" in r) return `${r.signal}: stopping (draining requests in flight)`;
   if ("hungUp" in r) return "the front-end hung up (connected --fd): stopping";
-  return "an export can no longer accept front-ends: stopping";
+  return "stopping after the error above";
 }
 
 /** The stdout line scripts wait for, per export. */
@@ -290,12 +292,39 @@ async function start(s: Settings, log: CliLog): Promise<{ pool: DataplanePool; s
   }
 }
 
+/** What the service manager is told: the pid file and $NOTIFY_SOCKET. */
+interface Service {
+  readonly pidfile: Pidfile | undefined;
+  readonly notifier: ServiceNotifier;
+}
+
+/** Checks the pid file and finds the notify socket, before anything starts. */
+function service(s: Settings, io: CliIo, log: CliLog): Service {
+  return {
+    pidfile: s.pidfile === undefined ? undefined : new Pidfile(s.pidfile),
+    notifier: new ServiceNotifier(io.env?.["NOTIFY_SOCKET"], (l) => log.process(l, "warn")),
+  };
+}
+
+/** Every export serves: the ready lines on stdout, the pid file, READY=1. */
+function announceReady(served: readonly Served[], io: CliIo, svc: Service): void {
+  for (const v of served) io.out(readyLine(v));
+  svc.pidfile?.write();
+  const n = served.length;
+  svc.notifier.notify({
+    READY: 1,
+    STATUS: `serving ${n} ${n === 1 ? "export" : "exports"}`,
+    MAINPID: process.pid,
+  });
+}
+
 /**
  * Runs the command with checked settings until a stop signal (or until a
  * connected front-end hangs up); resolves with the exit status.
  */
 export async function serve(s: Settings, ctx: CommandContext): Promise<number> {
   const { io, log } = ctx;
+  const svc = service(s, io, log);
   const { pool, served } = await start(s, log);
   for (const v of served) v.log.process(describe(v.x, s, v.blk.info.size));
   let forced!: (code: number) => void;
@@ -304,14 +333,22 @@ export async function serve(s: Settings, ctx: CommandContext): Promise<number> {
     log.process("second stop signal: exiting without draining", "warn");
     forced(1);
   });
-  for (const v of served) io.out(readyLine(v));
-  const reason = await stopReason(served, signals.first);
-  log.process(stopLine(reason));
-  const stopped = stop(served, s, pool).then(() => ("failed" in reason ? 1 : 0));
-  stopped.then(() => log.process("stopped")).catch(() => {});
   try {
+    let reason: StopReason;
+    try {
+      announceReady(served, io, svc);
+      reason = await stopReason(served, signals.first);
+    } catch (e) {
+      log.process(e instanceof Error ? e.message : String(e), "error");
+      reason = { failed: e instanceof Error ? e : new Error(String(e)) };
+    }
+    log.process(stopLine(reason));
+    svc.notifier.notify({ STOPPING: 1, STATUS: stopLine(reason) });
+    const stopped = stop(served, s, pool).then(() => ("failed" in reason ? 1 : 0));
+    stopped.then(() => log.process("stopped")).catch(() => {});
     return await Promise.race([stopped, forcedExit]);
   } finally {
     signals.off();
+    svc.pidfile?.remove();
   }
 }
