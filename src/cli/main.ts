@@ -38,8 +38,8 @@ export const COMMANDS: ReadonlyMap<string, Command> = new Map([
   [vhostUserBlkCommand.name, vhostUserBlkCommand],
 ]);
 
-/** Flags every command takes. */
-const COMMON_FLAGS: readonly FlagSpec[] = [
+/** Flags every command takes (docs/cli.md lists them with the command's own). */
+export const COMMON_FLAGS: readonly FlagSpec[] = [
   {
     name: "log-level",
     kind: "string",
