@@ -2,11 +2,11 @@
  * `virtio-ts vhost-user-blk`: serve raw disk images as virtio-blk devices
  * (VIRTIO 1.2 §5.2) over vhost-user (qemu/qemu docs/interop/vhost-user.rst,
  * "Backend program conventions": a Unix socket path, or an inherited fd
- * that listens or is already connected) — one export, or several sharing one dataplane pool, each
- * with its own socket, device and log name, so that one front-end's
- * misbehaviour closes only its own connection. Composes a dataplane pool,
- * `openVhostUserBlk` and {@link VhostUserServer}; the library does the
- * work. Loaded only when the command runs (./vhost-user-blk-command.ts
+ * that listens or is already connected) — one export, or several sharing
+ * one dataplane pool, each with its own socket, device and log name, so
+ * that one front-end's misbehaviour closes only its own connection.
+ * Composes a dataplane pool, `openVhostUserBlk` and {@link VhostUserServer};
+ * the library does the work. Loaded only when the command runs (./vhost-user-blk-command.ts
  * describes it).
  *
  * @module
