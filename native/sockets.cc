@@ -2,12 +2,17 @@
 // control channel needs: "The protocol ... uses a Unix domain socket ...
 // file descriptors are passed as ancillary data" (vhost-user spec,
 // "Communication"). Every socket is non-blocking and close-on-exec; every
-// received fd is close-on-exec (MSG_CMSG_CLOEXEC).
+// received fd is close-on-exec (MSG_CMSG_CLOEXEC). Also what a back-end
+// program needs around it (vhost-user spec, "Backend program conventions"):
+// telling an inherited listening socket from a connected one, and one Unix
+// datagram to a path or abstract name (the service manager's notify socket,
+// sd_notify(3)).
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 
 #include "addon.h"
@@ -27,6 +32,26 @@ sockaddr_un UnixAddr(Napi::Env env, const std::string& path, const char* syscall
   if (path.size() >= sizeof(addr.sun_path)) ThrowSys(env, syscall, ENAMETOOLONG, &path);
   std::memcpy(addr.sun_path, path.data(), path.size());
   return addr;
+}
+
+// A path, or an abstract name written with a leading '@' (as $NOTIFY_SOCKET
+// does): sun_path starts with a NUL byte and the length, not a NUL, ends it.
+socklen_t DatagramAddr(Napi::Env env, const std::string& address, const char* syscall,
+                       sockaddr_un* addr) {
+  if (address.empty() || address == "@") {
+    throw Napi::RangeError::New(env, "address must be a path or @name");
+  }
+  *addr = sockaddr_un{};
+  addr->sun_family = AF_UNIX;
+  if (address.size() >= sizeof(addr->sun_path)) ThrowSys(env, syscall, ENAMETOOLONG, &address);
+  std::memcpy(addr->sun_path, address.data(), address.size());
+  size_t length = address.size();
+  if (address[0] == '@') {
+    addr->sun_path[0] = '\0';
+  } else {
+    length++;  // the terminating NUL
+  }
+  return static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + length);
 }
 
 int NewSocket(Napi::Env env) {
@@ -97,6 +122,62 @@ Napi::Value SocketPair(const Napi::CallbackInfo& info) {
   pair.Set(0u, Napi::Number::New(env, sv[0]));
   pair.Set(1u, Napi::Number::New(env, sv[1]));
   return pair;
+}
+
+// isListeningSocket(fd) -> true for a listening socket (SO_ACCEPTCONN), false
+// for any other socket; ENOTSOCK / EBADF otherwise.
+Napi::Value IsListeningSocket(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  int value = 0;
+  socklen_t length = sizeof value;
+  if (::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &value, &length) != 0) {
+    ThrowSys(env, "getsockopt", errno);
+  }
+  return Napi::Boolean::New(env, value != 0);
+}
+
+// sendUnixDatagram(address, bytes): one datagram from a fresh unbound socket
+// (the sender's credentials travel with it, as the notify protocol wants).
+// EAGAIN (the receiver's queue is full) is thrown, not retried.
+Napi::Value SendUnixDatagram(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string address = StringArg(info, 0, "address");
+  if (!info[1].IsTypedArray() ||
+      info[1].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    throw Napi::TypeError::New(env, "bytes must be a Uint8Array or Buffer");
+  }
+  Napi::Uint8Array bytes = info[1].As<Napi::Uint8Array>();
+  sockaddr_un addr;
+  socklen_t length = DatagramAddr(env, address, "sendto", &addr);
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | kSockFlags, 0);
+  if (fd < 0) ThrowSys(env, "socket", errno);
+  ssize_t n;
+  do {
+    n = ::sendto(fd, bytes.Data(), bytes.ElementLength(), MSG_NOSIGNAL,
+                 reinterpret_cast<sockaddr*>(&addr), length);
+  } while (n < 0 && errno == EINTR);
+  int err = errno;
+  ::close(fd);
+  if (n < 0) ThrowSys(env, "sendto", err, &address);
+  return env.Undefined();
+}
+
+// bindUnixDatagram(address) -> fd: a datagram socket bound to a path or
+// @name, read with recvmsg() (a notify socket's receiving end).
+Napi::Value BindUnixDatagram(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string address = StringArg(info, 0, "address");
+  sockaddr_un addr;
+  socklen_t length = DatagramAddr(env, address, "bind", &addr);
+  int fd = ::socket(AF_UNIX, SOCK_DGRAM | kSockFlags, 0);
+  if (fd < 0) ThrowSys(env, "socket", errno);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), length) != 0) {
+    int err = errno;
+    ::close(fd);
+    ThrowSys(env, "bind", err, &address);
+  }
+  return Napi::Number::New(env, fd);
 }
 
 // shutdown(fd, how) with how = SHUT_RD (0), SHUT_WR (1) or SHUT_RDWR (2)
@@ -253,6 +334,9 @@ void InitSockets(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "connectUnix", ConnectUnix);
   Export(env, exports, "socketPair", SocketPair);
   Export(env, exports, "shutdown", Shutdown);
+  Export(env, exports, "isListeningSocket", IsListeningSocket);
+  Export(env, exports, "sendUnixDatagram", SendUnixDatagram);
+  Export(env, exports, "bindUnixDatagram", BindUnixDatagram);
   Export(env, exports, "close", Close);
   Export(env, exports, "recvmsg", RecvMsg);
   Export(env, exports, "sendmsg", SendMsg);

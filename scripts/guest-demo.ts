@@ -7,7 +7,7 @@
  *    initramfs.
  * 2. Creates a fresh sparse disk image (`.cache/guest-demo/disk.img`, or
  *    in `$VIRTIO_TS_DEMO_DIR`).
- * 3. Starts the backend: `virtio-ts vhost-user-blk --socket ... --image ...`.
+ * 3. Starts the backend: `virtio-ts vhost-user-blk --socket-path ... --image ...`.
  * 4. Boots Linux under QEMU (TCG) with vhost-user-blk-pci on that socket; in
  *    the guest: what the disk looks like, mkfs.ext4, files written and their
  *    checksums verified after a remount, e2fsck, a short fio run with crc32c
@@ -120,7 +120,7 @@ function progress(): (serialLog: string) => void {
 
 async function startBackend(image: string, socket: string): Promise<Backend> {
   const { cmd, args } = virtioTsCommand();
-  const flags = ["--socket", socket, "--image", image, "--num-queues", String(QUEUES)];
+  const flags = ["--socket-path", socket, "--image", image, "--num-queues", String(QUEUES)];
   say(`$ virtio-ts vhost-user-blk ${[...flags, "--serial", SERIAL].join(" ")}`);
   return spawnBackend(
     "virtio-ts vhost-user-blk",
@@ -215,7 +215,7 @@ async function main(): Promise<void> {
   if (host.hello !== HELLO) throw new Error(`/hello.txt in the image reads "${host.hello}"`);
   say(summary(r, host, stop));
   say(`\nThe image stays at ${image}; serve it yourself with`);
-  say(`  npx virtio-ts vhost-user-blk --socket /tmp/vhost-user-blk.sock --image ${image}`);
+  say(`  npx virtio-ts vhost-user-blk --socket-path /tmp/vhost-user-blk.sock --image ${image}`);
   say("and see docs/cli.md for the QEMU and cloud-hypervisor command lines.");
 }
 

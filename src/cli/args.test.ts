@@ -3,7 +3,14 @@ import { describe, test } from "node:test";
 import { type FlagSpec, UsageError, formatFlagHelp, parseFlags, requireFlags } from "./args.ts";
 
 const SPECS: readonly FlagSpec[] = [
-  { name: "socket", kind: "string", metavar: "PATH", required: true, help: "socket" },
+  {
+    name: "socket",
+    kind: "string",
+    metavar: "PATH",
+    required: true,
+    aliases: ["sock", "unix"],
+    help: "socket",
+  },
   { name: "count", kind: "integer", metavar: "N", min: 1, max: 64, help: "count\nsecond line" },
   {
     name: "size",
@@ -48,6 +55,8 @@ describe("parseFlags", () => {
     );
     assert.deepEqual(positionals, ["pos", "--size"]);
     assert.equal(parseFlags(["--socket=-odd"], SPECS).flags.get("socket"), "-odd");
+    assert.deepEqual([...parseFlags(["--sock", "/a"], SPECS).flags], [["socket", "/a"]]);
+    assert.deepEqual([...parseFlags(["--unix=/b"], SPECS).flags], [["socket", "/b"]]);
     assert.equal(parseFlags(["--socket", "-"], SPECS).flags.get("socket"), "-");
   });
 
@@ -70,6 +79,9 @@ describe("parseFlags", () => {
       [["--socket", "a", "--size", "100"], /^--size must be a power of two, got "100"$/],
       [["--socket", "a", "--ro=yes"], /^--ro takes no value$/],
       [["--socket", "a", "--socket", "b"], /^--socket is given more than once$/],
+      [["--sock", "a", "--socket", "b"], /^--socket is given more than once$/],
+      [["--sock"], /^--sock needs a value \(PATH\)$/],
+      [["--unix="], /^--unix needs a non-empty value$/],
       [["--ro"], /^--socket is required$/],
     ];
     for (const [argv, expected] of cases) assert.match(usage(argv), expected, argv.join(" "));
@@ -79,7 +91,12 @@ describe("parseFlags", () => {
     const help = formatFlagHelp(SPECS);
     for (const s of SPECS) assert.equal(help.split(`--${s.name}`).length, 2, s.name);
     const row = (names: string, text: string): string => `  ${names}`.padEnd(28) + text;
-    assert.ok(help.startsWith(`Options:\n${row("--socket PATH", "socket")}\n`), help);
+    assert.ok(
+      help.startsWith(
+        `Options:\n${row("--socket PATH", "socket")}\n${" ".repeat(28)}(also --sock, --unix)\n`,
+      ),
+      help,
+    );
     assert.ok(help.includes(`\n${row("--count N", "count")}\n${" ".repeat(28)}second line\n`));
     assert.ok(help.includes("\n\nRing:\n"));
     assert.ok(help.endsWith(`\nOther:\n${row("-h, --help", "help")}`));

@@ -1,7 +1,7 @@
 /**
  * A small command-line flag parser (no dependency): `--name value`,
- * `--name=value`, boolean `--name`, short aliases (`-h`), and `--` to end the
- * flags. Every mistake is a {@link UsageError} whose message is one line
+ * `--name=value`, boolean `--name`, short aliases (`-h`), long aliases
+ * (an older name kept beside the current one), and `--` to end the flags. Every mistake is a {@link UsageError} whose message is one line
  * naming the flag and what was wrong, for the CLI to print before exiting
  * with status 2. Not spec-defined.
  *
@@ -23,6 +23,8 @@ export interface FlagSpec {
   readonly kind: FlagKind;
   /** One-letter alias without the dash, e.g. `"h"`. */
   readonly short?: string;
+  /** Other long names of the flag, without dashes; the value is stored under {@link name}. */
+  readonly aliases?: readonly string[];
   /** Placeholder for the value in help text, e.g. `"PATH"`. */
   readonly metavar?: string;
   /** Help text (may span several lines). */
@@ -89,22 +91,27 @@ function looksLikeFlag(spec: FlagSpec, next: string): boolean {
   return !(spec.kind === "integer" && /^-[0-9]/.test(next));
 }
 
-/** Splits `--name=value` / `--name` / `-x` into a spec and an inline value. */
+/**
+ * Splits `--name=value` / `--name` / `-x` into a spec and an inline value.
+ * For an alias, `spec` carries the name as given (for messages) and `key`
+ * the flag's own name (where the value is stored).
+ */
 function lookup(
   arg: string,
   byLong: ReadonlyMap<string, FlagSpec>,
   byShort: ReadonlyMap<string, FlagSpec>,
-): { spec: FlagSpec; inline: string | undefined } {
+): { spec: FlagSpec; key: string; inline: string | undefined } {
   if (arg.startsWith("--")) {
     const eq = arg.indexOf("=");
     const name = eq < 0 ? arg.slice(2) : arg.slice(2, eq);
-    const spec = byLong.get(name);
-    if (spec === undefined) throw new UsageError(`unknown flag --${name}`);
-    return { spec, inline: eq < 0 ? undefined : arg.slice(eq + 1) };
+    const found = byLong.get(name);
+    if (found === undefined) throw new UsageError(`unknown flag --${name}`);
+    const spec = found.name === name ? found : { ...found, name };
+    return { spec, key: found.name, inline: eq < 0 ? undefined : arg.slice(eq + 1) };
   }
   const spec = byShort.get(arg.slice(1));
   if (spec === undefined) throw new UsageError(`unknown flag ${arg}`);
-  return { spec, inline: undefined };
+  return { spec, key: spec.name, inline: undefined };
 }
 
 /**
@@ -123,7 +130,9 @@ function lookup(
  * ```
  */
 export function parseFlags(argv: readonly string[], specs: readonly FlagSpec[]): ParsedArgs {
-  const byLong = new Map(specs.map((s) => [s.name, s]));
+  const byLong = new Map(
+    specs.flatMap((s) => [s.name, ...(s.aliases ?? [])].map((n) => [n, s] as const)),
+  );
   const byShort = new Map(
     specs.filter((s) => s.short !== undefined).map((s) => [s.short as string, s]),
   );
@@ -139,12 +148,12 @@ export function parseFlags(argv: readonly string[], specs: readonly FlagSpec[]):
       positionals.push(arg);
       continue;
     }
-    const { spec, inline } = lookup(arg, byLong, byShort);
-    if (flags.has(spec.name) && spec.kind !== "list")
-      throw new UsageError(`${flagLabel(spec)} is given more than once`);
+    const { spec, key, inline } = lookup(arg, byLong, byShort);
+    if (flags.has(key) && spec.kind !== "list")
+      throw new UsageError(`--${key} is given more than once`);
     if (spec.kind === "boolean") {
       if (inline !== undefined) throw new UsageError(`${flagLabel(spec)} takes no value`);
-      flags.set(spec.name, true);
+      flags.set(key, true);
       continue;
     }
     let raw = inline;
@@ -159,11 +168,8 @@ export function parseFlags(argv: readonly string[], specs: readonly FlagSpec[]):
     }
     const value = parseValue(spec, raw);
     if (spec.kind === "list")
-      flags.set(spec.name, [
-        ...((flags.get(spec.name) as string[] | undefined) ?? []),
-        value as string,
-      ]);
-    else flags.set(spec.name, value);
+      flags.set(key, [...((flags.get(key) as string[] | undefined) ?? []), value as string]);
+    else flags.set(key, value);
   }
   return { flags, positionals };
 }
@@ -188,7 +194,8 @@ export function formatFlagHelp(specs: readonly FlagSpec[], width = 28): string {
     out.push(`${group}:`);
     for (const s of list) {
       const names = `${s.short ? `-${s.short}, ` : ""}--${s.name}${s.metavar ? ` ${s.metavar}` : ""}`;
-      const lines = s.help.split("\n");
+      const aliases = (s.aliases ?? []).map((a) => `--${a}`).join(", ");
+      const lines = [...s.help.split("\n"), ...(aliases === "" ? [] : [`(also ${aliases})`])];
       const head = `  ${names}`;
       out.push(
         head.length + 2 > width

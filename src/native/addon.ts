@@ -71,6 +71,9 @@ export interface NativeAddon {
   connectUnix(path: string): number;
   socketPair(): [number, number];
   shutdown(fd: number, how: number): void;
+  isListeningSocket(fd: number): boolean;
+  sendUnixDatagram(address: string, bytes: Uint8Array): void;
+  bindUnixDatagram(address: string): number;
   close(fd: number): void;
   recvmsg(fd: number, maxBytes: number, maxFds: number): ReceivedMessage | null;
   sendmsg(fd: number, bytes: Uint8Array, fds?: readonly number[]): number | null;

@@ -16,12 +16,15 @@ export type { BlockDeviceInfo, DirectIoAlignment, ReceivedMessage } from "./addo
 export { isNativeError, NativeError, type NativeErrorOptions } from "./native-error.ts";
 export {
   acceptUnix,
+  bindUnixDatagram,
   close,
   connectUnix,
+  isListeningSocket,
   listenUnix,
   MAX_FDS_PER_MESSAGE,
   recvmsg,
   sendmsg,
+  sendUnixDatagram,
   shutdown,
   socketPair,
   unixSocketAnswers,

@@ -7,12 +7,15 @@ import { memfdCreate } from "./files.ts";
 import { isNativeError, NativeError } from "./native-error.ts";
 import {
   acceptUnix,
+  bindUnixDatagram,
   close,
   connectUnix,
+  isListeningSocket,
   listenUnix,
   MAX_FDS_PER_MESSAGE,
   recvmsg,
   sendmsg,
+  sendUnixDatagram,
   shutdown,
   socketPair,
   unixSocketAnswers,
@@ -259,6 +262,77 @@ test("failed system calls throw NativeError with errno name and syscall; misuse 
       assert.throws(() => sendmsg(a, Buffer.from("x"), tooMany), RangeError);
       assert.throws(() => shutdown(a, "sideways" as "read"), RangeError);
       closeAll([a, b]);
+    });
+  } finally {
+    dir.remove();
+  }
+});
+
+test("isListeningSocket: true for a listener, false for connected sockets, errors for other fds", () => {
+  const dir = tempDir();
+  try {
+    noFdLeak(() => {
+      const path = join(dir.path, "l.sock");
+      const listener = listenUnix(path);
+      const client = connectUnix(path);
+      const served = acceptUnix(listener)!;
+      const [a, b] = socketPair();
+      assert.equal(isListeningSocket(listener), true);
+      for (const fd of [client, served, a, b]) assert.equal(isListeningSocket(fd), false);
+      const file = memfdCreate("not-a-socket");
+      assert.throws(() => isListeningSocket(file), nativeCode("ENOTSOCK"));
+      closeAll([listener, client, served, a, b, file]);
+      assert.throws(() => isListeningSocket(listener), nativeCode("EBADF"));
+    });
+  } finally {
+    dir.remove();
+  }
+});
+
+for (const kind of ["path", "abstract name"] as const) {
+  test(`sendUnixDatagram reaches a datagram socket bound to ${kind === "path" ? "a path" : "an abstract name"}, one datagram per recvmsg`, () => {
+    const dir = tempDir();
+    try {
+      noFdLeak(() => {
+        const address =
+          kind === "path"
+            ? join(dir.path, "notify")
+            : `@virtio-ts-test-${process.pid}-${Date.now()}`;
+        const receiver = bindUnixDatagram(address);
+        assert.equal(fdFlags(receiver) & O_CLOEXEC, O_CLOEXEC);
+        assert.equal(recvmsg(receiver, 64, 0), null, "nothing queued yet");
+        sendUnixDatagram(address, Buffer.from("READY=1\nSTATUS=serving"));
+        sendUnixDatagram(address, Buffer.from("STOPPING=1"));
+        assert.equal(recvmsg(receiver, 64, 0)?.bytes.toString(), "READY=1\nSTATUS=serving");
+        assert.equal(recvmsg(receiver, 64, 0)?.bytes.toString(), "STOPPING=1");
+        assert.equal(recvmsg(receiver, 64, 0), null);
+        assert.throws(() => bindUnixDatagram(address), nativeCode("EADDRINUSE"));
+        close(receiver);
+      });
+    } finally {
+      dir.remove();
+    }
+  });
+}
+
+test("sendUnixDatagram: nobody bound, a too long or empty address", () => {
+  const dir = tempDir();
+  try {
+    noFdLeak(() => {
+      const bytes = Buffer.from("READY=1");
+      assert.throws(() => sendUnixDatagram(join(dir.path, "none"), bytes), nativeCode("ENOENT"));
+      assert.throws(
+        () => sendUnixDatagram(`@virtio-ts-nobody-${process.pid}-${Date.now()}`, bytes),
+        nativeCode("ECONNREFUSED"),
+      );
+      assert.throws(
+        () => sendUnixDatagram(`/${"x".repeat(120)}`, bytes),
+        nativeCode("ENAMETOOLONG"),
+      );
+      assert.throws(() => sendUnixDatagram("@", bytes), RangeError);
+      assert.throws(() => sendUnixDatagram("", bytes), RangeError);
+      assert.throws(() => bindUnixDatagram("@"), RangeError);
+      assert.throws(() => sendUnixDatagram("/x", "s" as unknown as Uint8Array), TypeError);
     });
   } finally {
     dir.remove();

@@ -13,6 +13,12 @@
  * Watch a socket for readiness with {@link watch} (stop the watch before
  * closing the fd).
  *
+ * Around the control channel, what a back-end program needs (vhost-user
+ * spec, "Backend program conventions"): {@link isListeningSocket} tells an
+ * inherited `--fd` that listens from a connected one, and
+ * {@link sendUnixDatagram} sends one datagram to a service manager's notify
+ * socket (sd_notify(3)); {@link bindUnixDatagram} is the receiving end.
+ *
  * @module
  */
 import { native, type ReceivedMessage } from "./addon.ts";
@@ -89,6 +95,30 @@ export function shutdown(fd: number, how: "read" | "write" | "both"): void {
   if (value === undefined) throw new RangeError(`how must be "read", "write" or "both"`);
   native.shutdown(fd, value);
 }
+
+/**
+ * True if `fd` is a listening socket (SO_ACCEPTCONN), false for any other
+ * socket (e.g. one end of a socketpair). Throws `"ENOTSOCK"` for an fd that
+ * is no socket and `"EBADF"` for one that is not open.
+ */
+export const isListeningSocket: (fd: number) => boolean = (fd) => native.isListeningSocket(fd);
+
+/**
+ * Sends `bytes` as one datagram to the Unix datagram socket at `address`: a
+ * path, or an abstract name written `@name` (the form of $NOTIFY_SOCKET).
+ * Throws `"ENOENT"` / `"ECONNREFUSED"` if nobody is bound there and
+ * `"EAGAIN"` if the receiver's queue is full; nothing is retried.
+ */
+export const sendUnixDatagram: (address: string, bytes: Uint8Array) => void = (address, bytes) =>
+  native.sendUnixDatagram(address, bytes);
+
+/**
+ * A Unix datagram socket bound to `address` (a path, or `@name` for an
+ * abstract name); read it with {@link recvmsg}, which returns one datagram
+ * per call. A path binding leaves a file to remove after closing.
+ */
+export const bindUnixDatagram: (address: string) => number = (address) =>
+  native.bindUnixDatagram(address);
 
 /** Closes an fd. Stop any {@link watch} on it first. */
 export const close: (fd: number) => void = (fd) => native.close(fd);

@@ -36,7 +36,7 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
     assert.deepEqual(await p.exit(), { code: 0, signal: null });
     const help = p.stdout;
     for (const flag of [
-      "--socket PATH",
+      "--socket-path PATH",
       "--fd N",
       "--image FILE",
       "--num-queues N",
@@ -49,6 +49,12 @@ describe("virtio-ts process", { timeout: 120_000 }, () => {
       "--aio MODE",
       "--max-in-flight N",
       "--verbose",
+      "--log-level LEVEL",
+      "--log-timestamp",
+      "--log-format FORMAT",
+      "--pidfile PATH",
+      "--print-capabilities",
+      "--print-description",
       "--help",
     ])
       assert.match(help, new RegExp(`^ +(-\\w, )?${flag} +\\S`, "m"), `${flag} is explained`);

@@ -62,16 +62,21 @@ export class CliProcess {
   stderr = "";
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  /** `wrapper`: a command that runs Node for us (e.g. one that installs a seccomp filter). */
+  /**
+   * `wrapper`: a command that runs Node for us (e.g. one that installs a
+   * seccomp filter); `env`: added to this process's environment.
+   */
   constructor(
     args: readonly string[],
     stdio: StdioOptions = ["ignore", "pipe", "pipe"],
     wrapper?: string,
+    env?: Readonly<Record<string, string>>,
   ) {
+    const options = { stdio, env: { ...process.env, ...env } };
     this.proc =
       wrapper === undefined
-        ? spawn(process.execPath, [BIN, ...args], { stdio })
-        : spawn(wrapper, [process.execPath, BIN, ...args], { stdio });
+        ? spawn(process.execPath, [BIN, ...args], options)
+        : spawn(wrapper, [process.execPath, BIN, ...args], options);
     this.proc.stdout?.setEncoding("utf8").on("data", (c: string) => (this.stdout += c));
     this.proc.stderr?.setEncoding("utf8").on("data", (c: string) => (this.stderr += c));
     this.exited = new Promise((resolve) =>
@@ -149,13 +154,18 @@ async function receive(fd: number): Promise<Uint8Array | "eof"> {
 export async function probeFeatures(path: string): Promise<bigint> {
   const fd = connectUnix(path);
   try {
-    assert.ok(sendmsg(fd, encodeMessage(R.GET_FEATURES, 1, new Uint8Array(0))));
-    const reply = await receive(fd);
-    assert.notEqual(reply, "eof", "the back-end answered GET_FEATURES");
-    const bytes = reply as Uint8Array;
-    assert.deepEqual(decodeHeader(bytes), { request: R.GET_FEATURES, flags: 5, size: 8 });
-    return decodeU64(bytes.subarray(12));
+    return await probeFeaturesOn(fd);
   } finally {
     close(fd);
   }
+}
+
+/** Asks GET_FEATURES over the connected socket `fd` (left open); resolves with the features. */
+export async function probeFeaturesOn(fd: number): Promise<bigint> {
+  assert.ok(sendmsg(fd, encodeMessage(R.GET_FEATURES, 1, new Uint8Array(0))));
+  const reply = await receive(fd);
+  assert.notEqual(reply, "eof", "the back-end answered GET_FEATURES");
+  const bytes = reply as Uint8Array;
+  assert.deepEqual(decodeHeader(bytes), { request: R.GET_FEATURES, flags: 5, size: 8 });
+  return decodeU64(bytes.subarray(12));
 }

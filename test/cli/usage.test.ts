@@ -19,7 +19,7 @@ const IMAGE = join(dir.path, "disk.img");
 closeSync(openSync(IMAGE, "w"));
 truncateSync(IMAGE, 1 << 20);
 const SOCK = join(dir.path, "vu.sock");
-const base = ["vhost-user-blk", "--socket", SOCK, "--image", IMAGE];
+const base = ["vhost-user-blk", "--socket-path", SOCK, "--image", IMAGE];
 
 /** Runs main; asserts one stderr line, no stdout, the exit status; returns the line. */
 async function fails(argv: string[], status: number): Promise<string> {
@@ -45,13 +45,18 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
       ],
       [[...base, "-x"], /: unknown flag -x /],
       [[...base, "extra"], /: unexpected argument "extra" /],
-      [["vhost-user-blk", "--image", IMAGE], /: give exactly one of --socket and --fd /],
-      [[...base, "--fd", "5"], /: give exactly one of --socket and --fd /],
+      [["vhost-user-blk", "--image", IMAGE], /: give exactly one of --socket-path and --fd /],
+      [[...base, "--fd", "5"], /: give exactly one of --socket-path and --fd /],
+      [
+        ["vhost-user-blk", "--socket", SOCK, "--blk-file", IMAGE, "--fd", "5"],
+        /: give exactly one of --socket-path and --fd /,
+      ],
       [["vhost-user-blk", "--socket", SOCK], /: --image is required /],
       [["vhost-user-blk", "--image", IMAGE, "--socket"], /: --socket needs a value \(PATH\) /],
       [["vhost-user-blk", "--socket", "--image", IMAGE], /: --socket needs a value \(PATH\) /],
       [["vhost-user-blk", "--socket=", "--image", IMAGE], /: --socket needs a non-empty value /],
-      [[...base, "--socket", SOCK], /: --socket is given more than once /],
+      [[...base, "--socket", SOCK], /: --socket-path is given more than once /],
+      [[...base, "--blk-file", IMAGE], /: --image is given more than once /],
       [[...base, "--num-queues"], /: --num-queues needs a value \(N\) /],
       [[...base, "--num-queues", "two"], /: --num-queues must be an integer, got "two" /],
       [[...base, "--num-queues", "1.5"], /: --num-queues must be an integer, got "1.5" /],
@@ -82,6 +87,13 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
       [[...base, "--read-only=yes"], /: --read-only takes no value /],
       [[...base, "--writeback", "--writeback"], /: --writeback is given more than once /],
       [["vhost-user-blk", "--fd", "1", "--image", IMAGE], /: --fd must be in 3\.\.65535, got 1 /],
+      [
+        [...base, "--log-level", "loud"],
+        /: --log-level must be one of error, warn, info, debug, trace, got "loud" /,
+      ],
+      [[...base, "-v", "--log-level", "debug"], /: give one of --verbose and --log-level /],
+      [[...base, "--log-format", "xml"], /: --log-format must be text or json, got "xml" /],
+      [[...base, "--log-timestamp=yes"], /: --log-timestamp takes no value /],
     ];
     for (const [argv, expected] of usage) {
       assert.match(await fails(argv, ExitStatus.USAGE), expected, argv.join(" "));
@@ -98,7 +110,7 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
     const usage: [string[], RegExp][] = [
       [
         [...exp(x(1)), "--socket", SOCK],
-        /: --socket cannot be combined with --export \(give socket= in each --export\) /,
+        /: --socket-path cannot be combined with --export \(give socket-path= in each --export\) /,
       ],
       [[...exp(x(1)), "--image", IMAGE], /: --image cannot be combined with --export /],
       [exp(`${x(1)},colour=red`), /: --export 1: unknown key "colour" /],
@@ -109,7 +121,11 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
       ],
       [exp(`${x(1)},num-queues`), /: --export 1: num-queues needs a value \(num-queues=N\) /],
       [exp(`${x(1)},read-only=yes`), /: --export 1: read-only takes =on or =off, got "yes" /],
-      [exp(`image=${IMAGE}`), /: --export 1: give exactly one of socket= and fd= /],
+      [exp(`image=${IMAGE}`), /: --export 1: give exactly one of socket-path= and fd= /],
+      [
+        exp(`socket=${SOCK},socket-path=${SOCK},image=${IMAGE}`),
+        /: --export 1: socket-path= is given more than once /,
+      ],
       [exp(`socket=${SOCK}`), /: --export 1: image= is required /],
       [exp(`${x(1)},id=a b`), /: --export 1: id must be 1\.\.32 of A-Z a-z 0-9 \. _ -, got "a b" /],
       [exp(`${x(1)},id=d`, `${x(2)},id=d,read-only`), /: --export 2: same id as --export 1 \(d\) /],
@@ -202,7 +218,10 @@ describe("virtio-ts usage", { timeout: 60_000 }, () => {
     // --help wins over any other (even bad) argument.
     const h = new MemoryIo();
     assert.equal(await main(["vhost-user-blk", "--num-queues", "zero", "-h"], h), ExitStatus.OK);
-    assert.match(h.stdout[0]!, /^Usage: virtio-ts vhost-user-blk --socket PATH --image FILE/);
+    assert.match(
+      h.stdout[0]!,
+      /^Usage: virtio-ts vhost-user-blk \(--socket-path PATH \| --fd N\) --image FILE/,
+    );
     assert.deepEqual(h.stderr, []);
   });
 

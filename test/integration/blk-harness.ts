@@ -18,7 +18,7 @@ import {
 } from "../../src/devices/blk/index.ts";
 import { DATAPLANE_WORKER } from "../../src/devices/node-dataplane.ts";
 import { inprocDataplaneBinding } from "../../src/transport/inproc/dataplane-binding.ts";
-import type { Logger } from "../../src/log.ts";
+import type { LogFields, Logger } from "../../src/log.ts";
 import { GuestMemory } from "../../src/memory/guest-memory.ts";
 import type { RingLayoutKind } from "../../src/ring/ring-layout.ts";
 import { splitOnly } from "../../src/testing/index.ts";
@@ -51,9 +51,12 @@ const COMMAND_MS = 60_000;
 /** Records every log line of the device (control thread and workers). */
 export class RecordingLogger implements Logger {
   readonly errors: string[] = [];
+  /** The structured fields of each error line, in the same order. */
+  readonly errorFields: (LogFields | undefined)[] = [];
   readonly warnings: string[] = [];
-  error(m: string): void {
+  error(m: string, fields?: LogFields): void {
     this.errors.push(m);
+    this.errorFields.push(fields);
   }
   warn(m: string): void {
     this.warnings.push(m);

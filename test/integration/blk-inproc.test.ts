@@ -485,10 +485,15 @@ for (const layout of RING_LAYOUTS) {
         );
         assert.equal(rig.device.broken, null);
         await until(() => rig.log.errors.length >= 2, "two error lines");
-        assert.ok(
-          rig.log.errors.some((l) =>
-            /vq 0 req \d+: IN sector 0 len 512 failed: .*injected read failure/.test(l),
-          ),
+        const read = rig.log.errors.findIndex((l) =>
+          /vq 0 req \d+: IN sector 0 len 512 failed: .*injected read failure/.test(l),
+        );
+        assert.ok(read >= 0, rig.log.errors.join("\n"));
+        const head = Number(/ req (\d+):/.exec(rig.log.errors[read]!)![1]);
+        assert.deepEqual(
+          rig.log.errorFields[read],
+          { queue: 0, req: head },
+          "fields for collectors",
         );
         assert.ok(
           rig.log.errors.some((l) => /vq 0 req \d+: FLUSH .*injected flush failure/.test(l)),

@@ -84,7 +84,7 @@ describe("one process, several exports", { timeout: 120_000 }, () => {
     assert.equal(closing.length, 1, cli.dump());
     assert.match(
       closing[0]!,
-      /^virtio-ts: c: conn 1: vhost-user: virtio-blk: closing connection: VIRTIO_ERR_MEM_FAULT: /,
+      /^virtio-ts: warning: c: conn 1: vhost-user: virtio-blk: closing connection: VIRTIO_ERR_MEM_FAULT: /,
     );
   });
 });

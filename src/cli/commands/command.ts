@@ -22,6 +22,11 @@ export interface Command {
   readonly flags: readonly FlagSpec[];
   /** Help text after the flag list (examples, exit status). */
   readonly epilog: string;
+  /**
+   * Flags (without dashes) that print something and exit 0, every other
+   * argument ignored (e.g. `print-capabilities`): flag → what to print.
+   */
+  readonly printers?: Readonly<Record<string, () => string>>;
   /** Runs with validated flags; resolves with the exit status. */
   run(flags: ParsedFlags, ctx: CommandContext): Promise<number>;
 }

@@ -23,7 +23,8 @@ export const DEFAULT_AIO: AioMode = "io_uring";
 /** The flags, in help order. */
 export const FLAGS: readonly FlagSpec[] = [
   {
-    name: "socket",
+    name: "socket-path",
+    aliases: ["socket"],
     kind: "string",
     metavar: "PATH",
     group: "Where",
@@ -36,10 +37,11 @@ export const FLAGS: readonly FlagSpec[] = [
     min: 3,
     max: 65535,
     group: "Where",
-    help: "Serve on an inherited, already listening Unix socket\ninstead of --socket (the vhost-user back-end\nconvention, e.g. for libvirt).",
+    help: "Instead of --socket-path: serve on inherited fd N\n(the vhost-user back-end convention). A listening\nsocket is served like --socket-path; a connected one\n(one end of a socketpair, as crosvm and libvirt\npass it) is the one front-end: when it hangs up,\nthe process stops and exits 0.",
   },
   {
     name: "image",
+    aliases: ["blk-file"],
     kind: "string",
     metavar: "FILE",
     group: "Where",
@@ -50,7 +52,7 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: "list",
     metavar: "KEY=VALUE,...",
     group: "Where",
-    help: "Serve one more image from this process, instead of\n--socket/--fd and --image; repeat for each. Keys:\nid=NAME (names its log lines), socket=PATH or fd=N,\nimage=FILE, and any Device flag or direct,\nmax-in-flight (read-only, writeback, direct take\n=on or =off). Device flags given outside --export\nare every export's defaults. All exports share the\nI/O threads. Write ,, for a comma in a value.",
+    help: "Serve one more image from this process, instead of\n--socket-path/--fd and --image; repeat for each.\nKeys: id=NAME (names its log lines), socket-path=PATH\n(or socket=PATH) or fd=N, image=FILE, and any Device flag or direct,\nmax-in-flight (read-only, writeback, direct take\n=on or =off). Device flags given outside --export\nare every export's defaults. All exports share the\nI/O threads. Write ,, for a comma in a value.",
   },
   {
     name: "num-queues",
@@ -152,7 +154,7 @@ export const FLAGS: readonly FlagSpec[] = [
     min: 0,
     max: 86400,
     group: "Operation",
-    help: "On SIGINT / SIGTERM, wait at most this long for\nrequests in flight (default 30); then fail the rest\nwith an I/O error to the guest, flush the image and\nexit.",
+    help: "On SIGTERM, SIGINT or SIGHUP, wait at most this\nlong for requests in flight (default 30); then fail\nthe rest with an I/O error to the guest, flush the\nimage and exit.",
   },
   {
     name: "allow-unsealed-memory",
@@ -160,11 +162,30 @@ export const FLAGS: readonly FlagSpec[] = [
     group: "Operation",
     help: "Map guest RAM from files that can shrink (hugetlbfs,\ntmpfs or disk files; not a memfd sealed against\nshrinking). Default: refused. A front-end that then\nshrinks the file loses its connection; this process\nlives on (docs/threat-model.md).",
   },
+  {
+    name: "pidfile",
+    kind: "string",
+    metavar: "PATH",
+    group: "Service manager",
+    help: "Write this process's id to PATH once every export\nserves (atomically); removed on exit. A PATH that\nnames a running process is an error; a stale one is\nreplaced.",
+  },
+  {
+    name: "print-capabilities",
+    kind: "boolean",
+    group: "Service manager",
+    help: "Print the back-end's capabilities as JSON (type\nblock, its features) and exit 0; every other flag\nis ignored (vhost-user back-end convention).",
+  },
+  {
+    name: "print-description",
+    kind: "boolean",
+    group: "Service manager",
+    help: "Print the JSON file that lets libvirt and other\nmanagers find this back-end (vhost-user.json\nschema) and exit 0; every other flag is ignored.",
+  },
 ];
 
 /** Help text after the flag list. */
 export const EPILOG = `Example with QEMU (guest RAM must be shared memory):
-  virtio-ts vhost-user-blk --socket /tmp/vhost-user-blk.sock --image disk.img --num-queues 2 &
+  virtio-ts vhost-user-blk --socket-path /tmp/vhost-user-blk.sock --image disk.img --num-queues 2 &
   qemu-system-x86_64 -machine q35,accel=kvm -m 1G -smp 2 \\
     -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\
     -chardev socket,id=vu0,path=/tmp/vhost-user-blk.sock,reconnect=1 \\
@@ -174,15 +195,20 @@ export const EPILOG = `Example with QEMU (guest RAM must be shared memory):
 Several disks from one process (each export its own socket and device;
 they share the I/O threads; Device flags outside --export are defaults):
   virtio-ts vhost-user-blk --io-threads 2 --writeback \\
-    --export id=vm1,socket=/run/vm1.sock,image=vm1.img \\
-    --export id=vm2,socket=/run/vm2.sock,image=vm2.img,num-queues=2
+    --export id=vm1,socket-path=/run/vm1.sock,image=vm1.img \\
+    --export id=vm2,socket-path=/run/vm2.sock,image=vm2.img,num-queues=2
 
 One front-end per export at a time; after it disconnects the next one may
 connect (reconnect=1 makes QEMU come back after a restart of this server).
-SIGINT or SIGTERM stops cleanly: in-flight requests complete (those still
-in flight after --shutdown-timeout fail with an I/O error), the image is
-flushed, the socket file is removed, exit status 0. A second signal exits at
-once with status 1.
+SIGTERM, SIGINT or SIGHUP stops cleanly: in-flight requests complete (those
+still in flight after --shutdown-timeout fail with an I/O error), the image
+is flushed, the socket file is removed, exit status 0. A second signal exits
+at once with status 1. With --fd on a connected socket, the front-end hanging
+up stops the process the same way.
+
+Under a service manager: $NOTIFY_SOCKET gets READY=1 once every export
+serves and STOPPING=1 when stopping (systemd Type=notify); --pidfile;
+--print-capabilities and --print-description for libvirt's discovery.
 
 Exit status: 0 clean stop; 1 runtime error (image, socket, I/O); 2 bad usage.
 More: docs/cli.md (cloud-hypervisor, troubleshooting).`;
@@ -214,6 +240,8 @@ export interface Settings {
   readonly ioThreads: number;
   readonly shutdownTimeoutSeconds: number;
   readonly allowUnsealedMemory: boolean;
+  /** Where to write the process id once serving. */
+  readonly pidfile: string | undefined;
 }
 
 /** The flags that describe one export (the keys `--export` takes, besides `id`). */

@@ -1,6 +1,6 @@
 /**
  * The validated settings of `virtio-ts vhost-user-blk`: one export from
- * `--socket`/`--fd` and `--image`, or one per `--export KEY=VALUE,...`,
+ * `--socket-path`/`--fd` and `--image`, or one per `--export KEY=VALUE,...`,
  * whose keys are the per-export flags of ./vhost-user-blk-flags.ts checked by
  * the same rules. Every mistake is one {@link UsageError} line naming the
  * export. Not spec-defined (the device limits the flags check are VIRTIO
@@ -19,19 +19,19 @@ import {
   type Settings,
 } from "./vhost-user-blk-flags.ts";
 
-const WHERE = new Set(["socket", "fd", "image"]);
+const WHERE = new Set(["socket-path", "fd", "image"]);
 const ID = /^[A-Za-z0-9._-]{1,32}$/;
 /** Items of one `--export` value at most (there are fewer keys than this). */
 const MAX_ITEMS = 64;
 
 /** One export's settings from parsed flags (`id` names it). */
 export function exportSettings(f: ParsedFlags, id: string): ExportSettings {
-  if (f.has("socket") === f.has("fd"))
-    throw new UsageError("give exactly one of --socket and --fd");
+  if (f.has("socket-path") === f.has("fd"))
+    throw new UsageError("give exactly one of --socket-path and --fd");
   if (!f.has("image")) throw new UsageError("--image is required");
   return {
     id,
-    socket: f.get("socket") as string | undefined,
+    socket: f.get("socket-path") as string | undefined,
     fd: f.get("fd") as number | undefined,
     image: f.get("image") as string,
     numQueues: (f.get("num-queues") as number | undefined) ?? 1,
@@ -59,6 +59,7 @@ export function settings(f: ParsedFlags): Settings {
     ioThreads: (f.get("io-threads") as number | undefined) ?? 1,
     shutdownTimeoutSeconds: (f.get("shutdown-timeout") as number | undefined) ?? 30,
     allowUnsealedMemory: f.has("allow-unsealed-memory"),
+    pidfile: f.get("pidfile") as string | undefined,
   };
 }
 
@@ -95,17 +96,19 @@ function applyItem(item: string, into: Map<string, FlagValue>): void {
     into.set("id", raw);
     return;
   }
-  const spec = EXPORT_FLAGS.find((s) => s.name === key);
+  const spec = EXPORT_FLAGS.find((s) => s.name === key || s.aliases?.includes(key) === true);
   if (spec === undefined) throw new UsageError(`unknown key ${JSON.stringify(key)}`);
   if (spec.kind === "boolean") {
-    if (raw === undefined || raw === "on") into.set(key, true);
-    else if (raw === "off") into.delete(key);
+    if (raw === undefined || raw === "on") into.set(spec.name, true);
+    else if (raw === "off") into.delete(spec.name);
     else throw new UsageError(`${key} takes =on or =off, got ${JSON.stringify(raw)}`);
     return;
   }
   if (raw === undefined) throw new UsageError(`${key} needs a value (${key}=${spec.metavar})`);
-  const parsed = parseFlags([`--${key}=${raw}`], [spec]).flags.get(key)!;
-  into.set(key, parsed);
+  if (into.has(spec.name) && WHERE.has(spec.name))
+    throw new UsageError(`${spec.name}= is given more than once`);
+  const parsed = parseFlags([`--${key}=${raw}`], [spec]).flags.get(spec.name)!;
+  into.set(spec.name, parsed);
 }
 
 /** One `--export` value over the defaults given outside `--export`. */
@@ -121,8 +124,11 @@ function parseExport(value: string, n: number, defaults: ParsedFlags): ExportSet
   } catch (e) {
     if (!(e instanceof UsageError)) throw e;
     const why = e.message
-      .replace(/^give exactly one of --socket and --fd$/, "give exactly one of socket= and fd=")
-      .replace(/--(image|socket|fd)\b/g, "$1=")
+      .replace(
+        /^give exactly one of --socket-path and --fd$/,
+        "give exactly one of socket-path= and fd=",
+      )
+      .replace(/--(image|socket-path|fd)\b/g, "$1=")
       .replace(/^--/, "");
     throw new UsageError(`--export ${n}: ${why}`, { cause: e });
   }

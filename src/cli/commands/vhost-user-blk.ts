@@ -1,26 +1,26 @@
 /**
  * `virtio-ts vhost-user-blk`: serve raw disk images as virtio-blk devices
  * (VIRTIO 1.2 §5.2) over vhost-user (qemu/qemu docs/interop/vhost-user.rst,
- * "Backend program conventions": a Unix socket path or an inherited
- * listening fd) — one export, or several sharing one dataplane pool, each
- * with its own socket, device and log name, so that one front-end's
- * misbehaviour closes only its own connection. Composes a dataplane pool,
- * `openVhostUserBlk` and {@link VhostUserServer}; the library does the
- * work. Loaded only when the command runs (./vhost-user-blk-command.ts
+ * "Backend program conventions": a Unix socket path, or an inherited fd
+ * that listens or is already connected) — one export, or several sharing
+ * one dataplane pool, each with its own socket, device and log name, so
+ * that one front-end's misbehaviour closes only its own connection.
+ * Composes a dataplane pool, `openVhostUserBlk` and {@link VhostUserServer};
+ * the library does the work. Loaded only when the command runs (./vhost-user-blk-command.ts
  * describes it).
  *
  * @module
  */
-import { fstatSync } from "node:fs";
 import { ErrorCode, isVirtioError } from "../../errors.ts";
 import type { DataplanePool } from "../../dataplane/pool.ts";
 import type { BlkDataplaneConfig, BlkEngineLimits } from "../../devices/blk/runtime-device.ts";
 import { type OpenedVhostUserBlk, openVhostUserBlk } from "../../devices/blk/vhost-user.ts";
 import { nodeDataplanePool } from "../../devices/node-dataplane.ts";
 import { errorText } from "../../log.ts";
-import { isNativeError } from "../../native/index.ts";
+import { isListeningSocket, isNativeError } from "../../native/index.ts";
 import { VhostUserServer } from "../../vhost-user/server.ts";
 import type { CliIo, CliLog } from "../log.ts";
+import { Pidfile, ServiceNotifier } from "../service.ts";
 import { type CommandContext, CommandError } from "./command.ts";
 import type { ExportSettings, Settings } from "./vhost-user-blk-flags.ts";
 
@@ -30,6 +30,8 @@ interface Served {
   readonly log: CliLog;
   readonly blk: OpenedVhostUserBlk;
   readonly server: VhostUserServer;
+  /** Serves one already connected fd (and is done when it hangs up). */
+  readonly connected: boolean;
 }
 
 /** The one-line reason the listening socket cannot be created. */
@@ -87,15 +89,23 @@ async function openDevice(
   }
 }
 
-/** An inherited `--fd` must be an open socket (the server checks nothing). */
-function checkListenFd(fd: number): void {
-  let socket: boolean;
+/** Whether an inherited `--fd` listens (SO_ACCEPTCONN) or is connected; it must be an open socket. */
+function fdListens(fd: number): boolean {
   try {
-    socket = fstatSync(fd).isSocket();
-  } catch {
-    throw new CommandError(`fd ${fd} is not open`);
+    return isListeningSocket(fd);
+  } catch (e) {
+    if (isNativeError(e, "EBADF")) throw new CommandError(`fd ${fd} is not open`);
+    if (isNativeError(e, "ENOTSOCK")) throw new CommandError(`fd ${fd} is not a socket`);
+    throw e;
   }
-  if (!socket) throw new CommandError(`fd ${fd} is not a socket`);
+}
+
+/** Where export `x` is served, as the server takes it. */
+function where(
+  x: ExportSettings,
+): { path: string } | { listenFd: number } | { connectedFd: number } {
+  if (x.fd === undefined) return { path: x.socket! };
+  return fdListens(x.fd) ? { listenFd: x.fd } : { connectedFd: x.fd };
 }
 
 /** The device's configuration from the flags. */
@@ -119,20 +129,20 @@ function listen(
   log: CliLog,
 ): VhostUserServer {
   let connections = 0;
-  if (x.fd !== undefined) checkListenFd(x.fd);
+  const at = where(x);
   try {
     return new VhostUserServer({
       backend: blk.backend,
       dataplane: blk.dataplane,
       allowUnsealedMemory: s.allowUnsealedMemory,
-      ...(x.socket === undefined ? { listenFd: x.fd! } : { path: x.socket }),
-      log: (line) => log.line(line),
+      ...at,
+      log: (line, level) => log.line(line, level ?? "warn"),
       onConnection: (conn) => {
-        const label = `conn ${++connections}`;
-        log.connection = label;
+        const n = ++connections;
+        log.connection = n;
         log.line("front-end connected");
         void conn.closed.then(() => {
-          if (log.connection === label) log.connection = undefined;
+          if (log.connection === n) log.connection = undefined;
         });
       },
     });
@@ -150,7 +160,8 @@ async function openExports(s: Settings, pool: DataplanePool, log: CliLog): Promi
       const xlog = one ? log : log.forExport(x.id);
       const blk = await openDevice(x, pool, xlog);
       try {
-        served.push({ x, log: xlog, blk, server: listen(x, s, blk, xlog) });
+        const server = listen(x, s, blk, xlog);
+        served.push({ x, log: xlog, blk, server, connected: !server.listening });
       } catch (e) {
         await blk.dataplane.close().catch(() => {});
         throw e;
@@ -209,6 +220,7 @@ async function stopExport(v: Served, s: Settings): Promise<void> {
       const n = await v.blk.dataplane.abort().catch(() => 0);
       v.log.process(
         `requests still in flight after ${s.shutdownTimeoutSeconds} s: failed ${n} with an I/O error`,
+        "warn",
       );
       await drained;
     }
@@ -232,36 +244,111 @@ async function stop(served: readonly Served[], s: Settings, pool: DataplanePool)
   return 0;
 }
 
-/** Runs the command with checked settings until a stop signal; resolves with the exit status. */
-export async function serve(s: Settings, ctx: CommandContext): Promise<number> {
-  const { io, log } = ctx;
+/** Why serving ends. */
+type StopReason = { signal: string } | { hungUp: true } | { failed: Error };
+
+/**
+ * The first of: a stop signal; every export's server done because its
+ * connected front-end hung up (only exports on a connected --fd end so); a
+ * server that can no longer accept (it logged why), or a failure to
+ * announce readiness.
+ */
+function stopReason(served: readonly Served[], signal: Promise<string>): Promise<StopReason> {
+  return new Promise((resolve) => {
+    void signal.then((s) => resolve({ signal: s }));
+    let left = served.length;
+    for (const v of served)
+      void v.server.done.then((error) => {
+        if (error !== undefined) resolve({ failed: error });
+        else if (--left === 0) resolve({ hungUp: true });
+      });
+  });
+}
+
+function stopLine(r: StopReason): string {
+  if ("signal" in r) return `${r.signal}: stopping (draining requests in flight)`;
+  if ("hungUp" in r) return "the front-end hung up (connected --fd): stopping";
+  return "stopping after the error above";
+}
+
+/** The stdout line scripts wait for, per export. */
+function readyLine(v: Served): string {
+  if (v.connected) return `connected on fd ${v.x.fd}`;
+  return `listening on ${v.x.socket ?? `fd ${v.x.fd}`}`;
+}
+
+/** Opens every export in a new dataplane pool; on a failure closes the pool again. */
+async function start(s: Settings, log: CliLog): Promise<{ pool: DataplanePool; served: Served[] }> {
   const pool = await nodeDataplanePool({
     threads: s.ioThreads,
     trace: log.verbose,
     logger: log.logger(),
   });
-  let served: Served[];
   try {
-    served = await openExports(s, pool, log);
+    return { pool, served: await openExports(s, pool, log) };
   } catch (e) {
     await pool.close();
     throw e;
   }
+}
+
+/** What the service manager is told: the pid file and $NOTIFY_SOCKET. */
+interface Service {
+  readonly pidfile: Pidfile | undefined;
+  readonly notifier: ServiceNotifier;
+}
+
+/** Checks the pid file and finds the notify socket, before anything starts. */
+function service(s: Settings, io: CliIo, log: CliLog): Service {
+  return {
+    pidfile: s.pidfile === undefined ? undefined : new Pidfile(s.pidfile),
+    notifier: new ServiceNotifier(io.env?.["NOTIFY_SOCKET"], (l) => log.process(l, "warn")),
+  };
+}
+
+/** Every export serves: the ready lines on stdout, the pid file, READY=1. */
+function announceReady(served: readonly Served[], io: CliIo, svc: Service): void {
+  for (const v of served) io.out(readyLine(v));
+  svc.pidfile?.write();
+  const n = served.length;
+  svc.notifier.notify({
+    READY: 1,
+    STATUS: `serving ${n} ${n === 1 ? "export" : "exports"}`,
+    MAINPID: process.pid,
+  });
+}
+
+/**
+ * Runs the command with checked settings until a stop signal (or until a
+ * connected front-end hangs up); resolves with the exit status.
+ */
+export async function serve(s: Settings, ctx: CommandContext): Promise<number> {
+  const { io, log } = ctx;
+  const svc = service(s, io, log);
+  const { pool, served } = await start(s, log);
   for (const v of served) v.log.process(describe(v.x, s, v.blk.info.size));
   let forced!: (code: number) => void;
   const forcedExit = new Promise<number>((r) => (forced = r));
   const signals = stopSignals(io, () => {
-    log.process("second stop signal: exiting without draining");
+    log.process("second stop signal: exiting without draining", "warn");
     forced(1);
   });
-  for (const v of served) io.out(`listening on ${v.x.socket ?? `fd ${v.x.fd}`}`);
-  const signal = await signals.first;
-  log.process(`${signal}: stopping (draining requests in flight)`);
-  const stopped = stop(served, s, pool);
-  stopped.then(() => log.process("stopped")).catch(() => {});
   try {
+    let reason: StopReason;
+    try {
+      announceReady(served, io, svc);
+      reason = await stopReason(served, signals.first);
+    } catch (e) {
+      log.process(e instanceof Error ? e.message : String(e), "error");
+      reason = { failed: e instanceof Error ? e : new Error(String(e)) };
+    }
+    log.process(stopLine(reason));
+    svc.notifier.notify({ STOPPING: 1, STATUS: stopLine(reason) });
+    const stopped = stop(served, s, pool).then(() => ("failed" in reason ? 1 : 0));
+    stopped.then(() => log.process("stopped")).catch(() => {});
     return await Promise.race([stopped, forcedExit]);
   } finally {
     signals.off();
+    svc.pidfile?.remove();
   }
 }

@@ -358,7 +358,10 @@ export class BlkQueueEngine {
     // The request's buffers were unreachable (EFAULT): the memory is gone, not the disk.
     if (isVirtioError(req.error, ErrorCode.MEM_FAULT)) this.#fail(req.error);
     else if (req.status === VIRTIO_BLK_S_IOERR && req.error !== undefined) {
-      this.#log.error(failedLine(this.#qi, req, errorText(req.error)));
+      this.#log.error(failedLine(this.#qi, req, errorText(req.error)), {
+        queue: this.#qi,
+        req: req.chain!.head,
+      });
     }
     this.#complete(req);
     if (!this.#completionsScheduled) {
