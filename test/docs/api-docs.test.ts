@@ -3,13 +3,14 @@
  * typedoc runs into a temporary directory with warnings as errors, and must
  * pass without a warning (no broken link, no type of the public API left
  * unexported), and its output must equal the checked-in docs/api/ byte for
- * byte, so the reference cannot go stale.
+ * byte, so the reference cannot go stale. Every link between its pages
+ * lands on a page and on an anchor that page defines.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, relative, sep } from "node:path";
+import { dirname, join, relative, resolve, sep } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
@@ -76,6 +77,40 @@ describe("API reference (docs/api/)", { timeout: 240_000 }, () => {
       { missing: [], extra: [], differing: [] },
       `docs/api/ is out of date (missing: files typedoc generates that are not checked in; ` +
         `extra: checked in but no longer generated; differing: content changed): ${REGENERATE}`,
+    );
+  });
+
+  test("every link between the pages of docs/api/ lands on a page and an anchor it defines", () => {
+    const pages = filesUnder(checkedIn);
+    const anchors = new Map(
+      pages.map((f) => {
+        const text = readFileSync(join(checkedIn, f), "utf8");
+        return [f, new Set([...text.matchAll(/<a id="([^"]+)"><\/a>/g)].map((m) => m[1]!))];
+      }),
+    );
+    const broken: string[] = [];
+    let checked = 0;
+    for (const f of pages) {
+      const text = readFileSync(join(checkedIn, f), "utf8");
+      for (const [, href] of text.matchAll(/\]\(([^)\s]+)\)/g)) {
+        if (/^[a-z]+:/i.test(href!)) continue; // another site
+        const [path, anchor] = href!.split("#");
+        const target = path
+          ? relative(checkedIn, resolve(dirname(join(checkedIn, f)), path))
+              .split(sep)
+              .join("/")
+          : f;
+        checked++;
+        if (!anchors.has(target)) broken.push(`${f}: ${href} (no such page)`);
+        else if (anchor !== undefined && !anchors.get(target)!.has(anchor))
+          broken.push(`${f}: ${href} (no such anchor)`);
+      }
+    }
+    assert.ok(checked > 100, `only ${checked} links found in docs/api/`);
+    assert.equal(
+      broken.length,
+      0,
+      `${broken.length} broken links in docs/api/, the first:\n${broken.slice(0, 20).join("\n")}`,
     );
   });
 });
