@@ -8,5 +8,7 @@
  * @module virtio-ts/blk
  */
 export * from "../devices/blk/index.ts";
+export { DEFAULT_BLK_ENGINE_BUDGET } from "../devices/blk/queue-engine.ts";
+export type { BlkOnBackingOptions } from "../devices/blk/runtime-device.ts";
 export { openBlk, type OpenBlkOptions, type OpenedBlk } from "../devices/blk/open.ts";
 export * from "../spec/blk.ts";

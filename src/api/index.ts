@@ -33,6 +33,9 @@ export {
   type DataplanePoolOptions,
   type OpenDeviceOptions,
 } from "../dataplane/pool.ts";
+export type { DataplaneDeviceHandle, DeviceEvent } from "../dataplane/device-handle.ts";
+export type { QueueStats, StopResult } from "../dataplane/protocol.ts";
+export type { RequestOptions } from "../dataplane/worker-handle.ts";
 export { DataplaneRuntime, serveDataplane, type DataplaneEnv } from "../dataplane/runtime.ts";
 export { LOCAL_RUNTIME, localThreadHost } from "../dataplane/local.ts";
 export {

@@ -8,6 +8,9 @@
  * @module virtio-ts/node
  */
 export { FileBacking, IOV_MAX, type FileBackingOptions } from "../devices/blk/file-backing.ts";
+export type { FallocateFn } from "../devices/blk/fallocate.ts";
+export type { NowaitIo } from "../devices/blk/file-nowait.ts";
+export type { VectoredIo } from "../devices/blk/file-uring.ts";
 export { openNodeBacking } from "../devices/blk/node-backing.ts";
 export {
   nodeParentEndpoint,

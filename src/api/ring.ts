@@ -46,10 +46,12 @@ export {
   type PackedRingLayout,
 } from "../ring/packed-layout.ts";
 export { SplitInflightLog } from "../ring/inflight-split.ts";
+export type { PackedListCopy } from "../ring/packed-list-copy.ts";
 export type { InflightRecovery } from "../ring/inflight-recovery.ts";
 export {
   PackedInflightLog,
   type LoggedList,
+  type PackedInflightTracker,
   type PackedInflightRecovery,
   type PackedRingFlags,
 } from "../ring/inflight-packed.ts";

@@ -11,6 +11,14 @@
  * @module virtio-ts/vhost-user
  */
 export * from "../vhost-user/index.ts";
+export type { InflightEntry } from "../vhost-user/binding.ts";
+// The payload of SET_VRING_NUM/BASE/ENABLE and GET_VRING_BASE, renamed: the
+// name `VringState` is the session's per-ring state.
+export type { VringState as VringStatePayload } from "../vhost-user/codec.ts";
+export type { InflightShm } from "../vhost-user/dataplane.ts";
+export type { InflightReply, StoppedRing } from "../vhost-user/frontend.ts";
+export type { ReplyWithFds } from "../vhost-user/handlers.ts";
+export type { MapOptions } from "../vhost-user/host.ts";
 export {
   VhostUserBlkBackend,
   openVhostUserBlk,

@@ -46,7 +46,7 @@ export interface MemorySpace {
    * @param busy queues of the device run (on the memory of an earlier
    *   update): nothing they may use can be released.
    * @throws {VirtioError} for memory the transport's other side got wrong;
-   *   {@link RangeError} if `busy` and the update would release memory.
+   *   `RangeError` if `busy` and the update would release memory.
    */
   update(descriptor: MemoryDescriptor, busy: boolean): void | Promise<void>;
   /**

@@ -23,7 +23,7 @@ import { fileURLToPath } from "node:url";
 import { ErrorCode, VirtioError } from "../errors.ts";
 import { NativeError } from "./native-error.ts";
 
-/** What {@link NativeAddon.recvmsg} returns. */
+/** What {@link recvmsg} returns. */
 export interface ReceivedMessage {
   /** The bytes received (empty at end of stream). */
   readonly bytes: Buffer;
@@ -33,7 +33,7 @@ export interface ReceivedMessage {
   readonly eof: boolean;
 }
 
-/** What {@link NativeAddon.blockDeviceInfo} returns. */
+/** What {@link blockDeviceInfo} returns. */
 export interface BlockDeviceInfo {
   /** Size in bytes (BLKGETSIZE64). */
   readonly size: number;
@@ -43,7 +43,7 @@ export interface BlockDeviceInfo {
   readonly physicalBlockSize: number;
 }
 
-/** What {@link NativeAddon.directIoAlignment} returns (statx STATX_DIOALIGN). */
+/** What {@link directIoAlignment} returns (statx STATX_DIOALIGN). */
 export interface DirectIoAlignment {
   /** Required alignment of user buffers for O_DIRECT, in bytes. */
   readonly memoryAlignment: number;

@@ -290,7 +290,9 @@ export class DeviceQueue implements DeviceRing {
    * Should the device send a used buffer notification for what was
    * published since the last call? Call it after {@link publishUsed}.
    * False when nothing was published since the last call, or when broken.
-   * See {@link DeviceSuppression.needsNotification} (EVENT_IDX window, flags).
+   * With EVENT_IDX, true iff `used_event` lies among the used indexes
+   * published since the last call; otherwise true unless avail.flags has
+   * NO_INTERRUPT (§2.7.7.2).
    */
   needsNotification(): boolean {
     return this.#broken === null && this.#notify.needsNotification();
@@ -298,8 +300,9 @@ export class DeviceQueue implements DeviceRing {
 
   /**
    * EVENT_IDX: true if the driver still asks to hear of work already
-   * published — on an idle queue, a notification it missed (see
-   * {@link DeviceSuppression.owed}). False when broken.
+   * published (`used_event` is not the published used.idx) — on an idle
+   * queue, a notification it missed. False when broken, and false once a
+   * notification was forced for this used.idx.
    */
   notificationOwed(): boolean {
     return this.#broken === null && this.#notify.owed();

@@ -335,8 +335,10 @@ export class PackedDeviceQueue implements DeviceRing {
   /**
    * Should the device send a used buffer notification for what was
    * published since the last call? Call it after {@link publishUsed}. False
-   * when nothing was published since the last call, or when broken. See
-   * {@link PackedDeviceSuppression.needsNotification}.
+   * when nothing was published since the last call, or when broken.
+   * Driver flags DISABLE: false; ENABLE: true; DESC with EVENT_IDX: true iff
+   * the event descriptor is among those the used position passed since the
+   * last call (§2.8.10).
    */
   needsNotification(): boolean {
     return this.#broken === null && this.#notify.needsNotification();

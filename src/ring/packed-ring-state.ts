@@ -67,8 +67,7 @@ export function encodePackedVringBase(s: PackedRingState): number {
 
 /**
  * The packed ring state in a vhost-user SET_VRING_BASE `num`. Every u32 decodes;
- * whether the positions fit the ring is checked when the queue starts
- * ({@link checkPackedRingState}).
+ * whether the positions fit the ring is checked when the queue starts.
  *
  * @throws {RangeError} if `num` is not a u32.
  */

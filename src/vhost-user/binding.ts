@@ -90,7 +90,7 @@ export class RegionMemorySpace implements MemorySpace {
 
   /**
    * @throws {VirtioError} `VHOST_USER_PROTOCOL` for a region the front-end's
-   *   fd cannot back; {@link RangeError} for removing a region while rings run.
+   *   fd cannot back; `RangeError` for removing a region while rings run.
    */
   update(descriptor: MemoryDescriptor, busy: boolean): void {
     const d = descriptor as RegionTableDescriptor;

@@ -51,8 +51,9 @@ export interface BlkDataplaneStats {
 }
 
 /**
- * A virtio-blk device for {@link VirtioDevice} whose queues run on dataplane
- * runtimes. Create it with {@link BlkDataplaneDevice.create}.
+ * A virtio-blk device for {@link virtio-ts!VirtioDevice | VirtioDevice}
+ * whose queues run on dataplane runtimes. Create it with
+ * {@link BlkDataplaneDevice.create}.
  *
  * @example
  * ```ts

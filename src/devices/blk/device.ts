@@ -30,7 +30,7 @@ export interface BlkDeviceBackendOptions extends Omit<BlkDeviceOptions, "capacit
 }
 
 /**
- * A virtio-blk device for {@link VirtioDevice}.
+ * A virtio-blk device for {@link virtio-ts!VirtioDevice | VirtioDevice}.
  *
  * @example
  * ```ts

@@ -151,7 +151,7 @@ export class BlkQueueEngine {
     this.#run();
   }
 
-  /** The queue's poller (its window and counts). */
+  /** @internal The queue's poller (its window and counts). */
   get poller(): QueuePoller {
     return this.#poller;
   }

@@ -162,7 +162,12 @@ export function blkDeviceOpener(openBacking: BackingOpener): DeviceOpener {
   };
 }
 
-/** Options of {@link blkOnBacking}. */
+/**
+ * A blk device over a backing store object, its queues on the calling
+ * thread: the store and the device's configuration (capacity and RO come
+ * from the store). Options of
+ * {@link "virtio-ts/vhost-user"!VhostUserBlkBackend.withBacking | VhostUserBlkBackend.withBacking}.
+ */
 export interface BlkOnBackingOptions extends BlkDataplaneConfig, BlkEngineLimits {
   readonly backing: BlkBacking;
 }
