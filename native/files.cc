@@ -2,7 +2,9 @@
 // notifications: "the front-end ... writes to the kick file descriptor",
 // vhost-user spec "Kick and call file descriptors"), memfd with seals (guest
 // RAM and the inflight buffer), fallocate (discard / write-zeroes for the blk
-// backing store) and block-device / O_DIRECT geometry.
+// backing store), block-device geometry and ranges (BLKDISCARD / BLKZEROOUT:
+// discard / write-zeroes when the image is a block device) and O_DIRECT
+// geometry.
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -153,6 +155,35 @@ Napi::Value BlockDeviceInfo(const Napi::CallbackInfo& info) {
   return result;
 }
 
+// ioctl(fd, request, {offset, length}) on a block device: BLKDISCARD or
+// BLKZEROOUT. The range must be aligned to the device's logical block size
+// (EINVAL otherwise); EOPNOTSUPP means the device cannot do it.
+void BlockRangeIoctl(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
+  Napi::Env env = info.Env();
+  int fd = FdArg(info, 0);
+  int64_t offset = IntArg(info, 1, "offset", 0, kMaxSafeInteger);
+  int64_t length = IntArg(info, 2, "length", 1, kMaxSafeInteger);
+  uint64_t range[2] = {static_cast<uint64_t>(offset), static_cast<uint64_t>(length)};
+  int rc;
+  do {
+    rc = ::ioctl(fd, request, range);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) ThrowSys(env, name, errno);
+}
+
+// blockDiscard(fd, offset, length): ioctl BLKDISCARD (the device may deallocate).
+Napi::Value BlockDiscard(const Napi::CallbackInfo& info) {
+  BlockRangeIoctl(info, BLKDISCARD, "ioctl(BLKDISCARD)");
+  return info.Env().Undefined();
+}
+
+// blockZeroOut(fd, offset, length): ioctl BLKZEROOUT (reads return zeroes after;
+// the kernel writes zeroes itself when the device has no zeroing command).
+Napi::Value BlockZeroOut(const Napi::CallbackInfo& info) {
+  BlockRangeIoctl(info, BLKZEROOUT, "ioctl(BLKZEROOUT)");
+  return info.Env().Undefined();
+}
+
 // directIoAlignment(fd) -> { memoryAlignment, offsetAlignment } | null when the
 // kernel or file system does not report O_DIRECT alignment (statx STATX_DIOALIGN).
 Napi::Value DirectIoAlignment(const Napi::CallbackInfo& info) {
@@ -197,6 +228,8 @@ void InitFiles(Napi::Env env, Napi::Object exports) {
   Export(env, exports, "getSeals", GetSeals);
   Export(env, exports, "fallocate", Fallocate);
   Export(env, exports, "blockDeviceInfo", BlockDeviceInfo);
+  Export(env, exports, "blockDiscard", BlockDiscard);
+  Export(env, exports, "blockZeroOut", BlockZeroOut);
   Export(env, exports, "directIoAlignment", DirectIoAlignment);
 }
 

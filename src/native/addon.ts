@@ -99,6 +99,8 @@ export interface NativeAddon {
     write: boolean,
   ): number | null;
   blockDeviceInfo(fd: number): BlockDeviceInfo;
+  blockDiscard(fd: number, offset: number, length: number): void;
+  blockZeroOut(fd: number, offset: number, length: number): void;
   directIoAlignment(fd: number): DirectIoAlignment | null;
   // watch.cc
   watchStart(

@@ -14,6 +14,8 @@ import { join } from "node:path";
 import {
   addSeals,
   blockDeviceInfo,
+  blockDiscard,
+  blockZeroOut,
   directIoAlignment,
   F_SEAL_GROW,
   F_SEAL_SEAL,
@@ -185,6 +187,22 @@ test("blockDeviceInfo: ENOTTY on a regular file; sizes of a block device when on
     }
     break;
   }
+});
+
+test("blockDiscard / blockZeroOut: ENOTTY on a regular file, RangeError for bad ranges", () => {
+  withFile(4 * KiB, 0, (fd) => {
+    assert.throws(
+      () => blockDiscard(fd, 0, 4 * KiB),
+      (e: unknown) => isNativeError(e, "ENOTTY") && e.syscall === "ioctl(BLKDISCARD)",
+    );
+    assert.throws(
+      () => blockZeroOut(fd, 0, 4 * KiB),
+      (e: unknown) => isNativeError(e, "ENOTTY") && e.syscall === "ioctl(BLKZEROOUT)",
+    );
+    assert.throws(() => blockDiscard(fd, 0, 0), RangeError);
+    assert.throws(() => blockZeroOut(fd, -512, 512), RangeError);
+  });
+  assert.throws(() => blockDiscard(999_999, 0, 512), code("EBADF"));
 });
 
 test("directIoAlignment reports powers of two, or null when the file system does not say", () => {
