@@ -155,33 +155,73 @@ Napi::Value BlockDeviceInfo(const Napi::CallbackInfo& info) {
   return result;
 }
 
-// ioctl(fd, request, {offset, length}) on a block device: BLKDISCARD or
-// BLKZEROOUT. The range must be aligned to the device's logical block size
-// (EINVAL otherwise); EOPNOTSUPP means the device cannot do it.
-void BlockRangeIoctl(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
-  Napi::Env env = info.Env();
+// ioctl(fd, request, {offset, length}) on a block device (BLKDISCARD or
+// BLKZEROOUT) on the libuv thread pool: either can take long (BLKZEROOUT
+// writes zeroes itself on a device without a zeroing command), so the calling
+// thread's loop goes on meanwhile. The promise rejects with the system-call
+// error: EINVAL for a range not aligned to the logical block size,
+// EOPNOTSUPP for a device that cannot do it.
+class BlockRangeWorker : public Napi::AsyncWorker {
+ public:
+  BlockRangeWorker(Napi::Env env, int fd, unsigned long request, const char* name,
+                   uint64_t offset, uint64_t length)
+      : Napi::AsyncWorker(env, name),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        fd_(fd),
+        request_(request),
+        name_(name),
+        range_{offset, length} {}
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    int rc;
+    do {
+      rc = ::ioctl(fd_, request_, range_);
+    } while (rc != 0 && errno == EINTR);
+    err_ = rc == 0 ? 0 : errno;
+  }
+
+  void OnOK() override {
+    if (err_ != 0) {
+      deferred_.Reject(MakeSysError(Env(), name_, err_));
+    } else {
+      deferred_.Resolve(Env().Undefined());
+    }
+  }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int fd_;
+  unsigned long request_;
+  const char* name_;
+  uint64_t range_[2];
+  int err_ = 0;
+};
+
+Napi::Value BlockRange(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
   int fd = FdArg(info, 0);
   int64_t offset = IntArg(info, 1, "offset", 0, kMaxSafeInteger);
   int64_t length = IntArg(info, 2, "length", 1, kMaxSafeInteger);
-  uint64_t range[2] = {static_cast<uint64_t>(offset), static_cast<uint64_t>(length)};
-  int rc;
-  do {
-    rc = ::ioctl(fd, request, range);
-  } while (rc != 0 && errno == EINTR);
-  if (rc != 0) ThrowSys(env, name, errno);
+  auto* worker = new BlockRangeWorker(info.Env(), fd, request, name,
+                                      static_cast<uint64_t>(offset), static_cast<uint64_t>(length));
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();  // deletes itself when done
+  return promise;
 }
 
-// blockDiscard(fd, offset, length): ioctl BLKDISCARD (the device may deallocate).
+// blockDiscard(fd, offset, length) -> Promise: ioctl BLKDISCARD (the device may deallocate).
 Napi::Value BlockDiscard(const Napi::CallbackInfo& info) {
-  BlockRangeIoctl(info, BLKDISCARD, "ioctl(BLKDISCARD)");
-  return info.Env().Undefined();
+  return BlockRange(info, BLKDISCARD, "ioctl(BLKDISCARD)");
 }
 
-// blockZeroOut(fd, offset, length): ioctl BLKZEROOUT (reads return zeroes after;
-// the kernel writes zeroes itself when the device has no zeroing command).
+// blockZeroOut(fd, offset, length) -> Promise: ioctl BLKZEROOUT (reads return
+// zeroes after; the kernel writes zeroes itself when the device has no
+// zeroing command).
 Napi::Value BlockZeroOut(const Napi::CallbackInfo& info) {
-  BlockRangeIoctl(info, BLKZEROOUT, "ioctl(BLKZEROOUT)");
-  return info.Env().Undefined();
+  return BlockRange(info, BLKZEROOUT, "ioctl(BLKZEROOUT)");
 }
 
 // directIoAlignment(fd) -> { memoryAlignment, offsetAlignment } | null when the

@@ -99,8 +99,8 @@ export interface NativeAddon {
     write: boolean,
   ): number | null;
   blockDeviceInfo(fd: number): BlockDeviceInfo;
-  blockDiscard(fd: number, offset: number, length: number): void;
-  blockZeroOut(fd: number, offset: number, length: number): void;
+  blockDiscard(fd: number, offset: number, length: number): Promise<void>;
+  blockZeroOut(fd: number, offset: number, length: number): Promise<void>;
   directIoAlignment(fd: number): DirectIoAlignment | null;
   // watch.cc
   watchStart(

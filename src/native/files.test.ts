@@ -189,20 +189,26 @@ test("blockDeviceInfo: ENOTTY on a regular file; sizes of a block device when on
   }
 });
 
-test("blockDiscard / blockZeroOut: ENOTTY on a regular file, RangeError for bad ranges", () => {
-  withFile(4 * KiB, 0, (fd) => {
-    assert.throws(
-      () => blockDiscard(fd, 0, 4 * KiB),
+test("blockDiscard / blockZeroOut: rejects ENOTTY on a regular file; RangeError for bad ranges", async () => {
+  const dir = tempDir();
+  const fd = openSync(join(dir.path, "disk.img"), "w+");
+  try {
+    writeSync(fd, Buffer.alloc(4 * KiB), 0, 4 * KiB, 0);
+    await assert.rejects(
+      blockDiscard(fd, 0, 4 * KiB),
       (e: unknown) => isNativeError(e, "ENOTTY") && e.syscall === "ioctl(BLKDISCARD)",
     );
-    assert.throws(
-      () => blockZeroOut(fd, 0, 4 * KiB),
+    await assert.rejects(
+      blockZeroOut(fd, 0, 4 * KiB),
       (e: unknown) => isNativeError(e, "ENOTTY") && e.syscall === "ioctl(BLKZEROOUT)",
     );
     assert.throws(() => blockDiscard(fd, 0, 0), RangeError);
     assert.throws(() => blockZeroOut(fd, -512, 512), RangeError);
-  });
-  assert.throws(() => blockDiscard(999_999, 0, 512), code("EBADF"));
+    await assert.rejects(blockDiscard(999_999, 0, 512), code("EBADF"));
+  } finally {
+    closeSync(fd);
+    dir.remove();
+  }
 });
 
 test("directIoAlignment reports powers of two, or null when the file system does not say", () => {

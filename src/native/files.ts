@@ -88,23 +88,24 @@ export function zeroRange(fd: number, offset: number, length: number, keepSize =
 export const blockDeviceInfo: (fd: number) => BlockDeviceInfo = (fd) => native.blockDeviceInfo(fd);
 
 /**
- * ioctl BLKDISCARD on a block device: the device may deallocate `[offset,
- * offset + length)` (what it then reads is the device's business). Offset and
- * length must be multiples of its logical block size (`"EINVAL"`); a device
- * without discard throws `"EOPNOTSUPP"`.
+ * ioctl BLKDISCARD on a block device, on the thread pool: the device may
+ * deallocate `[offset, offset + length)` (what it then reads is the device's
+ * business). Offset and length must be multiples of its logical block size
+ * (rejects `"EINVAL"`); a device without discard rejects `"EOPNOTSUPP"`.
  */
-export const blockDiscard: (fd: number, offset: number, length: number) => void = (
+export const blockDiscard: (fd: number, offset: number, length: number) => Promise<void> = (
   fd,
   offset,
   length,
 ) => native.blockDiscard(fd, offset, length);
 
 /**
- * ioctl BLKZEROOUT on a block device: `[offset, offset + length)` reads as
- * zeroes afterwards (the device's zeroing command, or zeroes the kernel
- * writes). Offset and length must be multiples of its logical block size.
+ * ioctl BLKZEROOUT on a block device, on the thread pool: `[offset, offset +
+ * length)` reads as zeroes afterwards (the device's zeroing command, or
+ * zeroes the kernel writes). Offset and length must be multiples of its
+ * logical block size.
  */
-export const blockZeroOut: (fd: number, offset: number, length: number) => void = (
+export const blockZeroOut: (fd: number, offset: number, length: number) => Promise<void> = (
   fd,
   offset,
   length,

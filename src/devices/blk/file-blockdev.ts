@@ -13,6 +13,8 @@
  * - A device without discard (EOPNOTSUPP) makes DISCARD do nothing, which
  *   the spec allows; BLKZEROOUT writes zeroes itself where the device has no
  *   zeroing command, and if it is refused FileBacking writes them.
+ * - The ioctls run on the thread pool (they can take long: BLKZEROOUT may
+ *   write the zeroes), so the queue's thread goes on meanwhile.
  * - The size cannot change: `resize` is refused.
  *
  * @module
@@ -24,10 +26,10 @@ import { imageError } from "./file-open.ts";
 /** What FileBacking uses of the addon for a block device. */
 export interface BlockDeviceIo {
   readonly info: (fd: number) => { readonly size: number; readonly logicalBlockSize: number };
-  /** BLKDISCARD; throws (errnoCode "EOPNOTSUPP": no discard). */
-  readonly discard: (fd: number, offset: number, length: number) => void;
-  /** BLKZEROOUT; throws on failure. */
-  readonly zeroOut: (fd: number, offset: number, length: number) => void;
+  /** BLKDISCARD on the thread pool; rejects (errnoCode "EOPNOTSUPP": no discard). */
+  readonly discard: (fd: number, offset: number, length: number) => Promise<void>;
+  /** BLKZEROOUT on the thread pool; rejects on failure. */
+  readonly zeroOut: (fd: number, offset: number, length: number) => Promise<void>;
 }
 
 let loaded: Promise<BlockDeviceIo | null> | undefined;
@@ -101,11 +103,10 @@ export class BlockDeviceRanges implements ImageRanges {
   }
 
   /** BLKDISCARD; nothing once the device said it cannot discard. */
-  // eslint-disable-next-line @typescript-eslint/require-await -- rejects instead of throwing
   async discard(offset: number, length: number): Promise<void> {
     if (this.#io === null || this.#discardRefused) return;
     try {
-      this.#io.discard(this.#fd(), offset, length);
+      await this.#io.discard(this.#fd(), offset, length);
     } catch (e) {
       if (!UNSUPPORTED.has(errnoOf(e))) throw e;
       this.#discardRefused = true;
@@ -117,11 +118,10 @@ export class BlockDeviceRanges implements ImageRanges {
    * BLKZEROOUT (`unmap` changes nothing: the kernel keeps the blocks
    * allocated); false when refused (the caller writes zeroes).
    */
-  // eslint-disable-next-line @typescript-eslint/require-await -- rejects instead of throwing
   async zeroRange(offset: number, length: number, _unmap: boolean): Promise<boolean> {
     if (this.#io === null || this.#zeroOutRefused) return false;
     try {
-      this.#io.zeroOut(this.#fd(), offset, length);
+      await this.#io.zeroOut(this.#fd(), offset, length);
     } catch (e) {
       if (!UNSUPPORTED.has(errnoOf(e))) throw e;
       this.#zeroOutRefused = true;
