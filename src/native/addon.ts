@@ -102,6 +102,8 @@ export interface NativeAddon {
     write: boolean,
   ): number | null;
   blockDeviceInfo(fd: number): BlockDeviceInfo;
+  blockDiscard(fd: number, offset: number, length: number): Promise<void>;
+  blockZeroOut(fd: number, offset: number, length: number): Promise<void>;
   directIoAlignment(fd: number): DirectIoAlignment | null;
   // watch.cc
   watchStart(

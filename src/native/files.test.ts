@@ -14,6 +14,8 @@ import { join } from "node:path";
 import {
   addSeals,
   blockDeviceInfo,
+  blockDiscard,
+  blockZeroOut,
   directIoAlignment,
   F_SEAL_GROW,
   F_SEAL_SEAL,
@@ -184,6 +186,28 @@ test("blockDeviceInfo: ENOTTY on a regular file; sizes of a block device when on
       closeSync(fd);
     }
     break;
+  }
+});
+
+test("blockDiscard / blockZeroOut: rejects ENOTTY on a regular file; RangeError for bad ranges", async () => {
+  const dir = tempDir();
+  const fd = openSync(join(dir.path, "disk.img"), "w+");
+  try {
+    writeSync(fd, Buffer.alloc(4 * KiB), 0, 4 * KiB, 0);
+    await assert.rejects(
+      blockDiscard(fd, 0, 4 * KiB),
+      (e: unknown) => isNativeError(e, "ENOTTY") && e.syscall === "ioctl(BLKDISCARD)",
+    );
+    await assert.rejects(
+      blockZeroOut(fd, 0, 4 * KiB),
+      (e: unknown) => isNativeError(e, "ENOTTY") && e.syscall === "ioctl(BLKZEROOUT)",
+    );
+    assert.throws(() => blockDiscard(fd, 0, 0), RangeError);
+    assert.throws(() => blockZeroOut(fd, -512, 512), RangeError);
+    await assert.rejects(blockDiscard(999_999, 0, 512), code("EBADF"));
+  } finally {
+    closeSync(fd);
+    dir.remove();
   }
 });
 

@@ -1,8 +1,9 @@
 /**
- * memfd, seals, fallocate and block-device geometry: what guest RAM, the
- * vhost-user inflight buffer (vhost-user spec, "Inflight I/O tracking": a
- * shared fd from the back-end) and the virtio-blk backing store (VIRTIO 1.2
- * §5.2.6 DISCARD and WRITE_ZEROES) need beyond `node:fs`.
+ * memfd, seals, fallocate and block-device geometry and ranges: what guest
+ * RAM, the vhost-user inflight buffer (vhost-user spec, "Inflight I/O
+ * tracking": a shared fd from the back-end) and the virtio-blk backing store
+ * (VIRTIO 1.2 §5.2.6 DISCARD and WRITE_ZEROES, on files and block devices)
+ * need beyond `node:fs`.
  *
  * Node's `fs.open` accepts `fs.constants.O_DIRECT` itself; use
  * {@link directIoAlignment} to learn the buffer and offset alignment it needs.
@@ -85,6 +86,30 @@ export function zeroRange(fd: number, offset: number, length: number, keepSize =
  * Throws `"ENOTTY"` if `fd` is not a block device.
  */
 export const blockDeviceInfo: (fd: number) => BlockDeviceInfo = (fd) => native.blockDeviceInfo(fd);
+
+/**
+ * ioctl BLKDISCARD on a block device, on the thread pool: the device may
+ * deallocate `[offset, offset + length)` (what it then reads is the device's
+ * business). Offset and length must be multiples of its logical block size
+ * (rejects `"EINVAL"`); a device without discard rejects `"EOPNOTSUPP"`.
+ */
+export const blockDiscard: (fd: number, offset: number, length: number) => Promise<void> = (
+  fd,
+  offset,
+  length,
+) => native.blockDiscard(fd, offset, length);
+
+/**
+ * ioctl BLKZEROOUT on a block device, on the thread pool: `[offset, offset +
+ * length)` reads as zeroes afterwards (the device's zeroing command, or
+ * zeroes the kernel writes). Offset and length must be multiples of its
+ * logical block size.
+ */
+export const blockZeroOut: (fd: number, offset: number, length: number) => Promise<void> = (
+  fd,
+  offset,
+  length,
+) => native.blockZeroOut(fd, offset, length);
 
 /**
  * The alignment O_DIRECT I/O on `fd` needs (statx `STATX_DIOALIGN`), or `null`

@@ -49,6 +49,8 @@ export { PollEvent, watch, watchCount, type FdWatch, type WatchCallback } from "
 export {
   addSeals,
   blockDeviceInfo,
+  blockDiscard,
+  blockZeroOut,
   directIoAlignment,
   F_SEAL_GROW,
   F_SEAL_SEAL,

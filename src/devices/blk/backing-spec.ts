@@ -11,10 +11,15 @@ import type { BlkBacking } from "./backing.ts";
 import { type ModuleBackingSpec, openModuleBacking } from "./module-backing.ts";
 import { SharedMemoryBacking } from "./shared-memory-backing.ts";
 
-/** A raw image file, opened by each runtime itself (Node-only). */
+/** A raw image, a file or a block device, opened by each runtime itself (Node-only). */
 export interface FileBackingSpec {
   readonly kind: "file";
   readonly path: string;
+  /**
+   * `"auto"` (default): refuse an image carrying another format's signature
+   * (qcow2, VMDK, …); `"raw"`: serve its bytes as they are.
+   */
+  readonly format?: "raw" | "auto";
   /** Open O_RDONLY; the device then offers VIRTIO_BLK_F_RO (default false). */
   readonly readOnly?: boolean;
   /** O_DIRECT with an aligned bounce buffer for unaligned guest buffers (default false). */
@@ -23,7 +28,10 @@ export interface FileBackingSpec {
   readonly aio?: "threads" | "io_uring";
   /** Largest transfer per system call (FileBacking default when absent). */
   readonly maxIoBytes?: number;
-  /** Use the native fallocate for DISCARD / WRITE_ZEROES (default true; false: write zeroes). */
+  /**
+   * Use the native fallocate (block devices: BLKDISCARD / BLKZEROOUT) for
+   * DISCARD / WRITE_ZEROES (default true; false: write zeroes).
+   */
   readonly fallocate?: boolean;
 }
 

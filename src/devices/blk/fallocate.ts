@@ -64,8 +64,20 @@ export function loadNativeFallocate(): Promise<FallocateFn | null> {
   return loaded;
 }
 
+/**
+ * DISCARD and WRITE_ZEROES without writing data: fallocate for files
+ * ({@link FileFallocate}), BLKDISCARD / BLKZEROOUT for block devices
+ * (file-blockdev.ts).
+ */
+export interface ImageRanges {
+  /** Deallocates the range if the store can; otherwise does nothing (§5.2.6.2 allows it). */
+  discard(offset: number, length: number): Promise<void>;
+  /** Zeroes the range without writing; false if the store cannot (the caller writes zeroes). */
+  zeroRange(offset: number, length: number, unmap: boolean): Promise<boolean>;
+}
+
 /** fallocate for one image file (see the module header). */
-export class FileFallocate {
+export class FileFallocate implements ImageRanges {
   readonly #fh: FileHandle;
   readonly #path: string;
   readonly #log: Logger;

@@ -97,6 +97,55 @@ describe("open: clear up-front errors", () => {
   test("bad options are RangeErrors", async () => {
     await assert.rejects(FileBacking.open(image(512), { logicalBlockSize: 1000 }), RangeError);
     await assert.rejects(FileBacking.open(image(512), { maxIoBytes: 100 }), RangeError);
+    await assert.rejects(
+      FileBacking.open(image(512), { format: "qcow2" as "raw" }),
+      /format must be "raw" or "auto"/,
+    );
+  });
+});
+
+describe("image formats", () => {
+  /** A 1 MiB image whose first bytes are a qcow2 version 3 header. */
+  function qcow2Image(): string {
+    const img = new Uint8Array(1 << 20);
+    img.set([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0]);
+    img.set([0, 0, 0, 0, 0, 0, 0, 16], 20); // cluster_bits, size
+    return image(img);
+  }
+
+  test("a qcow2 image is refused with one line saying how to serve it", async () => {
+    const p = qcow2Image();
+    for (const o of [{}, { direct: true }, { readOnly: true }, { format: "auto" as const }]) {
+      await assert.rejects(
+        FileBacking.open(p, o),
+        (e: unknown) =>
+          imageErr(
+            /^disk image \S+: is a qcow2 image, not raw: serve it through qemu-nbd \(docs\/blk\.md, "Image formats"\) or pass --format raw to serve its bytes as they are$/,
+          )(e) && (e as { details: Record<string, unknown> }).details.format === "qcow2",
+        JSON.stringify(o),
+      );
+    }
+  });
+
+  test('format: "raw" serves the same bytes as they are', async () => {
+    const p = qcow2Image();
+    for (const direct of [false, true]) {
+      const f = await openImg(p, { format: "raw", direct });
+      const head = new Uint8Array(512);
+      await f.readv(0, [head]);
+      assert.deepEqual(head.subarray(0, 4), new Uint8Array([0x51, 0x46, 0x49, 0xfb]));
+      await f.close();
+    }
+  });
+
+  test("a VHD footer at the end is found; raw images open", async () => {
+    const img = new Uint8Array(64 * 1024);
+    img.set(Buffer.from("conectix"), img.length - 512);
+    await assert.rejects(FileBacking.open(image(img)), imageErr(/is a VHD \(vpc\) image, not raw/));
+    const raw = await openImg(image(bytes(64 * 1024, 3)));
+    assert.equal(raw.size, 64 * 1024);
+    const empty = await openImg(image(0));
+    assert.equal(empty.size, 0);
   });
 });
 

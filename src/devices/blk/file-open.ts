@@ -3,12 +3,13 @@
  * was opened, and one-line `BLK_IMAGE` errors. Node-only (fs). VIRTIO 1.2
  * §5.2.4 (`capacity` in 512-byte sectors and `blk_size`: the image size must
  * be a whole number of logical blocks); docs/conformance.md "Lifecycle"
- * (read-only images are opened O_RDONLY).
+ * (read-only images are opened O_RDONLY). An image is a regular file or a
+ * block device (file-blockdev.ts); a writable block device is opened O_EXCL.
  *
  * @module
  */
-import { constants as fsConstants } from "node:fs";
-import type { FileHandle } from "node:fs/promises";
+import { constants as fsConstants, type Stats } from "node:fs";
+import { stat } from "node:fs/promises";
 import { ErrorCode, VirtioError } from "../../errors.ts";
 import { errorText } from "../../log.ts";
 
@@ -27,13 +28,29 @@ export function errnoCode(e: unknown): string {
   return typeof c === "string" ? c : "";
 }
 
+/** Whether `path` names a block device now (false if it cannot be stat'ed: open says why). */
+export async function isBlockDevicePath(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isBlockDevice();
+  } catch {
+    return false;
+  }
+}
+
 /**
- * open(2) flags: O_RDONLY or O_RDWR, with O_DIRECT when asked.
+ * open(2) flags: O_RDONLY or O_RDWR, with O_DIRECT when asked and O_EXCL
+ * when `exclusive` (a writable block device: EBUSY if mounted or claimed).
  *
  * @throws {VirtioError} `BLK_IMAGE` if O_DIRECT does not exist on this platform.
  */
-export function imageOpenFlags(path: string, readOnly: boolean, direct: boolean): number {
+export function imageOpenFlags(
+  path: string,
+  readOnly: boolean,
+  direct: boolean,
+  exclusive = false,
+): number {
   let flags = readOnly ? fsConstants.O_RDONLY : fsConstants.O_RDWR;
+  if (exclusive) flags |= fsConstants.O_EXCL;
   if (direct) {
     const O_DIRECT = (fsConstants as { O_DIRECT?: number }).O_DIRECT;
     if (O_DIRECT === undefined)
@@ -44,13 +61,12 @@ export function imageOpenFlags(path: string, readOnly: boolean, direct: boolean)
 }
 
 /**
- * The size of an opened image.
+ * The size of an opened image file (block devices: file-blockdev.ts).
  *
  * @throws {VirtioError} `BLK_IMAGE` if it is not a regular file or its size
  *   is not a multiple of the logical block size `lbs`.
  */
-export async function imageSize(path: string, fh: FileHandle, lbs: number): Promise<number> {
-  const st = await fh.stat();
+export function imageSize(path: string, st: Stats, lbs: number): number {
   if (!st.isFile()) throw imageError(path, "not a regular file");
   if (st.size % lbs !== 0)
     throw imageError(
@@ -84,6 +100,12 @@ export function openError(
       );
     case "EISDIR":
       return imageError(path, "not a regular file", { errno: code });
+    case "EBUSY":
+      return imageError(
+        path,
+        "is a block device in use (mounted, or held by another program); unmount or release it first",
+        { errno: code },
+      );
     case "EINVAL":
       if (direct)
         return imageError(path, "the file system does not support O_DIRECT", { errno: code });

@@ -1,7 +1,7 @@
 /**
- * Opens virtio-blk disks on Node: image files through {@link FileBacking},
- * and every portable kind (./backing-spec.ts). VIRTIO 1.2 §5.2.6 (the disk
- * behind the requests). Node-only (FileBacking uses fs and the native addon).
+ * Opens virtio-blk disks on Node: image files and block devices through
+ * {@link FileBacking}, and every portable kind (./backing-spec.ts). VIRTIO
+ * 1.2 §5.2.6 (the disk behind the requests). Node-only (FileBacking uses fs and the native addon).
  *
  * @module
  */
@@ -29,6 +29,7 @@ export async function openNodeBacking(spec: BackingSpec, ctx: BackingContext): P
     direct: f.direct ?? false,
     aio: f.aio ?? "threads",
     logicalBlockSize: ctx.logicalBlockSize,
+    format: f.format ?? "auto",
     ...(f.maxIoBytes === undefined ? {} : { maxIoBytes: f.maxIoBytes }),
     ...(f.fallocate === false ? { fallocate: null } : {}),
     logger: ctx.logger,
