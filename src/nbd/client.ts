@@ -18,7 +18,7 @@
  *
  * @module
  */
-import { ErrorCode, VirtioError } from "../errors.ts";
+import { ErrorCode, VirtioError, isVirtioError } from "../errors.ts";
 import { errorText, silentLogger, type Logger } from "../log.ts";
 import { NBD_FLAG_CAN_MULTI_CONN } from "../spec/nbd.ts";
 import { NbdConnection, type NbdRequestData } from "./connection.ts";
@@ -73,7 +73,11 @@ async function connectOnce(
     });
   } catch (e) {
     reader.detach();
-    socket.destroy();
+    if (isVirtioError(e, ErrorCode.NBD_REFUSED)) {
+      // Refused after NBD_OPT_ABORT: let that reach the server, then close.
+      socket.end();
+      setTimeout(() => socket.destroy(), 1000).unref();
+    } else socket.destroy();
     throw e;
   }
   const leftover = reader.detach();

@@ -79,6 +79,31 @@ function scatter(iov: readonly Uint8Array[], at: number, bytes: Uint8Array | num
   }
 }
 
+const U16 = 0xffff;
+const U32 = 0xffff_ffff;
+
+/** Why a request cannot be sent as given (the caller's mistake), or undefined. */
+function checkRequest(
+  type: number,
+  flags: number,
+  offset: number,
+  length: number,
+  data: NbdRequestData,
+): string | undefined {
+  const ok = (n: number, max: number): boolean => Number.isSafeInteger(n) && n >= 0 && n <= max;
+  if (!ok(type, U16) || !ok(flags, U16) || !ok(offset, Number.MAX_SAFE_INTEGER) || !ok(length, U32))
+    return `bad request fields (type ${type}, flags ${flags}, offset ${offset}, length ${length})`;
+  const total = (iov: readonly Uint8Array[]): number => iov.reduce((n, v) => n + v.length, 0);
+  // The payload length must match the header exactly, or the stream loses its framing.
+  if (type === nbd.NBD_CMD_WRITE && total(data.write ?? []) !== length)
+    return `NBD_CMD_WRITE of ${length} bytes with ${total(data.write ?? [])} bytes of data`;
+  if (type !== nbd.NBD_CMD_WRITE && data.write)
+    return "data to write on a command other than NBD_CMD_WRITE";
+  if (type === nbd.NBD_CMD_READ && total(data.read ?? []) !== length)
+    return `NBD_CMD_READ of ${length} bytes into ${total(data.read ?? [])} bytes of buffers`;
+  return undefined;
+}
+
 /**
  * A connection that finished its handshake.
  *
@@ -154,6 +179,8 @@ export class NbdConnection {
       return Promise.reject(
         new VirtioError(ErrorCode.NBD_DISCONNECTED, `${this.name}: connection is closing`),
       );
+    const misuse = checkRequest(type, flags, offset, length, data);
+    if (misuse) return Promise.reject(new RangeError(`${this.name}: ${misuse}`));
     const cookie = this.#nextCookie++;
     return new Promise<void>((resolve, reject) => {
       const p: Pending = {

@@ -6,11 +6,15 @@
  *
  * @module
  */
+import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { isVirtioError, type ErrorCodeValue } from "../errors.ts";
+import type { Logger } from "../log.ts";
 import * as nbd from "../spec/nbd.ts";
+import type { NbdClientOptions } from "./client.ts";
 import { ByteQueue, readU64 } from "./codec.ts";
 import {
   dataChunk,
@@ -219,4 +223,59 @@ export function serveCorrectly(req: FakeRequest, conn: FakeConn, server: FakeNbd
   if (req.type === nbd.NBD_CMD_TRIM || req.type === nbd.NBD_CMD_WRITE_ZEROES)
     d.fill(0, req.offset, req.offset + req.length);
   conn.send(simpleReply(req.cookie));
+}
+
+/** Client options for tests: short bounds, fast reconnects. */
+export const FAST: NbdClientOptions = {
+  connectTimeoutMs: 2000,
+  requestTimeoutMs: 1500,
+  reconnectDelayMs: 20,
+  reconnectMaxDelayMs: 100,
+};
+
+/** A logger keeping its lines. */
+export function recorder(): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  return { lines, error: (m) => lines.push(m), warn: (m) => lines.push(m) };
+}
+
+/** Asserts `p` rejects with a VirtioError of `code` (and a message matching `match`). */
+export async function rejectsWith(
+  p: Promise<unknown>,
+  code: ErrorCodeValue,
+  match?: RegExp,
+): Promise<void> {
+  await assert.rejects(p, (e: unknown) => {
+    assert.ok(isVirtioError(e, code), `expected ${code}, got ${String(e)}`);
+    if (match) assert.match(e.message, match);
+    return true;
+  });
+}
+
+/** A handshake script: the greeting, then `replies(option)` for each option ("enter": transmission). */
+export function scripted(
+  replies: (opt: number, conn: FakeConn) => Buffer[] | "enter",
+): FakeBehaviour {
+  const greeted = new WeakSet<FakeConn>();
+  const flagsRead = new WeakSet<FakeConn>();
+  return {
+    handshake: (conn: FakeConn, q: ByteQueue) => {
+      if (!greeted.has(conn)) {
+        greeted.add(conn);
+        conn.send(greeting());
+      }
+      if (!flagsRead.has(conn) && q.length >= 4) {
+        q.take(4);
+        flagsRead.add(conn);
+      }
+      while (q.length >= 16 && q.length >= 16 + q.peek(16).readUInt32BE(12)) {
+        const h = q.take(16);
+        q.take(h.readUInt32BE(12));
+        const r = replies(h.readUInt32BE(8), conn);
+        if (r === "enter") return true;
+        for (const b of r) conn.send(b);
+      }
+      return false;
+    },
+  };
 }

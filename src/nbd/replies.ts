@@ -130,11 +130,6 @@ export class NbdReplyParser {
     }
   }
 
-  /** Forgets a request's partial structured reply (it was failed by other means). */
-  forget(cookie: number): void {
-    this.#replies.delete(cookie);
-  }
-
   #advance(): boolean {
     const s = this.#step;
     if (s.k === "stream") return this.#stream(s);
