@@ -12,7 +12,8 @@
  *   a virtio-blk FLUSH asks.
  * - When a connection goes away its requests fail (./connection.ts) and it is
  *   reopened after 100 ms, doubling up to a cap, until it succeeds or the
- *   client is closed. The export must come back with the same size.
+ *   client is closed. The export must come back with the same size. The
+ *   backoff timer alone does not keep the process alive.
  * - A request that finds no usable connection waits for one, at most the
  *   request timeout, then fails with `NBD_DISCONNECTED`.
  *
@@ -237,6 +238,8 @@ export class NbdClient {
         },
       );
     }, delay);
+    // Reconnecting alone does not keep a process alive (a request waiting for it does).
+    timer.unref();
     this.#timers.add(timer);
   }
 

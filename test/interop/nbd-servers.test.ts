@@ -20,7 +20,10 @@ const children = new Set<ChildProcess>();
 before(async () => {
   await ensurePackages(["qemu-utils", "nbdkit"]);
 });
-after(() => {
+const disks: NbdBacking[] = [];
+after(async () => {
+  // A failed test leaves its disks open, reconnecting: close them so the file ends.
+  await Promise.all(disks.map((d) => d.close()));
   for (const c of children) c.kill("SIGKILL");
   rmSync(dir, { recursive: true, force: true });
 });
@@ -87,6 +90,13 @@ function recorder(): Logger & { lines: string[] } {
 const pattern = (n: number, seed: number) =>
   new Uint8Array(n).map((_, i) => (i * 31 + seed * 17 + (i >> 9)) & 0xff);
 
+/** NbdBacking.open, closed by the file's after() too. */
+async function open(...args: Parameters<typeof NbdBacking.open>): Promise<NbdBacking> {
+  const d = await NbdBacking.open(...args);
+  disks.push(d);
+  return d;
+}
+
 async function rejectsWith(
   p: Promise<unknown>,
   code: ErrorCodeValue,
@@ -116,7 +126,7 @@ describe("qemu-nbd serving a qcow2 image", () => {
       ["--persistent", "--shared=4", "-f", "qcow2", "--discard=unmap", "-k", sock, img],
       sock,
     );
-    const disk = await NbdBacking.open(`nbd+unix:///?socket=${sock}`, { ...OPTS, connections: 2 });
+    const disk = await open(`nbd+unix:///?socket=${sock}`, { ...OPTS, connections: 2 });
     assert.equal(disk.size, 64 << 20);
     assert.equal(disk.connections, 2, "qemu-nbd --shared=4 sets NBD_FLAG_CAN_MULTI_CONN");
     const a = pattern(3 << 20, 1); // 3 MiB: one request
@@ -136,7 +146,7 @@ describe("qemu-nbd serving a qcow2 image", () => {
       "trimmed then zeroed range reads zero",
     );
     // A second client sees what the first one flushed.
-    const other = await NbdBacking.open(`nbd+unix:///?socket=${sock}`, OPTS);
+    const other = await open(`nbd+unix:///?socket=${sock}`, OPTS);
     const big = new Uint8Array(b.length);
     await other.readv(20 << 20, [big]);
     assert.deepEqual(big, b);
@@ -164,12 +174,12 @@ describe("nbdkit", () => {
       ["-f", "--exit-with-parent", "-U", sock, "memory", "64M"],
       sock,
     );
-    const disk = await NbdBacking.open(`nbd+unix:///?socket=${sock}`, { ...OPTS, connections: 4 });
+    const disk = await open(`nbd+unix:///?socket=${sock}`, { ...OPTS, connections: 4 });
     assert.equal(disk.connections, 4);
     const chunks = Array.from({ length: 64 }, (_, i) => pattern(65536, i));
     await Promise.all(chunks.map((c, i) => disk.writev(i * 65536, [c])));
     await disk.flush();
-    const reader = await NbdBacking.open(`nbd+unix:///?socket=${sock}`, OPTS);
+    const reader = await open(`nbd+unix:///?socket=${sock}`, OPTS);
     const back = new Uint8Array(64 * 65536);
     await reader.readv(0, [back]);
     chunks.forEach((c, i) =>
@@ -196,7 +206,7 @@ describe("nbdkit", () => {
       `error-pread-file=${trigger}`,
     ];
     const k = await startServer("nbdkit", args, sock);
-    const disk = await NbdBacking.open(`nbd+unix:///?socket=${sock}`, OPTS);
+    const disk = await open(`nbd+unix:///?socket=${sock}`, OPTS);
     await disk.writev(0, [pattern(8192, 5)]);
     writeFileSync(trigger, "");
     await rejectsWith(
@@ -228,7 +238,7 @@ describe("nbdkit", () => {
     ];
     const k = await startServer("nbdkit", args, port);
     const log = recorder();
-    const disk = await NbdBacking.open(`nbd://127.0.0.1:${port}/`, {
+    const disk = await open(`nbd://127.0.0.1:${port}/`, {
       ...OPTS,
       requestTimeoutMs: 400,
       logger: log,
@@ -266,16 +276,17 @@ describe("nbdkit", () => {
     ];
     let k = await startServer("nbdkit", slow, sock);
     const log = recorder();
-    const disk = await NbdBacking.open(`nbd+unix:///?socket=${sock}`, { ...OPTS, logger: log });
+    const disk = await open(`nbd+unix:///?socket=${sock}`, { ...OPTS, logger: log });
     await disk.writev(0, [pattern(65536, 7)]);
     await disk.flush();
     const inFlight = Array.from({ length: 8 }, (_, i) =>
       disk.readv(i * 4096, [new Uint8Array(4096)]),
     );
+    const settled = Promise.allSettled(inFlight); // handled before they reject
     await new Promise((r) => setTimeout(r, 200));
     const t0 = Date.now();
     await k.stop("SIGKILL");
-    const results = await Promise.allSettled(inFlight);
+    const results = await settled;
     assert.ok(Date.now() - t0 < 1000, "in-flight requests fail at once");
     for (const r of results) {
       assert.equal(r.status, "rejected");
