@@ -3,6 +3,7 @@
 // a hang; a broken connection is replaced and later requests succeed.
 import assert from "node:assert/strict";
 import { after, describe, test } from "node:test";
+import fc from "fast-check";
 import { ErrorCode, isVirtioError, type ErrorCodeValue } from "../errors.ts";
 import * as nbd from "../spec/nbd.ts";
 import { NbdClient } from "./client.ts";
@@ -232,5 +233,45 @@ test("requests the caller got wrong are refused before anything is sent", async 
   await new Promise((r) => setTimeout(r, 20));
   assert.equal(s.requests.length, 0);
   await read(c, 0, new Uint8Array(512)); // the connection is still in step
+  await c.close();
+});
+
+test("property: any bytes as a reply close at most that connection; the others keep serving", async () => {
+  const garbage = { bytes: Buffer.alloc(0) };
+  const marker = 8192;
+  const s = await server({
+    flags: DEFAULT_FLAGS | nbd.NBD_FLAG_CAN_MULTI_CONN,
+    onRequest: (req, conn, srv) => {
+      if (req.type === nbd.NBD_CMD_READ && req.offset === marker) conn.send(garbage.bytes);
+      else serveCorrectly(req, conn, srv);
+    },
+  });
+  const c = await NbdClient.connect(s.uri, { ...FAST, connections: 2, requestTimeoutMs: 100 });
+  const allowed = new Set<string>([
+    ErrorCode.NBD_PROTOCOL,
+    ErrorCode.NBD_TIMEOUT,
+    ErrorCode.NBD_REQUEST,
+  ]);
+  await fc.assert(
+    fc.asyncProperty(
+      fc.uint8Array({ maxLength: 64 }),
+      fc.boolean(),
+      async (bytes, asReplyHeader) => {
+        while (c.connected < 2) await new Promise((r) => setTimeout(r, 5));
+        // Half the runs start with a well-formed header for some cookie, then arbitrary bytes.
+        garbage.bytes = asReplyHeader
+          ? Buffer.concat([dataChunk(1, marker, Buffer.alloc(0)).subarray(0, 8), bytes])
+          : Buffer.from(bytes);
+        const r = await read(c, marker, new Uint8Array(512)).then(
+          () => "ok",
+          (e: unknown) => (isVirtioError(e) ? e.code : String(e)),
+        );
+        assert.ok(r === "ok" || allowed.has(r), r);
+        assert.ok(c.connected >= 1, "the other connection stayed up");
+        await read(c, 0, new Uint8Array(512));
+      },
+    ),
+    { numRuns: 30 },
+  );
   await c.close();
 });
