@@ -138,8 +138,9 @@ export class NbdConnection {
     this.#parser = new NbdReplyParser(
       {
         lookup: (c) => this.#pending.get(c),
-        data: (c, at, b) => scatter(this.#pending.get(c)!.read ?? [], at, b),
-        zero: (c, at, n) => scatter(this.#pending.get(c)!.read ?? [], at, n),
+        // Only into a request still in flight: once settled, its views are the caller's again.
+        data: (c, at, b) => scatter(this.#pending.get(c)?.read ?? [], at, b),
+        zero: (c, at, n) => scatter(this.#pending.get(c)?.read ?? [], at, n),
         done: (c, e) => this.#replied(c, e),
       },
       { structured: info.structuredReplies },
@@ -230,7 +231,8 @@ export class NbdConnection {
   }
 
   #replied(cookie: number, error: NbdServerError | undefined): void {
-    const p = this.#pending.get(cookie)!;
+    const p = this.#pending.get(cookie);
+    if (!p) return; // the connection was destroyed while this delivery was being parsed
     p.reply = error ?? null;
     if (error?.error === nbd.NBD_ESHUTDOWN) this.#draining = true;
     if (p.written) this.#settle(cookie, p);
