@@ -13,11 +13,12 @@ import {
   FakeNbdServer,
   recorder,
   rejectsWith,
+  scripted,
   serveCorrectly,
   type FakeBehaviour,
   type FakeConn,
 } from "./fake-server-test-support.ts";
-import { dataChunk, errorChunk, simpleReply } from "./test-support.ts";
+import { dataChunk, errorChunk, infoExport, optionReply, simpleReply } from "./test-support.ts";
 
 const servers: FakeNbdServer[] = [];
 after(async () => {
@@ -274,4 +275,29 @@ test("property: any bytes as a reply close at most that connection; the others k
     { numRuns: 30 },
   );
   await c.close();
+});
+
+test("an export that comes back with another size is refused; the client keeps trying", async () => {
+  const s = await server({ size: 1 << 20 });
+  const log = recorder();
+  const c = await NbdClient.connect(s.uri, { ...FAST, requestTimeoutMs: 300, logger: log });
+  const G = nbd.NBD_OPT_GO;
+  s.behaviour = scripted((o) =>
+    o === G
+      ? [
+          optionReply(G, nbd.NBD_REP_INFO, infoExport(2 << 20, DEFAULT_FLAGS)),
+          optionReply(G, nbd.NBD_REP_ACK),
+        ]
+      : [optionReply(o, nbd.NBD_REP_ACK)],
+  );
+  s.dropAll();
+  while (c.connected > 0) await new Promise((r) => setTimeout(r, 5));
+  await rejectsWith(read(c, 0, new Uint8Array(512)), ErrorCode.NBD_DISCONNECTED, /no connection/);
+  await c.close();
+  assert.ok(
+    log.lines.some((l) =>
+      /reconnect failed .*the export is now 2097152 bytes, was 1048576/.test(l),
+    ),
+    log.lines.join("\n"),
+  );
 });

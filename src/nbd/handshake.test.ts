@@ -239,3 +239,32 @@ describe("handshake", () => {
 });
 
 /** A server whose first `bad` requests get `answer` instead of a correct reply. */
+
+test("a server without fixed newstyle: NBD_OPT_EXPORT_NAME at once, 124 zero bytes after the flags", async () => {
+  const seen: number[] = [];
+  const s = await server({
+    handshake: (conn, q) => {
+      if (q.length === 0 && seen.length === 0) conn.send(greeting(0));
+      if (q.length < 4 + 16) return false;
+      const h = q.peek(20);
+      if (q.length < 20 + h.readUInt32BE(16)) return false;
+      assert.equal(h.readUInt32BE(0), 0, "no client flags for a server that set none");
+      q.take(20 + h.readUInt32BE(16));
+      seen.push(h.readUInt32BE(12));
+      const r = Buffer.alloc(10 + 124);
+      r.writeBigUInt64BE(1n << 20n);
+      r.writeUInt16BE(DEFAULT_FLAGS, 8);
+      conn.send(r);
+      return true;
+    },
+  });
+  const c = await NbdClient.connect(s.uri, FAST);
+  assert.deepEqual(seen, [nbd.NBD_OPT_EXPORT_NAME]);
+  assert.equal(c.info.size, 1 << 20);
+  assert.ok(!c.info.usedGo && !c.info.structuredReplies);
+  s.disk.set([5, 6], 512);
+  const buf = new Uint8Array(1024);
+  await read(c, 0, buf);
+  assert.deepEqual([...buf.subarray(512, 514)], [5, 6]);
+  await c.close();
+});
