@@ -154,6 +154,11 @@ export class NbdClient {
       );
     let onFirstClose: (e: VirtioError | undefined) => void = () => {};
     const first = await connectOnce(t, o, `nbd ${targetText(t)} conn 0`, (e) => onFirstClose(e));
+    if (!first.usable)
+      throw new VirtioError(
+        ErrorCode.NBD_DISCONNECTED,
+        `nbd ${targetText(t)} conn 0: closed right after the handshake`,
+      );
     const multi = (first.info.flags & NBD_FLAG_CAN_MULTI_CONN) !== 0;
     if (wanted > 1 && !multi)
       o.logger.warn(
