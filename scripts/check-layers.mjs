@@ -21,6 +21,7 @@ const rank = {
   dataplane: 4,
   transport: 5,
   "vhost-user": 5,
+  nbd: 5,
   devices: 6,
   cli: 7,
   api: 8,

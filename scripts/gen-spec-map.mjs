@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // Generates docs/spec-map.md from the "§" references in each source file's
-// header and MUST quotes: spec section → the files that implement it.
+// header and MUST quotes: spec section → the files that implement it; and,
+// for the NBD protocol, from references of the form proto.md "Heading" (or
+// uri.md "Heading") to the headings of NetworkBlockDevice/nbd doc/.
 //   node scripts/gen-spec-map.mjs          write docs/spec-map.md
 //   node scripts/gen-spec-map.mjs --check  exit 1 if docs/spec-map.md is stale
 import { readFileSync, readdirSync, statSync, writeFileSync } from "node:fs";
@@ -76,7 +78,13 @@ function files(dir, out = []) {
 }
 
 const map = new Map();
+const nbd = new Map();
 for (const f of files(join(root, "src"))) {
+  for (const m of readFileSync(f, "utf8").matchAll(/\b((?:proto|uri)\.md) "([^"\n]+)"/g)) {
+    const sec = `${m[1]} "${m[2]}"`;
+    if (!nbd.has(sec)) nbd.set(sec, new Set());
+    nbd.get(sec).add(relative(root, f));
+  }
   // Only VIRTIO spec sections: skip lines that cite sections of other documents.
   const text = readFileSync(f, "utf8")
     .split("\n")
@@ -110,6 +118,19 @@ for (const sec of rows) {
     .map((f) => `\`${f}\``)
     .join(", ");
   md += `| §${sec} | ${titles[sec] ?? ""} | ${fl} |\n`;
+}
+md += "\n## NBD protocol\n\n";
+md +=
+  "Which file implements which heading of the NBD protocol (NetworkBlockDevice/nbd `doc/proto.md`)\n";
+md += "and of its URI format (`doc/uri.md`), from the `proto.md \"Heading\"` references.\n\n";
+md += "| document | heading | files |\n|---|---|---|\n";
+for (const sec of [...nbd.keys()].sort()) {
+  const [doc, heading] = [sec.slice(0, sec.indexOf(" ")), sec.slice(sec.indexOf(" ") + 1)];
+  const fl = [...nbd.get(sec)]
+    .sort()
+    .map((f) => `\`${f}\``)
+    .join(", ");
+  md += `| ${doc} | ${heading.replaceAll('"', "")} | ${fl} |\n`;
 }
 const out = join(root, "docs/spec-map.md");
 if (process.argv.includes("--check")) {

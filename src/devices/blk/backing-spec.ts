@@ -35,6 +35,27 @@ export interface FileBackingSpec {
   readonly fallocate?: boolean;
 }
 
+/**
+ * An NBD export (Node-only: ./nbd-backing.ts), opened by each runtime itself
+ * with its own connections. Without NBD_FLAG_CAN_MULTI_CONN the server is
+ * only used safely from one runtime (see probeNbd).
+ */
+export interface NbdBackingSpec {
+  readonly kind: "nbd";
+  /** `nbd://HOST[:PORT]/EXPORT` or `nbd+unix:///EXPORT?socket=PATH`. */
+  readonly uri: string;
+  /** Connections per runtime (default 1; more only with NBD_FLAG_CAN_MULTI_CONN). */
+  readonly connections?: number;
+  /** Refuse writes even if the export takes them; the device then offers VIRTIO_BLK_F_RO. */
+  readonly readOnly?: boolean;
+  /** Writes carry NBD_CMD_FLAG_FUA where the export supports it (default false). */
+  readonly fua?: boolean;
+  /** Bound on connecting plus the handshake (default 10 s). */
+  readonly connectTimeoutMs?: number;
+  /** Bound on one request (default 30 s). */
+  readonly requestTimeoutMs?: number;
+}
+
 /** A disk held in a SharedArrayBuffer, shared by every runtime (portable). */
 export interface SharedMemoryBackingSpec {
   readonly kind: "shared-memory";
@@ -54,6 +75,7 @@ export interface ObjectBackingSpec {
 /** What a runtime opens as the disk; other kinds need an opener that knows them. */
 export type BackingSpec =
   | FileBackingSpec
+  | NbdBackingSpec
   | SharedMemoryBackingSpec
   | ObjectBackingSpec
   | ModuleBackingSpec

@@ -33,6 +33,7 @@ export {
   type BackingOpener,
   type BackingSpec,
   type FileBackingSpec,
+  type NbdBackingSpec,
   type ObjectBackingSpec,
   type SharedMemoryBackingSpec,
 } from "./backing-spec.ts";
