@@ -17,6 +17,14 @@
  * ever written to guest memory through them), and only then does the status
  * read 0 (§2.4.2: the driver considers the reset complete when it reads 0).
  *
+ * Legacy driver (set by the transport with `beginLegacy`, §4.1.4.10 /
+ * §4.2.4, until the next reset): the driver sees feature bits 0–31 only
+ * (VIRTIO_F_VERSION_1 is never negotiated) and never sets FEATURES_OK. Its
+ * feature set is taken as it stands (unoffered bits dropped, with a log
+ * line) at its first queue setup write or at DRIVER_OK, whichever comes
+ * first; the device type's `validateFeatures` is asked at DRIVER_OK, and a
+ * refusal leaves DRIVER_OK unset.
+ *
  * Broken: a ring violation reported by a queue, or `markBroken` from the
  * device type, stops every queue (they write nothing more), sets
  * DEVICE_NEEDS_RESET (VERSION_1 negotiated) and sends a configuration change
@@ -83,6 +91,7 @@ export class DeviceLifecycle {
   #broken: VirtioError | null = null;
   #activated = false;
   #resetting: Promise<void> | null = null;
+  #legacy = false;
   /** Bumped by every reset: callbacks from an older activation are ignored. */
   #epoch = 0;
 
@@ -135,6 +144,37 @@ export class DeviceLifecycle {
     return this.#epoch;
   }
 
+  /** True while a legacy driver drives the device (until the next reset). */
+  get legacy(): boolean {
+    return this.#legacy;
+  }
+
+  /**
+   * The driver uses the legacy interface from now on (until reset). Refused
+   * (false) while a reset runs or once a modern driver set FEATURES_OK.
+   */
+  beginLegacy(): boolean {
+    if (this.#legacy) return true;
+    if (this.#resetting !== null || (this.#status & VIRTIO_CONFIG_S_FEATURES_OK) !== 0)
+      return false;
+    this.#legacy = true;
+    return true;
+  }
+
+  /**
+   * A legacy driver's feature set is final (first queue setup write, or
+   * DRIVER_OK): unoffered bits are dropped (logged), the set is frozen.
+   */
+  freezeLegacyFeatures(): void {
+    const f = this.#features;
+    if (!this.#legacy || f.frozen) return;
+    if (!f.acceptable()) {
+      this.#log(`legacy driver accepted unoffered bits 0x${f.unoffered.toString(16)}: dropped`);
+      f.setDriverFeatures(f.negotiated);
+    }
+    f.freeze();
+  }
+
   /** A driver write to the status field; see {@link VirtioDevice.writeStatus}. */
   async writeStatus(value: number): Promise<void> {
     if (this.#resetting !== null) {
@@ -142,7 +182,7 @@ export class DeviceLifecycle {
       this.#log(`status write 0x${hex(value)} ignored: reset in progress`);
       return;
     }
-    const plan = planStatusWrite(this.#status, value);
+    const plan = planStatusWrite(this.#status, value, this.#legacy);
     switch (plan.kind) {
       case "reset":
         return this.reset();
@@ -159,7 +199,10 @@ export class DeviceLifecycle {
 
   async #advance(steps: number, addsFeaturesOk: boolean, addsDriverOk: boolean): Promise<void> {
     let target = steps;
-    if (addsFeaturesOk && !this.#featuresAcceptable()) {
+    if (addsDriverOk && this.#legacy && !this.#legacyFeaturesAcceptable()) {
+      target &= ~VIRTIO_CONFIG_S_DRIVER_OK;
+      addsDriverOk = false;
+    } else if (addsFeaturesOk && !this.#featuresAcceptable()) {
       // §2.2.2: the device "MUST fail to set the FEATURES_OK device status bit" for a subset it can't accept.
       target &= ~(VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
       addsDriverOk = false;
@@ -168,6 +211,20 @@ export class DeviceLifecycle {
     }
     this.#status = target | (this.#status & VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET);
     if (addsDriverOk) await this.#activate();
+  }
+
+  /** Legacy DRIVER_OK: the feature set becomes final and the device type may refuse it. */
+  #legacyFeaturesAcceptable(): boolean {
+    this.freezeLegacyFeatures();
+    const backend = this.#backend;
+    if (
+      backend.validateFeatures !== undefined &&
+      !backend.validateFeatures(this.#features.negotiated)
+    ) {
+      this.#log(`DRIVER_OK refused: the device refuses the legacy driver's features`);
+      return false;
+    }
+    return true;
   }
 
   #featuresAcceptable(): boolean {
@@ -298,6 +355,7 @@ export class DeviceLifecycle {
     this.#features.reset();
     this.#broken = null;
     this.#activated = false;
+    this.#legacy = false;
     // §2.4.2: the driver considers the reset complete once it reads 0: this is the last step.
     this.#status = 0;
   }

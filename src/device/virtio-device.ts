@@ -22,6 +22,9 @@
  *    (./queue-setup.ts).
  * 4. DRIVER_OK: the backend is activated with the ready queues.
  *
+ * Legacy interface (§4.1.4.10, §4.2.4): {@link VirtioDevice.beginLegacy}
+ * (./lifecycle.ts has the rules).
+ *
  * This module checks that the device status allows each write; what a
  * status write sets in motion — activation, the *broken* state, the
  * asynchronous reset — is ./lifecycle.ts.
@@ -183,6 +186,23 @@ export class VirtioDevice {
     return this.#life.writeStatus(value);
   }
 
+  /**
+   * The driver uses the legacy interface until the next reset (a transport's
+   * legacy register block calls this before it forwards a write). False
+   * (the write is to be ignored) while resetting or after FEATURES_OK.
+   */
+  beginLegacy(): boolean {
+    const ok = this.#life.beginLegacy();
+    if (!ok)
+      this.#log(`${this.#name()}: legacy access refused in status 0x${hex(this.readStatus())}`);
+    return ok;
+  }
+
+  /** True while a legacy driver drives the device (see {@link beginLegacy}). */
+  get legacy(): boolean {
+    return this.#life.legacy;
+  }
+
   // ---- features (§2.2) ----
 
   /** The offered feature bits (VIRTIO_F_VERSION_1 included). */
@@ -221,7 +241,8 @@ export class VirtioDevice {
     const ok =
       !this.#life.resetting &&
       hasStatus(s, VIRTIO_CONFIG_S_DRIVER) &&
-      (s & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_FAILED)) === 0;
+      (s & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED)) ===
+        0;
     if (!ok) this.#log(`${this.#name()}: driver features write ignored in status 0x${hex(s)}`);
     return ok;
   }
@@ -310,21 +331,23 @@ export class VirtioDevice {
     });
   }
 
-  /** Queue setup is writable only with FEATURES_OK set and DRIVER_OK / FAILED clear. */
+  /** Queue setup needs FEATURES_OK (legacy: DRIVER; features become final) and DRIVER_OK / FAILED clear. */
   #queueWritable(index: number, what: string): boolean {
     if (!this.#queues.has(index)) {
       this.#log(`${this.#name()}: queue ${index} ${what} ignored: no such queue`);
       return false;
     }
     const s = this.#life.status;
+    const needed = this.#life.legacy ? VIRTIO_CONFIG_S_DRIVER : VIRTIO_CONFIG_S_FEATURES_OK;
     if (
       this.#life.resetting ||
-      !hasStatus(s, VIRTIO_CONFIG_S_FEATURES_OK) ||
+      !hasStatus(s, needed) ||
       (s & (VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED)) !== 0
     ) {
       this.#log(`${this.#name()}: queue ${index} ${what} ignored in status 0x${hex(s)}`);
       return false;
     }
+    this.#life.freezeLegacyFeatures();
     return true;
   }
 
