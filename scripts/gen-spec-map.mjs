@@ -60,6 +60,7 @@ const titles = {
   3.1: "Device Initialization",
   4.1: "Virtio Over PCI Bus",
   "4.1.2": "PCI Device Discovery",
+  "4.1.2.3": "Legacy Interfaces: A Note on PCI Device Discovery",
   "4.1.3": "PCI Device Layout",
   "4.1.4": "Virtio Structure PCI Capabilities",
   "4.1.4.3": "Common configuration structure layout",

@@ -35,6 +35,8 @@ export class InterruptState implements DeviceNotifier {
   readonly #line: InterruptLine;
   readonly #resetting: () => boolean;
   readonly #log: (line: string) => void;
+  /** Told the pending bits after every change (PCI: the status register's Interrupt Status bit). */
+  onBits: ((bits: number) => void) | null = null;
   #bits = 0;
   #masked = false;
   #asserted = false;
@@ -92,6 +94,7 @@ export class InterruptState implements DeviceNotifier {
 
   #update(bits: number): void {
     this.#bits = bits & (ISR_QUEUE | ISR_CONFIG);
+    this.onBits?.(this.#bits);
     const want = this.#bits !== 0 && !this.#masked;
     if (want === this.#asserted) return;
     this.#asserted = want;
