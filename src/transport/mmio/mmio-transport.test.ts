@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import fc from "fast-check";
 import * as m from "../../spec/virtio-mmio.ts";
 import { legacyRingParts } from "../../spec/virtqueue.ts";
-import { recordingLine, registerTestDevice } from "../test-backend.ts";
+import { recordingLine, registerTestDevice } from "../register-test-support.ts";
 import { VirtioMmioTransport } from "./mmio-transport.ts";
 
 function make(version: 1 | 2 = 2) {

@@ -15,7 +15,7 @@ import {
   VirtioPciLegacy as L,
 } from "../../spec/virtio-pci.ts";
 import { findVirtioStructures } from "../../testing/pci-driver.ts";
-import { recordingLine, registerTestDevice } from "../test-backend.ts";
+import { recordingLine, registerTestDevice } from "../register-test-support.ts";
 import { VirtioPciTransport, type PciTransportOptions } from "./pci-transport.ts";
 
 function make(o: Omit<PciTransportOptions, "interrupt"> = {}) {
