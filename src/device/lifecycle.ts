@@ -11,11 +11,14 @@
  * type's `validateFeatures`; the set is then frozen. DRIVER_OK activates the
  * device type with the ready queues.
  *
- * Reset (status ← 0) is asynchronous: kicks are ignored from then on, the
- * device type quiesces (stops popping, completes in-flight requests into the
- * used rings), the queues are detached (marked broken, so nothing more is
- * ever written to guest memory through them), and only then does the status
+ * Reset (status ← 0): kicks are ignored from then on, the device type
+ * quiesces (stops popping, completes in-flight requests into the used
+ * rings), the queues are detached (marked broken, so nothing more is ever
+ * written to guest memory through them), and only then does the status
  * read 0 (§2.4.2: the driver considers the reset complete when it reads 0).
+ * With requests in flight this is asynchronous; when the device type's
+ * `quiesce` finishes at once (returns no promise) the reset is complete
+ * before the status write returns.
  *
  * Legacy driver (set by the transport with `beginLegacy`, §4.1.4.10 /
  * §4.2.4, until the next reset): the driver sees feature bits 0–31 only
@@ -330,21 +333,37 @@ export class DeviceLifecycle {
   /** Resets the device; see {@link VirtioDevice.reset}. Concurrent calls share one reset. */
   reset(): Promise<void> {
     if (this.#resetting !== null) return this.#resetting;
-    const p = this.#doReset().finally(() => {
-      this.#resetting = null;
-    });
+    const quiesced = this.#quiesce();
+    if (quiesced === null) {
+      // Nothing in flight: the reset is complete before the status write returns (legacy
+      // drivers and virtio-mmio drivers write 0 and go on without waiting for it).
+      this.#finishReset();
+      return Promise.resolve();
+    }
+    const p = quiesced
+      .then(() => this.#finishReset())
+      .finally(() => {
+        this.#resetting = null;
+      });
     this.#resetting = p;
     return p;
   }
 
-  async #doReset(): Promise<void> {
-    if (this.#activated) {
-      try {
-        await this.#backend.quiesce?.();
-      } catch (e) {
-        this.#log(`quiesce failed during reset: ${String(e)}`);
-      }
+  /** Lets an activated device type quiesce: null when it finished at once, else when it will. */
+  #quiesce(): Promise<void> | null {
+    if (!this.#activated) return null;
+    const fail = (e: unknown): void => this.#log(`quiesce failed during reset: ${String(e)}`);
+    try {
+      const r = this.#backend.quiesce?.();
+      if (r === undefined || typeof (r as { then?: unknown }).then !== "function") return null;
+      return Promise.resolve(r).catch(fail);
+    } catch (e) {
+      fail(e);
+      return null;
     }
+  }
+
+  #finishReset(): void {
     this.#epoch++;
     try {
       this.#backend.reset?.();

@@ -233,3 +233,25 @@ test("mmio: random register accesses never throw (property)", async () => {
     );
   }
 });
+
+test("mmio: a driver that does not wait after Status 0 (nothing in flight) goes on at once", async () => {
+  for (const version of [1, 2] as const) {
+    const t = make(version);
+    if (version === 2) await toFeaturesOk(t);
+    else t.w(m.VIRTIO_MMIO_STATUS, 3);
+    t.w(m.VIRTIO_MMIO_STATUS, version === 2 ? 15 : 7);
+    await t.mmio.settled();
+    t.w(m.VIRTIO_MMIO_STATUS, 0);
+    assert.equal(t.r(m.VIRTIO_MMIO_STATUS), 0);
+    t.w(m.VIRTIO_MMIO_STATUS, 1);
+    assert.equal(t.r(m.VIRTIO_MMIO_STATUS), 1);
+  }
+});
+
+test("mmio v2: QueueReady 0 on a queue that is not ready is a quiet no-op (Linux after a reset)", () => {
+  const t = make();
+  t.w(m.VIRTIO_MMIO_QUEUE_SEL, 0);
+  t.w(m.VIRTIO_MMIO_QUEUE_READY, 0);
+  assert.equal(t.r(m.VIRTIO_MMIO_QUEUE_READY), 0);
+  assert.deepEqual(t.logs, []);
+});

@@ -301,8 +301,11 @@ export class VirtioMmioTransport {
         return;
       case m.VIRTIO_MMIO_QUEUE_READY:
         if (v === 1) this.#addresses.enable(dev, q);
-        else if (v === 0) dev.setQueueReady(q, false);
-        else this.#log.bad(`QueueReady ${hex(v)} is neither 0 nor 1 (ignored)`);
+        // 0 stops the queue (before DRIVER_OK); on a queue that is not ready it is a no-op
+        // (Linux writes it for every queue after a reset).
+        else if (v === 0) {
+          if (dev.queueReady(q)) dev.setQueueReady(q, false);
+        } else this.#log.bad(`QueueReady ${hex(v)} is neither 0 nor 1 (ignored)`);
         return;
       case m.VIRTIO_MMIO_SHM_SEL:
         return; // no shared memory regions: every id reads as absent

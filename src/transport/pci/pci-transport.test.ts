@@ -295,3 +295,16 @@ test("pci: random register and configuration space accesses never throw (propert
     );
   }
 });
+
+test("pci legacy: a driver that does not wait after status 0 (nothing in flight) goes on at once", async () => {
+  const t = make({ interface: "legacy" });
+  t.pci.write(0, L.STATUS, 1, 3);
+  t.pci.write(0, L.STATUS, 1, 7);
+  await t.pci.settled();
+  assert.equal(t.pci.read(0, L.STATUS, 1), 7);
+  t.pci.write(0, L.STATUS, 1, 0);
+  assert.equal(t.pci.read(0, L.STATUS, 1), 0);
+  t.pci.write(0, L.STATUS, 1, 1);
+  assert.equal(t.pci.read(0, L.STATUS, 1), 1);
+  assert.equal(t.device.legacy, true);
+});
