@@ -40,6 +40,8 @@ export interface PciBar {
   readonly kind: "io" | "memory";
   /** What is in it. */
   readonly contents: "legacy" | "modern";
+  /** True if the registers fit an I/O BAR (at most 256 bytes): the BAR may live in port I/O space. */
+  readonly ioCapable: boolean;
 }
 
 /** A structure inside the modern BAR. */
@@ -151,6 +153,11 @@ export function modernLayout(
   const notifyAt = 0x44 + align4(configSize);
   const notify = { offset: notifyAt, length: align4((numQueues - 1) * multiplier + 2) };
   return { bar, common, isr, device, notify, notifyOffMultiplier: multiplier };
+}
+
+/** True if the modern registers fit an I/O BAR. */
+export function modernFitsIo(layout: ModernLayout): boolean {
+  return pow2AtLeast(layout.notify.offset + layout.notify.length) <= PCI_IO_BAR_MAX;
 }
 
 /** Bytes of the modern BAR holding `layout` in `kind` space. */

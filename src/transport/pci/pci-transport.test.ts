@@ -69,6 +69,8 @@ test("pci: capability list names the modern structures (§4.1.4)", () => {
     const modern = pci.bars.find((b) => b.contents === "modern")!;
     assert.equal(modern.kind, modernBar);
     if (modernBar === "io") assert.ok(modern.size <= 256);
+    assert.equal(modern.ioCapable, true, "the modern registers of a small device fit I/O space");
+    assert.equal(pci.bars[0]!.ioCapable, true);
   }
   assert.throws(() => make({ notifyOffMultiplier: 3 }), RangeError);
 });

@@ -41,6 +41,7 @@ import type { PciContext, PciSelectors } from "./context.ts";
 import {
   legacyBarSize,
   modernBarSize,
+  modernFitsIo,
   modernLayout,
   pciIdentity,
   type ModernLayout,
@@ -265,7 +266,13 @@ function planBars(
 ): { bars: PciBar[]; modern: ModernLayout | null } {
   const bars: PciBar[] = [];
   if (iface !== "modern")
-    bars.push({ index: 0, size: legacyBarSize(device.configSize), kind: "io", contents: "legacy" });
+    bars.push({
+      index: 0,
+      size: legacyBarSize(device.configSize),
+      kind: "io",
+      contents: "legacy",
+      ioCapable: true,
+    });
   if (iface === "legacy") return { bars, modern: null };
   const kind = o.modernBar ?? "memory";
   const index = iface === "modern" ? 0 : 1;
@@ -275,6 +282,7 @@ function planBars(
     device.configSize,
     o.notifyOffMultiplier ?? 4,
   );
-  bars.push({ index, size: modernBarSize(modern, kind), kind, contents: "modern" });
+  const size = modernBarSize(modern, kind);
+  bars.push({ index, size, kind, contents: "modern", ioCapable: modernFitsIo(modern) });
   return { bars, modern };
 }
