@@ -7,7 +7,7 @@
  * (device initialization).
  *
  * FEATURES_OK is accepted only for a subset of the offered bits that
- * includes VIRTIO_F_VERSION_1 (modern devices only) and passes the device
+ * includes VIRTIO_F_VERSION_1 (a modern driver; legacy drivers below) and passes the device
  * type's `validateFeatures`; the set is then frozen. DRIVER_OK activates the
  * device type with the ready queues.
  *

@@ -13,7 +13,7 @@
  * | DEVICE_NEEDS_RESET bit | device-owned: ignored in the write, kept in the status |
  * | bits 16 and 32 (undefined) | ignored |
  * | a write that clears ACKNOWLEDGE, DRIVER, FEATURES_OK or DRIVER_OK | ignored (§2.1.1 "The driver MUST NOT clear a device status bit") |
- * | a result that is not a prefix of ACKNOWLEDGE → DRIVER → FEATURES_OK → DRIVER_OK (a skipped step, e.g. DRIVER_OK without FEATURES_OK) | ignored (§3.1.1 order; modern devices only, so FEATURES_OK is required) |
+ * | a result that is not a prefix of ACKNOWLEDGE → DRIVER → FEATURES_OK → DRIVER_OK (a skipped step, e.g. DRIVER_OK without FEATURES_OK) | ignored (§3.1.1 order; a modern driver needs FEATURES_OK; a legacy one: below) |
  * | several steps at once (e.g. ACKNOWLEDGE \| DRIVER) | accepted, each step's check applies |
  * | adding FEATURES_OK | accepted only if the written features are acceptable; otherwise the write is applied without FEATURES_OK and without DRIVER_OK (§2.2.2) |
  * | adding DRIVER_OK | activates the device; an activation failure makes the device broken (DEVICE_NEEDS_RESET) |

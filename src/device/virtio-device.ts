@@ -14,8 +14,8 @@
  *
  * 1. ACKNOWLEDGE, DRIVER; the driver reads device features and writes its own.
  * 2. FEATURES_OK: accepted only for a subset of the offered bits that
- *    includes VIRTIO_F_VERSION_1 (this framework serves modern devices only)
- *    and passes the backend's `validateFeatures`; the set is then frozen.
+ *    includes VIRTIO_F_VERSION_1 and passes the backend's
+ *    `validateFeatures`; the set is then frozen.
  * 3. Queue setup (only with FEATURES_OK set and DRIVER_OK / FAILED clear):
  *    size ≤ the queue's maximum, three addresses, then ready = 1. Setting
  *    ready validates the ring; an invalid ring stays not ready
@@ -186,11 +186,7 @@ export class VirtioDevice {
     return this.#life.writeStatus(value);
   }
 
-  /**
-   * The driver uses the legacy interface until the next reset (a transport's
-   * legacy register block calls this before it forwards a write). False
-   * (the write is to be ignored) while resetting or after FEATURES_OK.
-   */
+  /** A legacy driver from now to the next reset (false while resetting or after FEATURES_OK: ignore the write). */
   beginLegacy(): boolean {
     const ok = this.#life.beginLegacy();
     if (!ok)
