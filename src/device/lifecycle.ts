@@ -7,9 +7,9 @@
  * (device initialization).
  *
  * FEATURES_OK is accepted only for a subset of the offered bits that
- * includes VIRTIO_F_VERSION_1 (a modern driver; legacy drivers below) and passes the device
- * type's `validateFeatures`; the set is then frozen. DRIVER_OK activates the
- * device type with the ready queues.
+ * includes VIRTIO_F_VERSION_1 (a modern driver; legacy drivers below) and
+ * passes the device type's `validateFeatures`; the set is then frozen.
+ * DRIVER_OK activates the device type with the ready queues.
  *
  * Reset (status ← 0): kicks are ignored from then on, the device type
  * quiesces (stops popping, completes in-flight requests into the used
