@@ -27,7 +27,9 @@ class Backend implements VirtioDeviceBackend {
   readonly features = featureBit(3) | featureBit(40);
   activations: bigint[] = [];
   refuse = false;
+  readonly validated: bigint[] = [];
   validateFeatures(f: bigint): boolean {
+    this.validated.push(f);
     return !this.refuse || f === 0n;
   }
   activate(ctx: ActivationContext): void {
@@ -60,6 +62,7 @@ test("legacy: features from word 0, final at the first queue write; DRIVER_OK ac
   const parts = legacyRingParts(0x1000, 16, 4096);
   assert.equal(dev.setQueueAddresses(0, parts.descAddr, parts.availAddr, parts.usedAddr), true);
   assert.equal(dev.writeDriverFeaturesWord(0, 0), false, "features are final after queue setup");
+  assert.deepEqual(backend.validated, [featureBit(3)], "the device type sees the final set then");
   assert.equal(dev.setQueueReady(0, true), true);
   await dev.writeStatus(ACK | DRIVER | DRIVER_OK);
   assert.equal(dev.readStatus(), ACK | DRIVER | DRIVER_OK);

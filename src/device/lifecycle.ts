@@ -25,8 +25,8 @@
  * (VIRTIO_F_VERSION_1 is never negotiated) and never sets FEATURES_OK. Its
  * feature set is taken as it stands (unoffered bits dropped, with a log
  * line) at its first queue setup write or at DRIVER_OK, whichever comes
- * first; the device type's `validateFeatures` is asked at DRIVER_OK, and a
- * refusal leaves DRIVER_OK unset.
+ * first, and the device type's `validateFeatures` is asked then; a refusal
+ * leaves DRIVER_OK unset.
  *
  * Broken: a ring violation reported by a queue, or `markBroken` from the
  * device type, stops every queue (they write nothing more), sets
@@ -95,6 +95,8 @@ export class DeviceLifecycle {
   #activated = false;
   #resetting: Promise<void> | null = null;
   #legacy = false;
+  /** The device type refused the legacy driver's final feature set. */
+  #legacyRefused = false;
   /** Bumped by every reset: callbacks from an older activation are ignored. */
   #epoch = 0;
 
@@ -176,6 +178,9 @@ export class DeviceLifecycle {
       f.setDriverFeatures(f.negotiated);
     }
     f.freeze();
+    // The device type sees the final set now, as a modern one does at FEATURES_OK.
+    const validate = this.#backend.validateFeatures?.bind(this.#backend);
+    this.#legacyRefused = validate !== undefined && !validate(f.negotiated);
   }
 
   /** A driver write to the status field; see {@link VirtioDevice.writeStatus}. */
@@ -219,15 +224,9 @@ export class DeviceLifecycle {
   /** Legacy DRIVER_OK: the feature set becomes final and the device type may refuse it. */
   #legacyFeaturesAcceptable(): boolean {
     this.freezeLegacyFeatures();
-    const backend = this.#backend;
-    if (
-      backend.validateFeatures !== undefined &&
-      !backend.validateFeatures(this.#features.negotiated)
-    ) {
+    if (this.#legacyRefused)
       this.#log(`DRIVER_OK refused: the device refuses the legacy driver's features`);
-      return false;
-    }
-    return true;
+    return !this.#legacyRefused;
   }
 
   #featuresAcceptable(): boolean {
@@ -375,6 +374,7 @@ export class DeviceLifecycle {
     this.#broken = null;
     this.#activated = false;
     this.#legacy = false;
+    this.#legacyRefused = false;
     // §2.4.2: the driver considers the reset complete once it reads 0: this is the last step.
     this.#status = 0;
   }
