@@ -9,9 +9,10 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { ErrorCode } from "../../errors.ts";
-import { PciDriverModel } from "../../testing/pci-driver.ts";
+import { PciDriverModel, type PciPort } from "../../testing/pci-driver.ts";
+import { PciHeader, VirtioPciCap, VIRTIO_PCI_CAP_PCI_CFG } from "../../spec/virtio-pci.ts";
 import { VirtioPciTransport, type PciTransportOptions } from "../../transport/pci/pci-transport.ts";
-import { emulatedBlk, pattern, runScenario, sameBytes } from "./emulated-test-support.ts";
+import { bringUp, emulatedBlk, pattern, runScenario, sameBytes } from "./emulated-test-support.ts";
 
 const cases: [string, Omit<PciTransportOptions, "interrupt">, boolean][] = [
   ["modern, memory BAR", {}, false],
@@ -46,3 +47,63 @@ for (const [name, options, legacyDriver] of cases) {
     assert.equal(pci.badAccesses, 0, rig.logs.join("\n"));
   });
 }
+
+/**
+ * A port that reaches the BARs only through the VIRTIO_PCI_CAP_PCI_CFG window
+ * (§4.1.4.9), as firmware without access to the BAR's address does.
+ */
+function windowPort(pci: VirtioPciTransport): PciPort {
+  let cap = pci.readConfigSpace(PciHeader.CAPABILITIES_PTR, 1);
+  for (let n = 0; n < 16 && pci.readConfigSpace(cap + 3, 1) !== VIRTIO_PCI_CAP_PCI_CFG; n++)
+    cap = pci.readConfigSpace(cap + 1, 1);
+  const select = (bar: number, offset: number, width: number): void => {
+    pci.writeConfigSpace(cap + VirtioPciCap.bar, 1, bar);
+    pci.writeConfigSpace(cap + VirtioPciCap.offset, 4, offset);
+    pci.writeConfigSpace(cap + VirtioPciCap.length, 4, width);
+  };
+  const mask = (w: number) => (w === 4 ? 0xffffffff : (1 << (8 * w)) - 1);
+  return {
+    readConfigSpace: (o, w) => pci.readConfigSpace(o, w),
+    read(bar, offset, width) {
+      select(bar, offset, width);
+      return (pci.readConfigSpace(cap + 16, 4) & mask(width)) >>> 0;
+    },
+    write(bar, offset, width, value) {
+      select(bar, offset, width);
+      pci.writeConfigSpace(cap + 16, 4, value);
+    },
+  };
+}
+
+test("virtio-pci modern through the PCI configuration access capability only: blk driver I/O, reset, re-init", async () => {
+  const rig = emulatedBlk();
+  const pci = new VirtioPciTransport(rig.device, {
+    interrupt: rig.line,
+    log: (l) => rig.logs.push(l),
+  });
+  const r = await runScenario(rig, new PciDriverModel(windowPort(pci)));
+  assert.ok(sameBytes(r.readBack, pattern(32 << 10, 2)));
+  assert.equal(pci.badAccesses, 0, rig.logs.join("\n"));
+});
+
+test("virtio-pci: a capacity change raises INTx with ISR bit 1 and a new config_generation", async () => {
+  const rig = emulatedBlk();
+  const pci = new VirtioPciTransport(rig.device, {
+    interrupt: rig.line,
+    log: (l) => rig.logs.push(l),
+  });
+  const drv = new PciDriverModel(pci);
+  await bringUp(rig, drv);
+  let isr = 0;
+  rig.onInterrupt = () => (isr |= drv.interrupt());
+  const capacity = () => new DataView(drv.readConfig(0, 8).buffer).getBigUint64(0, true);
+  assert.equal(capacity(), BigInt((2 << 20) / 512));
+  const gen = pci.read(0, 0x15, 1);
+  // A device-side change of the configuration (what a resize does to the capacity field).
+  rig.device.config.update((dv) => dv.setBigUint64(0, BigInt((4 << 20) / 512), true));
+  await new Promise((resolve) => setTimeout(resolve, 1));
+  assert.equal(isr & 2, 2);
+  assert.equal(rig.line.up, false, "the ISR read lowered the line");
+  assert.notEqual(pci.read(0, 0x15, 1), gen);
+  assert.equal(capacity(), BigInt((4 << 20) / 512));
+});
