@@ -97,3 +97,12 @@ test("modern: queue setup before FEATURES_OK is refused; legacy allows it after 
   dev.beginLegacy();
   assert.equal(dev.setQueueSize(0, 8), true);
 });
+
+test("legacy: bits 32-63 written before the legacy session are not acknowledged", async () => {
+  const { dev } = make();
+  await dev.writeStatus(ACK | DRIVER);
+  dev.writeDriverFeatures(featureBit(VIRTIO_F_VERSION_1) | featureBit(40) | featureBit(3));
+  assert.equal(dev.beginLegacy(), true);
+  await dev.writeStatus(ACK | DRIVER | DRIVER_OK);
+  assert.equal(dev.features, featureBit(3));
+});

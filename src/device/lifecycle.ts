@@ -173,10 +173,11 @@ export class DeviceLifecycle {
   freezeLegacyFeatures(): void {
     const f = this.#features;
     if (!this.#legacy || f.frozen) return;
-    if (!f.acceptable()) {
+    if (!f.acceptable())
       this.#log(`legacy driver accepted unoffered bits 0x${f.unoffered.toString(16)}: dropped`);
-      f.setDriverFeatures(f.negotiated);
-    }
+    // §4.1.4.10: "Transitional Devices MUST assume that Feature Bits 32 to 63 are not
+    // acknowledged by Driver" (whatever reached them through another interface).
+    f.setDriverFeatures(f.negotiated & 0xffff_ffffn);
     f.freeze();
     // The device type sees the final set now, as a modern one does at FEATURES_OK.
     const validate = this.#backend.validateFeatures?.bind(this.#backend);
