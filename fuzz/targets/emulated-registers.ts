@@ -58,7 +58,7 @@ interface Window {
 }
 
 function open(kind: number) {
-  const { device } = registerTestDevice();
+  const { device } = registerTestDevice(16 << 10);
   const line = recordingLine();
   const log = (): void => {};
   if (kind >= 4) {

@@ -32,15 +32,15 @@ export class RegisterTestBackend implements VirtioDeviceBackend {
   }
 }
 
-/** A framework device over the test backend, 64 KiB of guest memory, logs collected. */
-export function registerTestDevice(): {
+/** A framework device over the test backend, `memoryBytes` of guest memory (64 KiB), logs collected. */
+export function registerTestDevice(memoryBytes = 1 << 16): {
   device: VirtioDevice;
   backend: RegisterTestBackend;
   logs: string[];
 } {
   const backend = new RegisterTestBackend();
   const logs: string[] = [];
-  const memory = GuestMemory.createShared([{ guestPhysAddr: 0, size: 1 << 16 }]);
+  const memory = GuestMemory.createShared([{ guestPhysAddr: 0, size: memoryBytes }]);
   const device = new VirtioDevice(backend, { memory, log: (l) => logs.push(l) });
   return { device, backend, logs };
 }
