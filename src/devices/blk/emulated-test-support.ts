@@ -192,6 +192,8 @@ export async function runScenario(rig: EmulatedBlk, drv: RegisterDriver): Promis
   );
   await pollUntil(() => rig.backing.heldCount > 0, 5000, "requests reach the backing store");
   const reset = drv.reset();
+  // The device completes what it holds before the reset is done: status is not 0 yet.
+  if (drv.status() === 0) throw new Error("the reset finished with requests in flight");
   setTimeout(() => rig.backing.release(), 5);
   await within(reset, 10_000, "reset with I/O in flight");
   s1.driver.reset();
