@@ -336,7 +336,7 @@ export class DeviceLifecycle {
     const quiesced = this.#quiesce();
     if (quiesced === null) {
       // Nothing in flight: the reset is complete before the status write returns (legacy
-      // drivers and virtio-mmio drivers write 0 and go on without waiting for it).
+      // drivers write 0 and go on without waiting for it).
       this.#finishReset();
       return Promise.resolve();
     }
