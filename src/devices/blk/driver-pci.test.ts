@@ -86,24 +86,53 @@ test("virtio-pci modern through the PCI configuration access capability only: bl
   assert.equal(pci.badAccesses, 0, rig.logs.join("\n"));
 });
 
-test("virtio-pci: a capacity change raises INTx with ISR bit 1 and a new config_generation", async () => {
-  const rig = emulatedBlk();
-  const pci = new VirtioPciTransport(rig.device, {
-    interrupt: rig.line,
-    log: (l) => rig.logs.push(l),
-  });
-  const drv = new PciDriverModel(pci);
-  await bringUp(rig, drv);
-  let isr = 0;
-  rig.onInterrupt = () => (isr |= drv.interrupt());
-  const capacity = () => new DataView(drv.readConfig(0, 8).buffer).getBigUint64(0, true);
-  assert.equal(capacity(), BigInt((2 << 20) / 512));
-  const gen = pci.read(0, 0x15, 1);
-  // A device-side change of the configuration (what a resize does to the capacity field).
-  rig.device.config.update((dv) => dv.setBigUint64(0, BigInt((4 << 20) / 512), true));
-  await new Promise((resolve) => setTimeout(resolve, 1));
-  assert.equal(isr & 2, 2);
-  assert.equal(rig.line.up, false, "the ISR read lowered the line");
-  assert.notEqual(pci.read(0, 0x15, 1), gen);
-  assert.equal(capacity(), BigInt((4 << 20) / 512));
-});
+test(
+  "virtio-pci: a capacity change raises INTx with ISR bit 1 and a new config_generation",
+  { timeout: 20_000 },
+  async () => {
+    const rig = emulatedBlk();
+    const pci = new VirtioPciTransport(rig.device, {
+      interrupt: rig.line,
+      log: (l) => rig.logs.push(l),
+    });
+    const drv = new PciDriverModel(pci);
+    await bringUp(rig, drv);
+    let isr = 0;
+    rig.onInterrupt = () => (isr |= drv.interrupt());
+    const capacity = () => new DataView(drv.readConfig(0, 8).buffer).getBigUint64(0, true);
+    assert.equal(capacity(), BigInt((2 << 20) / 512));
+    const gen = pci.read(0, 0x15, 1);
+    // A device-side change of the configuration (what a resize does to the capacity field).
+    rig.device.config.update((dv) => dv.setBigUint64(0, BigInt((4 << 20) / 512), true));
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    assert.equal(isr & 2, 2);
+    assert.equal(rig.line.up, false, "the ISR read lowered the line");
+    assert.notEqual(pci.read(0, 0x15, 1), gen);
+    assert.equal(capacity(), BigInt((4 << 20) / 512));
+  },
+);
+
+test(
+  "virtio-pci transitional: firmware drives it as legacy, then the OS as modern after a reset",
+  { timeout: 20_000 },
+  async () => {
+    const rig = emulatedBlk();
+    const pci = new VirtioPciTransport(rig.device, {
+      interface: "transitional",
+      modernBar: "io",
+      interrupt: rig.line,
+      log: (l) => rig.logs.push(l),
+    });
+    const firmware = await bringUp(rig, new PciDriverModel(pci, true));
+    assert.equal(rig.device.legacy, true);
+    const boot = new Uint8Array(4096);
+    await firmware.driver.read(0, boot);
+    await firmware.driver.write(0, pattern(4096, 9));
+    const os = await bringUp(rig, new PciDriverModel(pci));
+    assert.equal(rig.device.legacy, false);
+    const back = new Uint8Array(4096);
+    await os.driver.read(0, back);
+    assert.ok(sameBytes(back, pattern(4096, 9)));
+    assert.equal(pci.badAccesses, 0, rig.logs.join("\n"));
+  },
+);
