@@ -335,8 +335,8 @@ export class DeviceLifecycle {
     if (this.#resetting !== null) return this.#resetting;
     const quiesced = this.#quiesce();
     if (quiesced === null) {
-      // Nothing in flight: the reset is complete before the status write returns (legacy
-      // drivers write 0 and go on without waiting for it).
+      // Nothing in flight: the reset is complete before the status write returns (Linux's
+      // virtio-mmio and legacy virtio-pci drivers write 0 and go on without waiting for it).
       this.#finishReset();
       return Promise.resolve();
     }
