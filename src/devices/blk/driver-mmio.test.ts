@@ -37,3 +37,15 @@ for (const version of [2, 1] as const) {
     assert.equal(mmio.badAccesses, 0, rig.logs.join("\n"));
   });
 }
+
+test("virtio-mmio v2 with packed rings (§2.8, queue size 60): blk driver I/O, reset with I/O in flight, re-init", async () => {
+  const rig = emulatedBlk(2 << 20, "packed");
+  const mmio = new VirtioMmioTransport(rig.device, {
+    interrupt: rig.line,
+    log: (l) => rig.logs.push(l),
+  });
+  const r = await runScenario(rig, new MmioDriverModel(mmio));
+  assert.ok(sameBytes(r.readBack, pattern(32 << 10, 2)));
+  assert.equal(rig.device.queueSize(0), 60);
+  assert.equal(mmio.badAccesses, 0, rig.logs.join("\n"));
+});

@@ -136,3 +136,15 @@ test(
     assert.equal(pci.badAccesses, 0, rig.logs.join("\n"));
   },
 );
+
+test("virtio-pci modern with packed rings (§2.8, queue size 60): blk driver I/O, reset with I/O in flight, re-init", async () => {
+  const rig = emulatedBlk(2 << 20, "packed");
+  const pci = new VirtioPciTransport(rig.device, {
+    interrupt: rig.line,
+    log: (l) => rig.logs.push(l),
+  });
+  const r = await runScenario(rig, new PciDriverModel(pci));
+  assert.ok(sameBytes(r.readBack, pattern(32 << 10, 2)));
+  assert.equal(rig.device.queueSize(0), 60);
+  assert.equal(pci.badAccesses, 0, rig.logs.join("\n"));
+});

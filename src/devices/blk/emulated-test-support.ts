@@ -15,7 +15,7 @@ import { silentLogger } from "../../log.ts";
 import { GuestMemory } from "../../memory/guest-memory.ts";
 import type { DriverRing } from "../../ring/driver-ring.ts";
 import { openDriverRing } from "../../ring/open-driver-ring.ts";
-import type { RingAddresses } from "../../ring/ring-layout.ts";
+import { ringLayoutOf, type RingAddresses, type RingLayoutKind } from "../../ring/ring-layout.ts";
 import { VIRTIO_BLK_CONFIG_SIZE } from "../../spec/blk.ts";
 import {
   VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET,
@@ -34,6 +34,8 @@ import { planBlkDriverMemory, type BlkDriverMemoryPlan } from "./driver-memory.t
 import { ControlledBacking } from "./driver-test-support.ts";
 
 export const QUEUE_SIZE = 64;
+/** Packed rings' size: not a power of two, below the device's maximum. */
+const PACKED_SIZE = 60;
 const LEGACY_RING_BASE = 0x1000;
 
 /** A blk device, its framework device, guest memory and an interrupt line that calls the handler. */
@@ -47,16 +49,19 @@ export interface EmulatedBlk {
   readonly logs: string[];
   /** The line's state and counts. */
   readonly line: InterruptLine & { up: boolean; raises: number };
+  /** The rings modern drivers set up: split, or packed (§2.8, a size that is not a power of two). */
+  readonly layout: RingLayoutKind;
   /** What the line calls (set by {@link bringUp}). */
   onInterrupt: () => void;
 }
 
 /** Builds the device side; the test wraps `device` in a transport with `line`. */
-export function emulatedBlk(diskBytes = 2 << 20): EmulatedBlk {
+export function emulatedBlk(diskBytes = 2 << 20, layout: RingLayoutKind = "split"): EmulatedBlk {
   const plan = planBlkDriverMemory({
     base: 0x10000,
     numQueues: 1,
-    queueSize: QUEUE_SIZE,
+    queueSize: layout === "packed" ? PACKED_SIZE : QUEUE_SIZE,
+    layout,
     bounceBytes: 256 << 10,
   });
   const memory = GuestMemory.createShared([{ guestPhysAddr: 0, size: plan.end + (1 << 20) }]);
@@ -76,6 +81,7 @@ export function emulatedBlk(diskBytes = 2 << 20): EmulatedBlk {
     device,
     plan,
     logs,
+    layout,
     onInterrupt: () => {},
     line: {
       up: false,
@@ -102,7 +108,8 @@ export interface BlkSession {
 
 /**
  * §3.1.1 through `drv` (reset first), then a BlkDriver over one queue.
- * Split rings (legacy interfaces have no other).
+ * Split rings, or packed ones for a modern driver when the rig says so
+ * (legacy interfaces have split rings only).
  */
 export async function bringUp(rig: EmulatedBlk, drv: RegisterDriver): Promise<BlkSession> {
   await drv.reset();
@@ -111,8 +118,10 @@ export async function bringUp(rig: EmulatedBlk, drv: RegisterDriver): Promise<Bl
   const version1 = featureBit(VIRTIO_F_VERSION_1);
   const features = drv.legacy
     ? selectBlkFeatures(offered | version1, { exclude: ["RING_PACKED"] }) & ~version1
-    : selectBlkFeatures(offered, { exclude: ["RING_PACKED"] });
+    : selectBlkFeatures(offered, { exclude: rig.layout === "packed" ? [] : ["RING_PACKED"] });
   if (!drv.negotiate(features)) throw new Error("FEATURES_OK refused");
+  if (!drv.legacy && ringLayoutOf(features) !== rig.layout)
+    throw new Error(`negotiated ${ringLayoutOf(features)} rings, wanted ${rig.layout}`);
   const config = parseBlkConfig(drv.readConfig(0, VIRTIO_BLK_CONFIG_SIZE), features);
   const ring = ringFor(rig, drv);
   const dq = openDriverRing<number>(rig.memory, features, ring, {
