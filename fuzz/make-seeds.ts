@@ -9,6 +9,7 @@ import { mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { blkRequestSeeds } from "./seeds/blk-request.ts";
+import { emulatedRegistersSeeds } from "./seeds/emulated-registers.ts";
 import { inflightLogSeeds } from "./seeds/inflight-log.ts";
 import { packedRingSeeds } from "./seeds/packed-ring.ts";
 import { splitRingSeeds } from "./seeds/split-ring.ts";
@@ -20,6 +21,7 @@ const SEEDS: Record<string, () => Uint8Array[]> = {
   "packed-ring": packedRingSeeds,
   "inflight-log": inflightLogSeeds,
   "blk-request": blkRequestSeeds,
+  "emulated-registers": emulatedRegistersSeeds,
   "vhost-user-reader": vhostUserReaderSeeds,
   "vhost-user-session": vhostUserSessionSeeds,
 };

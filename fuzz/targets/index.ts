@@ -48,6 +48,12 @@ export const FUZZ_TARGETS: readonly FuzzTargetInfo[] = [
       "vhost-user message sequences with fds through a back-end connection and its rings",
   },
   {
+    name: "emulated-registers",
+    module: "emulated-registers.ts",
+    maxLen: 4096,
+    description: "virtio-pci and virtio-mmio register models under random guest accesses",
+  },
+  {
     name: "blk-request",
     module: "blk-request.ts",
     maxLen: 4096,

@@ -90,7 +90,9 @@ export interface VirtioDeviceBackend {
   /**
    * Stop popping and finish in-flight requests, completing them into the
    * used rings; resolve when nothing is in flight. Called at reset, before
-   * the queues are detached.
+   * the queues are detached. Return nothing (not a promise) when nothing was
+   * in flight: the reset then completes before the driver's status write
+   * returns, as drivers that do not wait for it (virtio-mmio, legacy) expect.
    */
   quiesce?(): void | Promise<void>;
   /** Forget the activation (queues, negotiated features): the device is back to its initial state. */

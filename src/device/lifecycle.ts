@@ -7,15 +7,26 @@
  * (device initialization).
  *
  * FEATURES_OK is accepted only for a subset of the offered bits that
- * includes VIRTIO_F_VERSION_1 (modern devices only) and passes the device
- * type's `validateFeatures`; the set is then frozen. DRIVER_OK activates the
- * device type with the ready queues.
+ * includes VIRTIO_F_VERSION_1 (a modern driver; legacy drivers below) and
+ * passes the device type's `validateFeatures`; the set is then frozen.
+ * DRIVER_OK activates the device type with the ready queues.
  *
- * Reset (status ← 0) is asynchronous: kicks are ignored from then on, the
- * device type quiesces (stops popping, completes in-flight requests into the
- * used rings), the queues are detached (marked broken, so nothing more is
- * ever written to guest memory through them), and only then does the status
+ * Reset (status ← 0): kicks are ignored from then on, the device type
+ * quiesces (stops popping, completes in-flight requests into the used
+ * rings), the queues are detached (marked broken, so nothing more is ever
+ * written to guest memory through them), and only then does the status
  * read 0 (§2.4.2: the driver considers the reset complete when it reads 0).
+ * With requests in flight this is asynchronous; when the device type's
+ * `quiesce` finishes at once (returns no promise) the reset is complete
+ * before the status write returns.
+ *
+ * Legacy driver (set by the transport with `beginLegacy`, §4.1.4.10 /
+ * §4.2.4, until the next reset): the driver sees feature bits 0–31 only
+ * (VIRTIO_F_VERSION_1 is never negotiated) and never sets FEATURES_OK. Its
+ * feature set is taken as it stands (unoffered bits dropped, with a log
+ * line) at its first queue setup write or at DRIVER_OK, whichever comes
+ * first, and the device type's `validateFeatures` is asked then; a refusal
+ * leaves DRIVER_OK unset.
  *
  * Broken: a ring violation reported by a queue, or `markBroken` from the
  * device type, stops every queue (they write nothing more), sets
@@ -83,6 +94,9 @@ export class DeviceLifecycle {
   #broken: VirtioError | null = null;
   #activated = false;
   #resetting: Promise<void> | null = null;
+  #legacy = false;
+  /** The device type refused the legacy driver's final feature set. */
+  #legacyRefused = false;
   /** Bumped by every reset: callbacks from an older activation are ignored. */
   #epoch = 0;
 
@@ -135,6 +149,41 @@ export class DeviceLifecycle {
     return this.#epoch;
   }
 
+  /** True while a legacy driver drives the device (until the next reset). */
+  get legacy(): boolean {
+    return this.#legacy;
+  }
+
+  /**
+   * The driver uses the legacy interface from now on (until reset). Refused
+   * (false) while a reset runs or once a modern driver set FEATURES_OK.
+   */
+  beginLegacy(): boolean {
+    if (this.#legacy) return true;
+    if (this.#resetting !== null || (this.#status & VIRTIO_CONFIG_S_FEATURES_OK) !== 0)
+      return false;
+    this.#legacy = true;
+    return true;
+  }
+
+  /**
+   * A legacy driver's feature set is final (first queue setup write, or
+   * DRIVER_OK): unoffered bits are dropped (logged), the set is frozen.
+   */
+  freezeLegacyFeatures(): void {
+    const f = this.#features;
+    if (!this.#legacy || f.frozen) return;
+    if (!f.acceptable())
+      this.#log(`legacy driver accepted unoffered bits 0x${f.unoffered.toString(16)}: dropped`);
+    // §4.1.4.10: "Transitional Devices MUST assume that Feature Bits 32 to 63 are not
+    // acknowledged by Driver" (whatever reached them through another interface).
+    f.setDriverFeatures(f.negotiated & 0xffff_ffffn);
+    f.freeze();
+    // The device type sees the final set now, as a modern one does at FEATURES_OK.
+    const validate = this.#backend.validateFeatures?.bind(this.#backend);
+    this.#legacyRefused = validate !== undefined && !validate(f.negotiated);
+  }
+
   /** A driver write to the status field; see {@link VirtioDevice.writeStatus}. */
   async writeStatus(value: number): Promise<void> {
     if (this.#resetting !== null) {
@@ -142,7 +191,7 @@ export class DeviceLifecycle {
       this.#log(`status write 0x${hex(value)} ignored: reset in progress`);
       return;
     }
-    const plan = planStatusWrite(this.#status, value);
+    const plan = planStatusWrite(this.#status, value, this.#legacy);
     switch (plan.kind) {
       case "reset":
         return this.reset();
@@ -159,7 +208,10 @@ export class DeviceLifecycle {
 
   async #advance(steps: number, addsFeaturesOk: boolean, addsDriverOk: boolean): Promise<void> {
     let target = steps;
-    if (addsFeaturesOk && !this.#featuresAcceptable()) {
+    if (addsDriverOk && this.#legacy && !this.#legacyFeaturesAcceptable()) {
+      target &= ~VIRTIO_CONFIG_S_DRIVER_OK;
+      addsDriverOk = false;
+    } else if (addsFeaturesOk && !this.#featuresAcceptable()) {
       // §2.2.2: the device "MUST fail to set the FEATURES_OK device status bit" for a subset it can't accept.
       target &= ~(VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK);
       addsDriverOk = false;
@@ -168,6 +220,14 @@ export class DeviceLifecycle {
     }
     this.#status = target | (this.#status & VIRTIO_CONFIG_S_DEVICE_NEEDS_RESET);
     if (addsDriverOk) await this.#activate();
+  }
+
+  /** Legacy DRIVER_OK: the feature set becomes final and the device type may refuse it. */
+  #legacyFeaturesAcceptable(): boolean {
+    this.freezeLegacyFeatures();
+    if (this.#legacyRefused)
+      this.#log(`DRIVER_OK refused: the device refuses the legacy driver's features`);
+    return !this.#legacyRefused;
   }
 
   #featuresAcceptable(): boolean {
@@ -273,21 +333,37 @@ export class DeviceLifecycle {
   /** Resets the device; see {@link VirtioDevice.reset}. Concurrent calls share one reset. */
   reset(): Promise<void> {
     if (this.#resetting !== null) return this.#resetting;
-    const p = this.#doReset().finally(() => {
-      this.#resetting = null;
-    });
+    const quiesced = this.#quiesce();
+    if (quiesced === null) {
+      // Nothing in flight: the reset is complete before the status write returns (Linux's
+      // virtio-mmio and legacy virtio-pci drivers write 0 and go on without waiting for it).
+      this.#finishReset();
+      return Promise.resolve();
+    }
+    const p = quiesced
+      .then(() => this.#finishReset())
+      .finally(() => {
+        this.#resetting = null;
+      });
     this.#resetting = p;
     return p;
   }
 
-  async #doReset(): Promise<void> {
-    if (this.#activated) {
-      try {
-        await this.#backend.quiesce?.();
-      } catch (e) {
-        this.#log(`quiesce failed during reset: ${String(e)}`);
-      }
+  /** Lets an activated device type quiesce: null when it finished at once, else when it will. */
+  #quiesce(): Promise<void> | null {
+    if (!this.#activated) return null;
+    const fail = (e: unknown): void => this.#log(`quiesce failed during reset: ${String(e)}`);
+    try {
+      const r = this.#backend.quiesce?.();
+      if (r === undefined || typeof (r as { then?: unknown }).then !== "function") return null;
+      return Promise.resolve(r).catch(fail);
+    } catch (e) {
+      fail(e);
+      return null;
     }
+  }
+
+  #finishReset(): void {
     this.#epoch++;
     try {
       this.#backend.reset?.();
@@ -298,6 +374,8 @@ export class DeviceLifecycle {
     this.#features.reset();
     this.#broken = null;
     this.#activated = false;
+    this.#legacy = false;
+    this.#legacyRefused = false;
     // §2.4.2: the driver considers the reset complete once it reads 0: this is the last step.
     this.#status = 0;
   }

@@ -13,11 +13,16 @@
  * | DEVICE_NEEDS_RESET bit | device-owned: ignored in the write, kept in the status |
  * | bits 16 and 32 (undefined) | ignored |
  * | a write that clears ACKNOWLEDGE, DRIVER, FEATURES_OK or DRIVER_OK | ignored (§2.1.1 "The driver MUST NOT clear a device status bit") |
- * | a result that is not a prefix of ACKNOWLEDGE → DRIVER → FEATURES_OK → DRIVER_OK (a skipped step, e.g. DRIVER_OK without FEATURES_OK) | ignored (§3.1.1 order; modern devices only, so FEATURES_OK is required) |
+ * | a result that is not a prefix of ACKNOWLEDGE → DRIVER → FEATURES_OK → DRIVER_OK (a skipped step, e.g. DRIVER_OK without FEATURES_OK) | ignored (§3.1.1 order; a modern driver needs FEATURES_OK; a legacy one: below) |
  * | several steps at once (e.g. ACKNOWLEDGE \| DRIVER) | accepted, each step's check applies |
  * | adding FEATURES_OK | accepted only if the written features are acceptable; otherwise the write is applied without FEATURES_OK and without DRIVER_OK (§2.2.2) |
  * | adding DRIVER_OK | activates the device; an activation failure makes the device broken (DEVICE_NEEDS_RESET) |
  * | the same value again | no-op |
+ *
+ * Legacy interface (a transitional device driven through a legacy register
+ * block, §4.1.4.10 / §4.2.4): there is no FEATURES_OK step, so the order is
+ * ACKNOWLEDGE → DRIVER → DRIVER_OK, and a write with FEATURES_OK is ignored
+ * (the bit does not exist for a legacy driver).
  *
  * An ignored write leaves the status unchanged and is logged once; it never
  * throws (the driver is untrusted).
@@ -38,6 +43,14 @@ const STEPS =
   VIRTIO_CONFIG_S_DRIVER |
   VIRTIO_CONFIG_S_FEATURES_OK |
   VIRTIO_CONFIG_S_DRIVER_OK;
+
+/** Valid cumulative step sets of a legacy driver: no FEATURES_OK step. */
+const LEGACY_PREFIXES: readonly number[] = [
+  0,
+  VIRTIO_CONFIG_S_ACKNOWLEDGE,
+  VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+  VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_DRIVER_OK,
+];
 
 /** Valid cumulative step sets: each is a prefix of the §3.1.1 order. */
 const PREFIXES: readonly number[] = [
@@ -66,9 +79,9 @@ export type StatusPlan =
 /**
  * Decides what writing `written` to a status currently `current` does (pure;
  * see the policy table in this module's header). Only the low 8 bits of
- * `written` count.
+ * `written` count; `legacy` selects the legacy driver's order.
  */
-export function planStatusWrite(current: number, written: number): StatusPlan {
+export function planStatusWrite(current: number, written: number, legacy = false): StatusPlan {
   const w = (written >>> 0) & 0xff;
   if (w === 0) return { kind: "reset" };
   if ((current & VIRTIO_CONFIG_S_FAILED) !== 0)
@@ -80,7 +93,9 @@ export function planStatusWrite(current: number, written: number): StatusPlan {
   // §2.1.1 "The driver MUST NOT clear a device status bit."
   if ((next & cur) !== cur)
     return { kind: "ignore", reason: `write 0x${hex(w)} clears bits of 0x${hex(cur)}` };
-  if (!PREFIXES.includes(next))
+  if (legacy && (next & VIRTIO_CONFIG_S_FEATURES_OK) !== 0)
+    return { kind: "ignore", reason: `write 0x${hex(w)}: no FEATURES_OK for a legacy driver` };
+  if (!(legacy ? LEGACY_PREFIXES : PREFIXES).includes(next))
     return { kind: "ignore", reason: `write 0x${hex(w)} skips an initialization step (§3.1.1)` };
   const added = next & ~cur;
   return {

@@ -496,10 +496,26 @@ test("reset clears broken; the device can be initialised again", async () => {
 test("concurrent resets share one promise", async () => {
   const r = rig();
   await init(r);
+  r.backend.hold = true;
+  addRequest(r, 0, 0, [5]);
+  r.dev.queueNotify(0);
   const a = r.dev.reset();
   const b = r.dev.writeStatus(0);
+  r.backend.quiesceWaiter!();
   await Promise.all([a, b]);
   assert.equal(r.backend.resets, 1);
+});
+
+test("a reset with nothing in flight is complete when the status write returns", async () => {
+  const r = rig();
+  await init(r);
+  void r.dev.writeStatus(0);
+  assert.equal(r.dev.resetting, false);
+  assert.equal(r.dev.readStatus(), 0);
+  assert.equal(r.backend.resets, 1);
+  // A driver that does not wait (legacy, virtio-mmio) goes on at once.
+  void r.dev.writeStatus(ACK);
+  assert.equal(r.dev.readStatus(), ACK);
 });
 
 test("the constructor rejects inconsistent device types", () => {

@@ -14,13 +14,16 @@
  *
  * 1. ACKNOWLEDGE, DRIVER; the driver reads device features and writes its own.
  * 2. FEATURES_OK: accepted only for a subset of the offered bits that
- *    includes VIRTIO_F_VERSION_1 (this framework serves modern devices only)
- *    and passes the backend's `validateFeatures`; the set is then frozen.
+ *    includes VIRTIO_F_VERSION_1 and passes the backend's
+ *    `validateFeatures`; the set is then frozen.
  * 3. Queue setup (only with FEATURES_OK set and DRIVER_OK / FAILED clear):
  *    size ≤ the queue's maximum, three addresses, then ready = 1. Setting
  *    ready validates the ring; an invalid ring stays not ready
  *    (./queue-setup.ts).
  * 4. DRIVER_OK: the backend is activated with the ready queues.
+ *
+ * Legacy interface (§4.1.4.10, §4.2.4): {@link VirtioDevice.beginLegacy}
+ * (./lifecycle.ts has the rules).
  *
  * This module checks that the device status allows each write; what a
  * status write sets in motion — activation, the *broken* state, the
@@ -183,6 +186,19 @@ export class VirtioDevice {
     return this.#life.writeStatus(value);
   }
 
+  /** A legacy driver from now to the next reset (false while resetting or after FEATURES_OK: ignore the write). */
+  beginLegacy(): boolean {
+    const ok = this.#life.beginLegacy();
+    if (!ok)
+      this.#log(`${this.#name()}: legacy access refused in status 0x${hex(this.readStatus())}`);
+    return ok;
+  }
+
+  /** True while a legacy driver drives the device (see {@link beginLegacy}). */
+  get legacy(): boolean {
+    return this.#life.legacy;
+  }
+
   // ---- features (§2.2) ----
 
   /** The offered feature bits (VIRTIO_F_VERSION_1 included). */
@@ -221,7 +237,8 @@ export class VirtioDevice {
     const ok =
       !this.#life.resetting &&
       hasStatus(s, VIRTIO_CONFIG_S_DRIVER) &&
-      (s & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_FAILED)) === 0;
+      (s & (VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED)) ===
+        0;
     if (!ok) this.#log(`${this.#name()}: driver features write ignored in status 0x${hex(s)}`);
     return ok;
   }
@@ -310,21 +327,23 @@ export class VirtioDevice {
     });
   }
 
-  /** Queue setup is writable only with FEATURES_OK set and DRIVER_OK / FAILED clear. */
+  /** Queue setup needs FEATURES_OK (legacy: DRIVER; features become final) and DRIVER_OK / FAILED clear. */
   #queueWritable(index: number, what: string): boolean {
     if (!this.#queues.has(index)) {
       this.#log(`${this.#name()}: queue ${index} ${what} ignored: no such queue`);
       return false;
     }
     const s = this.#life.status;
+    const needed = this.#life.legacy ? VIRTIO_CONFIG_S_DRIVER : VIRTIO_CONFIG_S_FEATURES_OK;
     if (
       this.#life.resetting ||
-      !hasStatus(s, VIRTIO_CONFIG_S_FEATURES_OK) ||
+      !hasStatus(s, needed) ||
       (s & (VIRTIO_CONFIG_S_DRIVER_OK | VIRTIO_CONFIG_S_FAILED)) !== 0
     ) {
       this.#log(`${this.#name()}: queue ${index} ${what} ignored in status 0x${hex(s)}`);
       return false;
     }
+    this.#life.freezeLegacyFeatures();
     return true;
   }
 

@@ -1,7 +1,8 @@
 /**
  * Split virtqueue layout. VIRTIO 1.2 §2.7 (Split Virtqueues):
  * descriptor table §2.7.5, available ring §2.7.6, used ring §2.7.8,
- * notification suppression §2.7.7 / §2.7.10.
+ * notification suppression §2.7.7 / §2.7.10; the legacy interfaces'
+ * one-block layout §2.7.2.
  *
  * Byte layout (all little-endian):
  *
@@ -81,4 +82,25 @@ export function isValidQueueSize(n: number): boolean {
  */
 export function vringNeedEvent(event: number, newIdx: number, old: number): boolean {
   return ((newIdx - event - 1) & 0xffff) < ((newIdx - old) & 0xffff);
+}
+
+/** Guest-physical addresses of a split ring's three parts. */
+export interface SplitRingParts {
+  readonly descAddr: number;
+  readonly availAddr: number;
+  readonly usedAddr: number;
+}
+
+/**
+ * §2.7.2 (Legacy Interfaces: A Note on Virtqueue Layout): a legacy ring is
+ * one block at `base`: the descriptor table, the available ring right after
+ * it, then the used ring at the next multiple of `align` (Queue Align, a
+ * power of two). Plain arithmetic: the caller checks the result against
+ * guest memory.
+ */
+export function legacyRingParts(base: number, size: number, align: number): SplitRingParts {
+  const availAddr = base + descTableSize(size);
+  const availEnd = availAddr + availRingSize(size);
+  const usedAddr = Math.ceil(availEnd / align) * align;
+  return { descAddr: base, availAddr, usedAddr };
 }

@@ -1,7 +1,9 @@
 /**
  * Test helpers for virtio-ts and for users testing their own devices: mock
  * drivers that build any ring, valid or malformed, in a GuestMemory — a
- * split virtqueue (VIRTIO 1.2 §2.7) and a packed one (§2.8).
+ * split virtqueue (VIRTIO 1.2 §2.7) and a packed one (§2.8); driver-side
+ * models of the emulated transports' registers (virtio-pci §4.1,
+ * virtio-mmio §4.2) that initialize a device as a guest would.
  *
  * @module
  */
@@ -37,3 +39,6 @@ export {
   type MockPackedUsed,
 } from "./mock-packed-driver.ts";
 export { splitOnly } from "./split-only.ts";
+export { MmioDriverModel } from "./mmio-driver.ts";
+export { PciDriverModel, findVirtioStructures, type PciPort } from "./pci-driver.ts";
+export { pollUntil, type RegisterDriver, type RegisterPort } from "./register-driver.ts";

@@ -28,6 +28,7 @@ const SUBPATHS: Readonly<Record<string, string>> = {
   "virtio-ts/blk": "BlkDriver",
   "virtio-ts/vhost-user": "VhostUserServer",
   "virtio-ts/inproc": "InprocDriverTransport",
+  "virtio-ts/emulated": "VirtioPciTransport",
   "virtio-ts/testing": "MockSplitQueue",
   "virtio-ts/native": "eventfd",
   "virtio-ts/node": "FileBacking",
