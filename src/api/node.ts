@@ -21,6 +21,7 @@ export {
 } from "../devices/blk/nbd-backing.ts";
 export type { NbdBackingSpec } from "../devices/blk/backing-spec.ts";
 export { NbdClient, type NbdClientOptions } from "../nbd/client.ts";
+export type { NbdRequestData } from "../nbd/connection.ts";
 export type { NbdExportInfo } from "../nbd/handshake.ts";
 export { formatNbdTarget, parseNbdUri, type NbdTarget } from "../nbd/uri.ts";
 export {

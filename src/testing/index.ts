@@ -40,5 +40,11 @@ export {
 } from "./mock-packed-driver.ts";
 export { splitOnly } from "./split-only.ts";
 export { MmioDriverModel } from "./mmio-driver.ts";
-export { PciDriverModel, findVirtioStructures, type PciPort } from "./pci-driver.ts";
+export {
+  PciDriverModel,
+  findVirtioStructures,
+  type ModernStructures,
+  type PciStructure,
+  type PciPort,
+} from "./pci-driver.ts";
 export { pollUntil, type RegisterDriver, type RegisterPort } from "./register-driver.ts";

@@ -42,22 +42,22 @@ export interface PciPort {
   write(bar: number, offset: number, width: number, value: number): void;
 }
 
-interface Structure {
+export interface PciStructure {
   readonly bar: number;
   readonly offset: number;
 }
 
 /** The structures a modern driver found. */
-interface ModernStructures {
-  readonly common: Structure;
-  readonly notify: Structure & { readonly multiplier: number };
-  readonly isr: Structure;
-  readonly device: Structure | null;
+export interface ModernStructures {
+  readonly common: PciStructure;
+  readonly notify: PciStructure & { readonly multiplier: number };
+  readonly isr: PciStructure;
+  readonly device: PciStructure | null;
 }
 
 /** Walks the capability list (bounded) for the first structure of each type. */
 export function findVirtioStructures(port: PciPort): ModernStructures | null {
-  const found = new Map<number, Structure & { multiplier: number }>();
+  const found = new Map<number, PciStructure & { multiplier: number }>();
   let at = port.readConfigSpace(PciHeader.CAPABILITIES_PTR, 1) & 0xfc;
   for (let n = 0; at !== 0 && n < 48; n++) {
     if (port.readConfigSpace(at + VirtioPciCap.cap_vndr, 1) === PCI_CAP_ID_VNDR) {

@@ -113,6 +113,17 @@ test("npm pack → npm install → plain Node: subpaths, README examples, CLI, p
       "nothing compiled on install: the prebuilt addon serves",
     );
 
+    const pkg = JSON.parse(readFileSync(join(installed, "package.json"), "utf8")) as {
+      exports: Record<string, unknown>;
+    };
+    assert.deepEqual(
+      Object.keys(pkg.exports)
+        .filter((k) => k !== "./package.json")
+        .map((k) => k.replace(/^\./, "virtio-ts"))
+        .sort(),
+      Object.keys(SUBPATHS).sort(),
+      "every exported subpath is probed",
+    );
     // Every subpath in plain Node (no loader), and the addon loaded.
     const probe = Object.entries(SUBPATHS)
       .map(

@@ -45,7 +45,36 @@ export const FLAGS: readonly FlagSpec[] = [
     kind: "string",
     metavar: "FILE",
     group: "Where",
-    help: "Raw disk image; its size must be a multiple of the\nlogical block size.",
+    help: "Raw disk image or block device (/dev/loop0, an LVM\nvolume, a partition); its size must be a multiple\nof the logical block size. A qcow2, vmdk, vhdx, …\nimage is refused (serve it through qemu-nbd and\n--nbd) unless --format raw.",
+  },
+  {
+    name: "format",
+    kind: "string",
+    metavar: "FMT",
+    check: (v) => (v === "auto" || v === "raw" ? undefined : "must be auto or raw"),
+    group: "Where",
+    help: "auto (default): refuse an --image whose header says\nit is qcow2, vmdk, vhdx, vdi, vpc, qed, LUKS, …;\nraw: serve its bytes as they are.",
+  },
+  {
+    name: "nbd",
+    kind: "string",
+    metavar: "URI",
+    group: "Where",
+    help: "Instead of --image: the disk is an NBD export,\nnbd://HOST[:PORT]/EXPORT or\nnbd+unix:///EXPORT?socket=PATH (qemu-nbd, nbdkit,\n…). Several connections when the server allows it\n(CAN_MULTI_CONN), else every queue on one I/O thread.",
+  },
+  {
+    name: "backing",
+    kind: "string",
+    metavar: "MODULE",
+    group: "Where",
+    help: "Instead of --image: the disk is a store written in\nJavaScript, an ES module exporting\nopenBacking(options, context) (docs/storage.md);\nevery queue runs on one I/O thread.",
+  },
+  {
+    name: "backing-option",
+    kind: "list",
+    metavar: "KEY=VALUE,...",
+    group: "Where",
+    help: "Options handed to the --backing module's\nopenBacking as an object of strings; repeatable.",
   },
   {
     name: "export",
@@ -219,7 +248,14 @@ export interface ExportSettings {
   readonly id: string;
   readonly socket: string | undefined;
   readonly fd: number | undefined;
+  /** What serves as the disk: an image file or block device, an NBD export, a store module. */
+  readonly source: "image" | "nbd" | "backing";
+  /** The image path, the NBD URI or the module path (names the disk in lines). */
   readonly image: string;
+  /** `--format`: detect and refuse non-raw images, or serve any bytes as raw. */
+  readonly format: "auto" | "raw";
+  /** `--backing-option` pairs for a store module. */
+  readonly backingOptions: Readonly<Record<string, string>>;
   readonly numQueues: number;
   readonly queueSize: number;
   readonly readOnly: boolean;
@@ -247,7 +283,7 @@ export interface Settings {
 /** The flags that describe one export (the keys `--export` takes, besides `id`). */
 export const EXPORT_FLAGS: readonly FlagSpec[] = FLAGS.filter(
   (f) =>
-    f.group === "Where" ||
+    (f.group === "Where" && f.name !== "backing-option") ||
     f.group === "Device" ||
     ["direct", "aio", "max-in-flight", "poll-max-us"].includes(f.name),
 );

@@ -19,7 +19,9 @@ import {
   type Settings,
 } from "./vhost-user-blk-flags.ts";
 
-const WHERE = new Set(["socket-path", "fd", "image"]);
+const WHERE = new Set(["socket-path", "fd", "image", "nbd", "backing"]);
+/** The flags naming the disk: exactly one per export. */
+const SOURCES = ["image", "nbd", "backing"] as const;
 const ID = /^[A-Za-z0-9._-]{1,32}$/;
 /** Items of one `--export` value at most (there are fewer keys than this). */
 const MAX_ITEMS = 64;
@@ -28,12 +30,21 @@ const MAX_ITEMS = 64;
 export function exportSettings(f: ParsedFlags, id: string): ExportSettings {
   if (f.has("socket-path") === f.has("fd"))
     throw new UsageError("give exactly one of --socket-path and --fd");
-  if (!f.has("image")) throw new UsageError("--image is required");
+  const given = SOURCES.filter((k) => f.has(k));
+  if (given.length !== 1) throw new UsageError("give exactly one of --image, --nbd and --backing");
+  const source = given[0]!;
+  if (f.has("format") && source !== "image")
+    throw new UsageError("--format applies to --image only");
+  if (f.has("backing-option") && source !== "backing")
+    throw new UsageError("--backing-option applies to --backing only");
   return {
     id,
     socket: f.get("socket-path") as string | undefined,
     fd: f.get("fd") as number | undefined,
-    image: f.get("image") as string,
+    source,
+    image: f.get(source) as string,
+    format: (f.get("format") as "auto" | "raw" | undefined) ?? "auto",
+    backingOptions: backingOptions(f.get("backing-option") as readonly string[] | undefined),
     numQueues: (f.get("num-queues") as number | undefined) ?? 1,
     queueSize: (f.get("queue-size") as number | undefined) ?? 128,
     readOnly: f.get("read-only") === true,
@@ -45,6 +56,18 @@ export function exportSettings(f: ParsedFlags, id: string): ExportSettings {
     maxInFlight: f.get("max-in-flight") as number | undefined,
     pollMaxUs: (f.get("poll-max-us") as number | undefined) ?? DEFAULT_POLL_MAX_US,
   };
+}
+
+/** `--backing-option KEY=VALUE,...` values as one object (a later key wins). */
+function backingOptions(values: readonly string[] | undefined): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const item of (values ?? []).flatMap(splitItems)) {
+    const eq = item.indexOf("=");
+    if (eq <= 0)
+      throw new UsageError(`--backing-option takes KEY=VALUE, got ${JSON.stringify(item)}`);
+    out[item.slice(0, eq)] = item.slice(eq + 1);
+  }
+  return out;
 }
 
 /**
@@ -128,7 +151,11 @@ function parseExport(value: string, n: number, defaults: ParsedFlags): ExportSet
         /^give exactly one of --socket-path and --fd$/,
         "give exactly one of socket-path= and fd=",
       )
-      .replace(/--(image|socket-path|fd)\b/g, "$1=")
+      .replace(
+        /^give exactly one of --image, --nbd and --backing$/,
+        "give exactly one of image=, nbd= and backing=",
+      )
+      .replace(/--(image|socket-path|fd|nbd|backing|format)\b/g, "$1=")
       .replace(/^--/, "");
     throw new UsageError(`--export ${n}: ${why}`, { cause: e });
   }
@@ -141,7 +168,9 @@ function checkDistinct(exports: readonly ExportSettings[]): void {
     const keys: [string, string][] = [
       ["id", x.id],
       x.socket === undefined ? ["fd", String(x.fd)] : ["socket", resolve(x.socket)],
-      ...(x.readOnly ? [] : [["writable image", resolve(x.image)] as [string, string]]),
+      ...(x.readOnly || x.source !== "image"
+        ? []
+        : [["writable image", resolve(x.image)] as [string, string]]),
     ];
     for (const [what, value] of keys) {
       const other = seen.get(`${what} ${value}`);

@@ -1,5 +1,6 @@
 /**
- * `virtio-ts vhost-user-blk`: serve raw disk images as virtio-blk devices
+ * `virtio-ts vhost-user-blk`: serve disks (raw images and block devices, NBD
+ * exports, store modules: ./vhost-user-blk-disk.ts) as virtio-blk devices
  * (VIRTIO 1.2 §5.2) over vhost-user (qemu/qemu docs/interop/vhost-user.rst,
  * "Backend program conventions": a Unix socket path, or an inherited fd
  * that listens or is already connected) — one export, or several sharing
@@ -11,7 +12,6 @@
  *
  * @module
  */
-import { ErrorCode, isVirtioError } from "../../errors.ts";
 import type { DataplanePool } from "../../dataplane/pool.ts";
 import type { BlkDataplaneConfig, BlkEngineLimits } from "../../devices/blk/runtime-device.ts";
 import { type OpenedVhostUserBlk, openVhostUserBlk } from "../../devices/blk/vhost-user.ts";
@@ -22,6 +22,7 @@ import { VhostUserServer } from "../../vhost-user/server.ts";
 import type { CliIo, CliLog } from "../log.ts";
 import { Pidfile, ServiceNotifier } from "../service.ts";
 import { type CommandContext, CommandError } from "./command.ts";
+import { diskError, diskPlan } from "./vhost-user-blk-disk.ts";
 import type { ExportSettings, Settings } from "./vhost-user-blk-flags.ts";
 
 /** One export being served. */
@@ -54,13 +55,6 @@ function socketError(x: ExportSettings, e: unknown): CommandError | undefined {
   }
 }
 
-/** The one-line reason the image cannot be served, for an error the device's open threw. */
-function imageError(x: ExportSettings, e: unknown): CommandError | undefined {
-  if (!isVirtioError(e, ErrorCode.BLK_IMAGE)) return undefined;
-  const hint = !x.readOnly && /not writable/.test(e.message) ? " (or pass --read-only)" : "";
-  return new CommandError(`${e.message}${hint}`);
-}
-
 /** Opens export `x`'s image in the pool; the device's log lines come back to `log`. */
 async function openDevice(
   x: ExportSettings,
@@ -69,15 +63,11 @@ async function openDevice(
 ): Promise<OpenedVhostUserBlk> {
   let blk: OpenedVhostUserBlk | undefined;
   try {
+    const disk = await diskPlan(x);
     blk = await openVhostUserBlk({
       pool,
-      backing: {
-        kind: "file",
-        path: x.image,
-        readOnly: x.readOnly,
-        direct: x.direct,
-        aio: x.aio,
-      },
+      backing: disk.backing,
+      oneRuntime: disk.oneRuntime,
       ...deviceOptions(x),
       logger: log.logger(),
     });
@@ -85,7 +75,7 @@ async function openDevice(
     return blk;
   } catch (e) {
     await blk?.dataplane.close().catch(() => {});
-    throw imageError(x, e) ?? e;
+    throw diskError(x, e) ?? e;
   }
 }
 
@@ -231,7 +221,7 @@ async function stopExport(v: Served, s: Settings): Promise<void> {
     // fdatasync covers the file, whichever thread's descriptor wrote the data.
     if (!v.x.readOnly) await v.blk.dataplane.control("flush");
   } catch (e) {
-    throw new CommandError(`disk image ${v.x.image}: flush failed while stopping: ${errorText(e)}`);
+    throw new CommandError(`disk ${v.x.image}: flush failed while stopping: ${errorText(e)}`);
   }
 }
 
