@@ -191,6 +191,20 @@ test("npm pack → npm install → plain Node: subpaths, README examples, CLI, p
       missing.stdout,
       /native addon not available for linux-x64.*npm rebuild virtio-ts.*skips install scripts/,
     );
+    const image = join(work, "none.img");
+    writeFileSync(image, new Uint8Array(1 << 20));
+    const bin = join(app, "node_modules", ".bin", "virtio-ts");
+    const cli = sh(
+      bin,
+      ["vhost-user-blk", "--socket-path", join(work, "n.sock"), "--image", image],
+      app,
+      none,
+    );
+    assert.equal(cli.status, 1, cli.stderr);
+    assert.match(
+      cli.stderr,
+      /^virtio-ts: native addon not available for linux-x64: [^\n]*allow them for virtio-ts\n$/,
+    );
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

@@ -17,7 +17,12 @@ import type { BlkDataplaneConfig, BlkEngineLimits } from "../../devices/blk/runt
 import { type OpenedVhostUserBlk, openVhostUserBlk } from "../../devices/blk/vhost-user.ts";
 import { nodeDataplanePool } from "../../devices/node-dataplane.ts";
 import { errorText } from "../../log.ts";
-import { isListeningSocket, isNativeError } from "../../native/index.ts";
+import {
+  isListeningSocket,
+  isNativeError,
+  nativeAvailable,
+  nativeLoadError,
+} from "../../native/index.ts";
 import { VhostUserServer } from "../../vhost-user/server.ts";
 import type { CliIo, CliLog } from "../log.ts";
 import { Pidfile, ServiceNotifier } from "../service.ts";
@@ -314,6 +319,8 @@ function announceReady(served: readonly Served[], io: CliIo, svc: Service): void
  */
 export async function serve(s: Settings, ctx: CommandContext): Promise<number> {
   const { io, log } = ctx;
+  // Sockets, guest memory and eventfds all need the addon: say what to do, once, before anything starts.
+  if (!nativeAvailable()) throw new CommandError(nativeLoadError() ?? "native addon not available");
   const svc = service(s, io, log);
   const { pool, served } = await start(s, log);
   for (const v of served) v.log.process(describe(v.x, s, v.blk.info.size));
